@@ -1,0 +1,188 @@
+"""The Python API: `Explainer(model).explain(batch)` → `Result`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import numpy as np
+import onnx
+
+from .errors import UsageError
+from .graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel, Prepared, build_explain_model, prepare
+from .layers import CamHead, Layer, cam_head
+from .methods import CAMMethod, MethodInputs, get_method, scale_maps
+from .model import ModelInfo, inspect_model, load_model
+from .runtime import make_session, provider_of
+
+log = logging.getLogger(__name__)
+
+Targets = Union[None, int, Sequence[int], np.ndarray]
+
+
+@dataclass
+class Result:
+    """One explained batch. Maps and tensors are channels-first whatever the model's layout."""
+
+    heatmaps: np.ndarray  # (N, H, W) float32 in [0, 1], at the model input's spatial size
+    cams: np.ndarray  # (N, h, w) float32 at the layer's resolution, after ReLU, before normalising
+    activations: np.ndarray  # (N, C, h, w) float32
+    gradients: np.ndarray | None  # (N, C, h, w) float32, None for gradient-free methods
+    targets: np.ndarray  # (N,) int64
+    outputs: np.ndarray  # (N, K) float32
+    layer: str
+    method: str
+    provider: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Explainer:
+    """Explain an ONNX image classifier with a CAM method.
+
+    >>> ex = Explainer("model.onnx", method="gradcam")      # doctest: +SKIP
+    >>> res = ex.explain(batch)                             # doctest: +SKIP
+    >>> res.heatmaps.shape                                  # (N, H, W)   # doctest: +SKIP
+
+    model: a path or an onnx.ModelProto. method: a name from `onnxcam.METHODS` or an instance.
+    layer: an ONNX tensor name (default: the last spatial activation feeding the output).
+    providers: onnxruntime providers (default: CUDA where it works, else CPU).
+    output: the output to explain (default: the first float output shaped (N, K)).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | onnx.ModelProto,
+        method: str | CAMMethod = "gradcam",
+        layer: str | None = None,
+        providers: Sequence[str] | None = None,
+        output: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if isinstance(model, onnx.ModelProto):
+            self.path = "<model>"
+            self._model = model
+        else:
+            self.path = os.fspath(model)
+            self._model = load_model(self.path)
+        self.info: ModelInfo = inspect_model(self._model, self.path)
+        self.method = get_method(method)
+        self.layer_name = layer
+        self.providers = list(providers) if providers else None
+        self.output_name = output
+        self.threads = threads
+        self._built: dict[tuple[int, int] | None, tuple[Prepared, ExplainModel, object, CamHead | None]] = {}
+        if self.info.fixed_size is not None:
+            self._build(self.info.fixed_size)
+
+    # -- set-up per image size --------------------------------------------------------------
+    def _build(self, hw: tuple[int, int]):
+        key = hw
+        if key not in self._built:
+            prep = prepare(self._model, self.info, hw if self.info.fixed_size is None else None, self.output_name)
+            em = build_explain_model(prep, self.layer_name, self.method.needs_gradients)
+            head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output) if self.method.needs_head else None
+            sess = make_session(em.model.SerializeToString(), self.providers, self.threads)
+            self._built[key] = (prep, em, sess, head)
+            log.info("explaining %s at layer %s (%s) on %s", em.output, em.layer.name, em.layer.layout, provider_of(sess))
+        return self._built[key]
+
+    def prepared(self, hw: tuple[int, int] | None = None) -> Prepared:
+        """The normalised model at image size `hw` (default: the model's own size)."""
+        return self._build(self._size_or(hw))[0]
+
+    def explain_model(self, hw: tuple[int, int] | None = None) -> onnx.ModelProto:
+        """The rewritten model (outputs, activation, gradient, targets) at image size `hw`."""
+        return self._build(self._size_or(hw))[1].model
+
+    def layers(self, hw: tuple[int, int] | None = None) -> list[Layer]:
+        return self.prepared(hw).layers
+
+    def _size_or(self, hw: tuple[int, int] | None) -> tuple[int, int]:
+        size = hw or self.info.fixed_size
+        if size is None:
+            raise UsageError("the model's input size is dynamic; give the image size (height, width)")
+        return size
+
+    @property
+    def labels(self) -> list[str] | None:
+        raw = self.info.metadata.get("onnxcam.labels")
+        if raw:
+            try:
+                return list(json.loads(raw))
+            except ValueError:
+                return None
+        return None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self.info.fixed_size
+
+    # -- running -----------------------------------------------------------------------------
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+        x = np.asarray(batch)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise UsageError(f"batch must be 4-D ({self.info.layout}), got shape {x.shape}")
+        c = x.shape[self.info.channel_axis]
+        if isinstance(self.info.channels, int) and c != self.info.channels:
+            raise UsageError(
+                f"batch has {c} channels on axis {self.info.channel_axis}; the model's input "
+                f"{self.info.image_input.name!r} is {self.info.layout} with {self.info.channels}"
+            )
+        want = self.info.image_input.dtype
+        return np.ascontiguousarray(x.astype(want, copy=False))
+
+    def _targets(self, targets: Targets, n: int, k: int) -> np.ndarray:
+        if targets is None:
+            t = np.full(n, -1, np.int64)
+        elif np.isscalar(targets):
+            t = np.full(n, int(targets), np.int64)
+        else:
+            t = np.asarray(targets, dtype=np.int64).reshape(-1)
+            if t.size != n:
+                raise UsageError(f"got {t.size} targets for a batch of {n}")
+        bad = t[(t >= k) | (t < -1)]
+        if bad.size:
+            raise UsageError(f"target class {int(bad[0])} is out of range: the model has {k} classes (0..{k - 1})")
+        return t
+
+    def explain(self, batch: np.ndarray, targets: Targets = None) -> Result:
+        """Explain a preprocessed batch in the model's own layout; targets default to top-1."""
+        x = self._check_batch(batch)
+        hw = (x.shape[2], x.shape[3]) if self.info.layout == "NCHW" else (x.shape[1], x.shape[2])
+        prep, em, sess, head = self._build(hw)
+        t = self._targets(targets, len(x), em.num_classes)
+        fixed_batch = self.info.batch if isinstance(self.info.batch, int) else None
+        step = fixed_batch or len(x)
+        names = [em.output, TARGETS_OUTPUT, ACT_OUTPUT] + ([GRAD_OUTPUT] if em.with_gradient else [])
+        parts: list[list[np.ndarray]] = [[] for _ in names]
+        for s in range(0, len(x), step):
+            chunk = x[s : s + step]
+            if fixed_batch and len(chunk) != fixed_batch:
+                raise UsageError(f"the model takes batches of exactly {fixed_batch}; got {len(chunk)} left over")
+            feeds = {self.info.image_input.name: chunk, TARGET_INPUT: t[s : s + step]}
+            for part, value in zip(parts, sess.run(names, feeds)):
+                part.append(value)
+        outputs, tg, acts = (np.concatenate(p) for p in parts[:3])
+        grads = np.concatenate(parts[3]) if em.with_gradient else None
+        perm = [em.layer.layout.index(a) for a in "NCHW"]
+        acts = np.ascontiguousarray(acts.transpose(perm)).astype(np.float32)
+        if grads is not None:
+            grads = np.ascontiguousarray(grads.transpose(perm)).astype(np.float32)
+        inp = MethodInputs(acts, grads, tg.astype(np.int64), outputs.astype(np.float32), head)
+        cams = self.method.cam(inp)
+        return Result(
+            heatmaps=scale_maps(cams, hw),
+            cams=cams,
+            activations=acts,
+            gradients=grads,
+            targets=tg.astype(np.int64),
+            outputs=outputs.reshape(len(x), -1).astype(np.float32),
+            layer=em.layer.name,
+            method=self.method.name,
+            provider=provider_of(sess),
+        )

@@ -1,0 +1,118 @@
+"""The reverse-mode driver.
+
+`append_gradient` walks only the nodes between the differentiated tensor `x` and the output `y`,
+in reverse topological order; for each it sums the gradient contributions of its outputs (fan-out),
+asks the op's registered rule for its inputs' gradients, sums broadcast gradients down to each
+input's shape, and finally returns the name of ∂(⟨seed, y⟩)/∂x. A missing rule raises
+UnsupportedOpError naming the op, the node and what to do instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxcamError, UnsupportedOpError
+from ..model import FLOAT_TYPES, TensorInfo
+from .builder import Emitter, Node
+from .rules import RULES
+
+
+@dataclass
+class GradientResult:
+    """What `append_gradient` added: nodes, initializers and the gradient tensor's name."""
+
+    grad: str
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    path_ops: list[str] = field(default_factory=list)
+
+
+def path_nodes(graph: onnx.GraphProto, x: str, ys: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes that depend on `x` and feed one of `ys`, in graph (topological) order; and the set
+    of tensors that depend on `x`."""
+    active = {x}
+    forward: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if any(i in active for i in node.input if i):
+            forward.append(node)
+            active.update(o for o in node.output if o)
+    needed = set(ys)
+    on_path: list[onnx.NodeProto] = []
+    for node in reversed(forward):
+        if any(o in needed for o in node.output):
+            on_path.append(node)
+            needed.update(i for i in node.input if i in active)
+    on_path.reverse()
+    return on_path, active
+
+
+def missing_rules(graph: onnx.GraphProto, x: str, y: str) -> list[tuple[str, str]]:
+    """(op type, node name) of every node on the path that has no gradient rule."""
+    nodes, _ = path_nodes(graph, x, [y])
+    return [(n.op_type, n.name) for n in nodes if n.op_type not in RULES or n.domain not in ("", "ai.onnx")]
+
+
+def required_opset(graph: onnx.GraphProto, x: str, y: str) -> int:
+    """The lowest default-domain opset that the rules on the path need."""
+    nodes, _ = path_nodes(graph, x, [y])
+    return max([RULES[n.op_type].min_opset for n in nodes if n.op_type in RULES] + [1])
+
+
+def append_gradient(
+    graph: onnx.GraphProto,
+    shapes: dict[str, TensorInfo],
+    constants: dict[str, np.ndarray],
+    opset: int,
+    x: str,
+    y: str,
+    seed: str,
+    prefix: str = "onnxcam_grad/",
+) -> GradientResult:
+    """Emit ∂⟨seed, y⟩/∂x as ONNX nodes (returned, not yet added to `graph`)."""
+    nodes, active = path_nodes(graph, x, [y])
+    if x != y and not nodes:
+        raise OnnxcamError(f"output {y!r} does not depend on tensor {x!r}: choose a layer that feeds it")
+    e = Emitter(shapes, constants, opset, prefix)
+    grads: dict[str, list[str]] = {y: [seed]}
+
+    def total(name: str) -> str | None:
+        parts = grads.get(name)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            s = e.op("Sum", parts, "fanin")
+            grads[name] = [s]
+            return s
+        return parts[0]
+
+    for proto in reversed(nodes):
+        g_out = [total(o) if o else None for o in proto.output]
+        if all(g is None for g in g_out):
+            continue
+        rule = RULES.get(proto.op_type) if proto.domain in ("", "ai.onnx") else None
+        if rule is None:
+            raise UnsupportedOpError(proto.op_type if not proto.domain else f"{proto.domain}.{proto.op_type}", proto.name)
+        needs = [
+            bool(i) and i in active and shapes.get(i, TensorInfo(i, (), 0)).elem_type in FLOAT_TYPES
+            for i in proto.input
+        ]
+        node = Node(proto, needs)
+        try:
+            g_in = rule.fn(e, node, g_out)
+        except UnsupportedOpError:
+            raise
+        except (KeyError, ValueError, NotImplementedError) as exc:
+            raise UnsupportedOpError(proto.op_type, node.name, str(exc)) from None
+        for i, (name, g) in enumerate(zip(proto.input, g_in)):
+            if g is None or not needs[i]:
+                continue
+            if rule.broadcast:
+                g = e.unbroadcast(g, e.shape(proto.output[0]), e.shape(name))
+            grads.setdefault(name, []).append(g)
+    gx = total(x)
+    if gx is None:
+        raise OnnxcamError(f"no gradient reaches tensor {x!r} from output {y!r}")
+    return GradientResult(gx, e.nodes, e.initializers, [n.op_type for n in nodes])

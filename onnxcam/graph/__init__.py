@@ -1,0 +1,1 @@
+"""Graph rewriting passes: normalise a model, expose tensors, append gradients."""

@@ -1,0 +1,156 @@
+"""The rewriter: one model that returns scores, the layer's activation and its gradient.
+
+`build_explain_model` works on a copy (the user's model is never changed):
+1. fixes the image size where it is dynamic (batch stays symbolic) and infers every shape;
+2. resolves auto_pad, raises the opset if a rule on the path needs it;
+3. adds an int64 input `onnxcam_target` (default [-1], from an initializer, so the exported model
+   runs with the image alone): −1 means the predicted class (ArgMax inside the graph);
+4. seeds the output with OneHot(target) and appends ∂y_target/∂A as plain ai.onnx ops;
+5. exposes A, the gradient and the chosen targets as extra graph outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import OnnxcamError, UsageError
+from ..grad.engine import append_gradient, required_opset
+from ..layers import Layer, candidate_layers, default_layer, find_layer
+from ..model import FLOAT_TYPES, ModelInfo, TensorInfo, constant_values, default_opset, infer_shapes, with_input_size
+from .normalize import resolve_auto_pad, upgrade_opset
+
+log = logging.getLogger(__name__)
+
+TARGET_INPUT = "onnxcam_target"
+TARGETS_OUTPUT = "onnxcam_targets"
+GRAD_OUTPUT = "onnxcam_gradient"
+ACT_OUTPUT = "onnxcam_activation"
+
+
+@dataclass
+class Prepared:
+    """A normalised copy of the model at one image size, with shapes, constants and layers."""
+
+    model: onnx.ModelProto
+    shapes: dict[str, TensorInfo]
+    constants: dict[str, np.ndarray]
+    output: str
+    layers: list[Layer]
+
+    def layer(self, name: str | None) -> Layer:
+        return default_layer(self.layers) if name is None else find_layer(self.layers, name)
+
+
+@dataclass
+class ExplainModel:
+    """The rewritten model and the names of what it returns."""
+
+    model: onnx.ModelProto
+    layer: Layer
+    output: str
+    num_classes: int
+    with_gradient: bool
+
+
+def choose_output(model: onnx.ModelProto, shapes: dict[str, TensorInfo], name: str | None = None) -> str:
+    """The output to explain: `name`, else the first float output shaped (N, K)."""
+    outs = [o.name for o in model.graph.output]
+    if name is not None:
+        if name not in outs:
+            raise UsageError(f"output {name!r} is not one of the model's outputs {outs}")
+        return name
+    for o in outs:
+        info = shapes.get(o)
+        if info is not None and info.elem_type in FLOAT_TYPES and len(info.shape) == 2:
+            return o
+    raise UsageError(f"no output shaped (batch, classes) among {outs}; name one with output=...")
+
+
+def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None, output: str | None = None) -> Prepared:
+    """Copy the model at image size `hw`, infer shapes, resolve auto_pad, list layers."""
+    m = with_input_size(model, info, hw)
+    shapes = infer_shapes(m)
+    if resolve_auto_pad(m, shapes):
+        shapes = infer_shapes(m)
+    out = choose_output(m, shapes, output)
+    return Prepared(m, shapes, constant_values(m), out, candidate_layers(m, shapes, out))
+
+
+def _find_or_none(layers: list[Layer], name: str) -> Layer | None:
+    return next((l for l in layers if l.name == name), None)
+
+
+def build_explain_model(prep: Prepared, layer: str | None, with_gradient: bool) -> ExplainModel:
+    """Rewrite `prep.model` so that one run returns outputs, A, ∂y_c/∂A and the targets."""
+    m = onnx.ModelProto()
+    m.CopyFrom(prep.model)
+    shapes = prep.shapes
+    target = prep.layer(layer) if layer is None or _find_or_none(prep.layers, layer) else _any_tensor(prep, layer)
+    y = prep.output
+    k = shapes[y].shape[-1]
+    if not isinstance(k, int):
+        raise UsageError(f"output {y!r} has no static number of classes: {list(shapes[y].shape)}")
+    if with_gradient:
+        need = required_opset(m.graph, target.name, y)
+        if need > default_opset(m):
+            m = upgrade_opset(m, need)
+            shapes = infer_shapes(m)
+    opset = default_opset(m)
+    g = m.graph
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    # target selection inside the graph
+    g.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, ["onnxcam_T"]))
+    inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), TARGET_INPUT))
+    zero = "onnxcam/zero_i64"
+    inits.append(numpy_helper.from_array(np.array(0, dtype=np.int64), zero))
+    nodes += [
+        helper.make_node("ArgMax", [y], ["onnxcam/argmax"], axis=1, keepdims=0, name="onnxcam/argmax"),
+        helper.make_node("Less", [TARGET_INPUT, zero], ["onnxcam/use_argmax"], name="onnxcam/use_argmax"),
+        helper.make_node("Where", ["onnxcam/use_argmax", "onnxcam/argmax", TARGET_INPUT], [TARGETS_OUTPUT], name="onnxcam/targets"),
+    ]
+    outputs = [helper.make_tensor_value_info(TARGETS_OUTPUT, TensorProto.INT64, [None])]
+    a_type = shapes[target.name].elem_type
+    nodes.append(helper.make_node("Identity", [target.name], [ACT_OUTPUT], name="onnxcam/activation"))
+    a_shape = list(shapes[target.name].shape)
+    outputs.append(helper.make_tensor_value_info(ACT_OUTPUT, a_type, a_shape))
+    if with_gradient:
+        y_type = shapes[y].elem_type
+        np_type = helper.tensor_dtype_to_np_dtype(y_type)
+        inits += [
+            numpy_helper.from_array(np.array([k], dtype=np.int64), "onnxcam/depth"),
+            numpy_helper.from_array(np.array([0, 1], dtype=np_type), "onnxcam/onehot_values"),
+        ]
+        nodes.append(helper.make_node(
+            "OneHot", [TARGETS_OUTPUT, "onnxcam/depth", "onnxcam/onehot_values"], ["onnxcam/seed"], axis=-1,
+            name="onnxcam/seed",
+        ))
+        shapes = dict(shapes)
+        shapes["onnxcam/seed"] = TensorInfo("onnxcam/seed", shapes[y].shape, y_type)
+        grad = append_gradient(g, shapes, dict(prep.constants), opset, target.name, y, "onnxcam/seed")
+        nodes += grad.nodes
+        inits += grad.initializers
+        nodes.append(helper.make_node("Identity", [grad.grad], [GRAD_OUTPUT], name="onnxcam/gradient"))
+        outputs.append(helper.make_tensor_value_info(GRAD_OUTPUT, a_type, a_shape))
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    g.output.extend(outputs)
+    try:
+        onnx.checker.check_model(m) if m.ByteSize() < 2**31 - 1 else None
+    except onnx.checker.ValidationError as exc:
+        raise OnnxcamError(f"the rewritten model is not valid ONNX ({exc}); please report this model") from None
+    return ExplainModel(m, target, y, int(k), with_gradient)
+
+
+def _any_tensor(prep: Prepared, name: str) -> Layer:
+    """A layer that is not a spatial candidate: any float tensor feeding the output (NCHW view)."""
+    info = prep.shapes.get(name)
+    if info is None or info.elem_type not in FLOAT_TYPES or len(info.shape) != 4:
+        return find_layer(prep.layers, name)  # raises with suggestions
+    c, h, w = info.shape[1], info.shape[2], info.shape[3]
+    return Layer(name, "?", "", "NCHW", c, h, w, -1)

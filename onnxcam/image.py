@@ -1,0 +1,112 @@
+"""Images in and out: decoding, preprocessing presets, overlays.
+
+Presets (what the model was trained on):
+- ``imagenet``: RGB in [0, 1], minus mean (0.485, 0.456, 0.406), over std (0.229, 0.224, 0.225);
+- ``raw``: RGB in [0, 255];
+- ``unit``: RGB in [0, 1];
+- ``tf``: RGB in [−1, 1] (x / 127.5 − 1), as Keras MobileNet/Inception;
+- ``caffe``: BGR in [0, 255] minus (103.939, 116.779, 123.68), as Keras ResNet50/VGG.
+A 1-channel model gets the grayscale image under the same scaling (mean/std of the first channel).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .errors import ImageError, UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    bgr: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    "imagenet": Preset("imagenet", 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "raw": Preset("raw", 1.0, (0, 0, 0), (1, 1, 1)),
+    "unit": Preset("unit", 1 / 255, (0, 0, 0), (1, 1, 1)),
+    "tf": Preset("tf", 1 / 127.5, (1, 1, 1), (1, 1, 1)),
+    "caffe": Preset("caffe", 1.0, (103.939, 116.779, 123.68), (1, 1, 1), bgr=True),
+}
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3); ImageError if it cannot be read."""
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise ImageError(f"image not found: {p}")
+    data = np.fromfile(p, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise ImageError(f"cannot decode image: {p}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def preprocess(
+    images: list[np.ndarray] | np.ndarray,
+    size: tuple[int, int],
+    preset: str = "imagenet",
+    layout: str = "NCHW",
+    channels: int = 3,
+) -> np.ndarray:
+    """RGB uint8 images → one float32 batch at size=(H, W) in the model's layout."""
+    p = get_preset(preset)
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = [images]
+    h, w = size
+    batch = []
+    for img in images:
+        x = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        if p.bgr:
+            x = x[..., ::-1]
+        if channels == 1:
+            x = cv2.cvtColor(np.ascontiguousarray(x if not p.bgr else x[..., ::-1]), cv2.COLOR_RGB2GRAY)[..., None]
+            x = (x * p.scale - p.mean[0]) / p.std[0]
+        else:
+            x = (x * p.scale - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+        batch.append(x)
+    out = np.stack(batch).astype(np.float32)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2) if layout == "NCHW" else out)
+
+
+def resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (h, w) map resized bilinearly to size=(H, W)."""
+    return cv2.resize(heatmap.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
+    """Blend a [0, 1] heatmap (any size) over an RGB uint8 image with the JET colormap.
+
+    As pytorch-grad-cam's show_cam_on_image: (1 − w)·jet + w·image in [0, 1], divided by its max.
+    """
+    h, w = image.shape[:2]
+    m = np.clip(resize_map(heatmap, (h, w)), 0, 1)
+    jet = cv2.applyColorMap(np.uint8(255 * m), cv2.COLORMAP_JET)
+    jet = cv2.cvtColor(jet, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    cam = (1 - image_weight) * jet + image_weight * (image.astype(np.float32) / 255)
+    cam = cam / np.max(cam)
+    return np.uint8(255 * cam)
+
+
+def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ImageError(f"cannot encode PNG for {path}")
+    buf.tofile(os.fspath(path))

@@ -1,0 +1,206 @@
+"""Target layers: the candidates, the default one, and the CAM-compatible classifier head.
+
+A candidate is a float 4-D tensor with spatial extent > 1 that feeds the explained output. The
+default is the last of them in topological order: the input of the final global pooling (or of the
+flatten where there is none). Squeeze-excitation blocks pool too, but their pooled tensors are
+1×1 and their gated outputs come before the final activation, so they never win; NHWC tensors
+(tf2onnx) are read with the layout propagated from the channels-first ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .errors import HeadError, UsageError
+from .model import FLOAT_TYPES, TensorInfo, tensor_layouts
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A candidate target layer: tensor name, producing op, layout, (C, h, w) at the image size."""
+
+    name: str
+    op_type: str
+    node: str
+    layout: str
+    channels: int | str | None
+    height: int | str | None
+    width: int | str | None
+    index: int  # topological position of the producing node
+
+    def as_dict(self, default: bool = False) -> dict:
+        return {
+            "name": self.name, "op": self.op_type, "node": self.node, "layout": self.layout,
+            "shape": [self.channels, self.height, self.width], "default": default,
+        }
+
+
+def ancestors(graph: onnx.GraphProto, outputs: list[str]) -> set[str]:
+    """Tensors that one of `outputs` depends on (outputs included)."""
+    need = set(outputs)
+    for node in reversed(graph.node):
+        if any(o in need for o in node.output):
+            need.update(i for i in node.input if i)
+    return need
+
+
+def _spatial(shape: tuple, layout: str) -> tuple:
+    return (shape[layout.index("C")], shape[layout.index("H")], shape[layout.index("W")])
+
+
+def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], output: str) -> list[Layer]:
+    """All candidate layers feeding `output`, in topological order."""
+    ranks = {k: len(v.shape) for k, v in shapes.items()}
+    layouts = tensor_layouts(model, ranks)
+    feeding = ancestors(model.graph, [output])
+    out: list[Layer] = []
+    for idx, node in enumerate(model.graph.node):
+        for t in node.output:
+            info = shapes.get(t)
+            if not t or t not in feeding or info is None or len(info.shape) != 4:
+                continue
+            if info.elem_type not in FLOAT_TYPES:
+                continue
+            lay = layouts.get(t, "NCHW")
+            if lay not in ("NCHW", "NHWC"):
+                continue
+            c, h, w = _spatial(info.shape, lay)
+            if isinstance(h, int) and isinstance(w, int) and h * w <= 1:
+                continue
+            out.append(Layer(t, node.op_type, node.name, lay, c, h, w, idx))
+    return out
+
+
+def default_layer(layers: list[Layer]) -> Layer:
+    if not layers:
+        raise UsageError("the model has no 4-D activation with spatial extent > 1 feeding its output; "
+                         "name a layer with --layer")
+    return max(layers, key=lambda l: l.index)
+
+
+def find_layer(layers: list[Layer], name: str) -> Layer:
+    for l in layers:
+        if l.name == name:
+            return l
+    close = [l.name for l in layers if name.lower() in l.name.lower()][:5]
+    hint = f" (did you mean {', '.join(close)}?)" if close else " (see `onnxcam layers MODEL`)"
+    raise UsageError(f"layer {name!r} is not a 4-D spatial activation feeding the output{hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# CAM head: layer → global average pooling → [flatten] → linear → [softmax] → output
+_PASS = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Transpose", "Unsqueeze", "Cast"}
+_MONOTONE_TAIL = {"Softmax", "LogSoftmax", "Sigmoid", "Identity", "Flatten", "Reshape", "Squeeze"}
+
+
+@dataclass
+class CamHead:
+    """Class weights (K, C) and bias (K,) of the linear classifier after global average pooling."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    description: str
+
+
+def cam_head(
+    model: onnx.ModelProto,
+    shapes: dict[str, TensorInfo],
+    constants: dict[str, np.ndarray],
+    layer: Layer,
+    output: str,
+) -> CamHead:
+    """Recognise GAP → [Flatten/Reshape] → Gemm|MatMul(+Add) → output after `layer`."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    feeding = ancestors(model.graph, [output])
+    seen: list[str] = []
+
+    def next_node(t: str) -> onnx.NodeProto | None:
+        nodes = [n for n in consumers.get(t, []) if any(o in feeding for o in n.output)]
+        return nodes[0] if len(nodes) == 1 else None
+
+    def fail(why: str) -> HeadError:
+        path = " → ".join(seen) or "nothing"
+        return HeadError(
+            f"CAM needs layer {layer.name!r} to feed global average pooling then one linear layer; "
+            f"found {path} ({why}); use --method gradcam, which works on any head"
+        )
+
+    t = layer.name
+    hw = [a for a in (layer.layout.index("H"), layer.layout.index("W"))]
+    node = next_node(t)
+    # 1. global average pooling
+    if node is None:
+        raise fail("the layer feeds more than one branch")
+    seen.append(node.op_type)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "GlobalAveragePool":
+        pass
+    elif node.op_type == "ReduceMean":
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = constants.get(node.input[1], np.array([])).tolist()
+        if sorted(int(a) % 4 for a in (axes or [])) != sorted(hw):
+            raise fail(f"ReduceMean over axes {axes}, not the spatial axes {hw}")
+    elif node.op_type == "AveragePool":
+        if list(attrs.get("kernel_shape", [])) != [layer.height, layer.width]:
+            raise fail("AveragePool whose kernel is not the whole map")
+    else:
+        raise fail("no global average pooling")
+    t = node.output[0]
+    # 2. reshapes, then the linear layer
+    node = next_node(t)
+    while node is not None and node.op_type in _PASS:
+        seen.append(node.op_type)
+        t = node.output[0]
+        node = next_node(t)
+    if node is None:
+        if t == output and layer.channels == (shapes[output].shape[-1] if output in shapes else None):
+            k = int(layer.channels)  # the layer already holds one map per class (1x1-conv classifier)
+            return CamHead(np.eye(k, dtype=np.float32), np.zeros(k, np.float32), "class maps → GAP")
+        raise fail("no linear layer after the pooling")
+    seen.append(node.op_type)
+    if node.op_type == "Gemm":
+        b = constants.get(node.input[1])
+        if b is None or attrs_of(node).get("transA", 0):
+            raise fail("Gemm with run-time weights")
+        a = attrs_of(node)
+        w = (b if a.get("transB", 0) else b.T) * float(a.get("alpha", 1.0))
+        c = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        bias = np.broadcast_to(c * float(a.get("beta", 1.0)), (w.shape[0],)) if c is not None else np.zeros(w.shape[0])
+        t = node.output[0]
+    elif node.op_type == "MatMul":
+        b = constants.get(node.input[1])
+        if b is None or b.ndim != 2:
+            raise fail("MatMul with run-time weights")
+        w, bias = b.T, np.zeros(b.shape[1])
+        t = node.output[0]
+        nxt = next_node(t)
+        if nxt is not None and nxt.op_type == "Add":
+            other = [i for i in nxt.input if i != t]
+            c = constants.get(other[0]) if other else None
+            if c is not None:
+                bias = np.broadcast_to(c.reshape(-1), (w.shape[0],))
+                seen.append("Add")
+                t = nxt.output[0]
+    else:
+        raise fail(f"{node.op_type} instead of Gemm/MatMul")
+    # 3. up to the output, only reshapes or a monotone activation
+    while t != output:
+        node = next_node(t)
+        if node is None or node.op_type not in _MONOTONE_TAIL:
+            raise fail(f"{node.op_type if node else 'a branch'} after the linear layer")
+        seen.append(node.op_type)
+        t = node.output[0]
+    if w.shape[1] != layer.channels:
+        raise fail(f"linear layer takes {w.shape[1]} features, the layer has {layer.channels} channels")
+    return CamHead(np.asarray(w, np.float32), np.asarray(bias, np.float32), " → ".join(seen))
+
+
+def attrs_of(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

@@ -1,0 +1,79 @@
+"""The CAM method contract: one small class per method, over one hook.
+
+The base class does what every method shares: the weighted sum over channels, the ReLU, and the
+per-image normalisation and resize (GUIDE.md's conventions, as pytorch-grad-cam does them). A
+method overrides `weights` (N, C) — or, for the element-wise ones, `cam` (N, h, w).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from ..errors import UsageError
+from ..layers import CamHead
+
+
+@dataclass
+class MethodInputs:
+    """What a method sees: channels-first activations A and gradients g = ∂y_c/∂A."""
+
+    activations: np.ndarray  # (N, C, h, w)
+    gradients: np.ndarray | None  # (N, C, h, w) or None
+    targets: np.ndarray  # (N,) int64
+    outputs: np.ndarray  # (N, K)
+    head: CamHead | None = None
+
+
+class CAMMethod:
+    """Base class: map = ReLU(Σ_k w_k A^k) with w from `weights`."""
+
+    name: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = True
+    needs_head: ClassVar[bool] = False
+
+    def weights(self, inp: MethodInputs) -> np.ndarray:
+        raise NotImplementedError
+
+    def cam(self, inp: MethodInputs) -> np.ndarray:
+        w = self.weights(inp).astype(np.float64)
+        m = np.einsum("nc,nchw->nhw", w, inp.activations.astype(np.float64))
+        return np.maximum(m, 0).astype(np.float32)
+
+
+METHODS: dict[str, type[CAMMethod]] = {}
+
+
+def register(cls: type[CAMMethod]) -> type[CAMMethod]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str | CAMMethod) -> CAMMethod:
+    if isinstance(name, CAMMethod):
+        return name
+    key = str(name).lower().replace("-", "").replace("_", "")
+    for n, cls in METHODS.items():
+        if n.replace("-", "").replace("_", "") == key:
+            return cls()
+    raise UsageError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+
+
+def normalize_maps(cams: np.ndarray) -> np.ndarray:
+    """Per image: (m − min) / (max(m − min) + 1e-7), as pytorch-grad-cam's scale_cam_image."""
+    m = cams.astype(np.float32)
+    m = m - m.min(axis=(1, 2), keepdims=True)
+    return m / (1e-7 + m.max(axis=(1, 2), keepdims=True))
+
+
+def scale_maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Normalised maps resized bilinearly to size=(H, W): the heatmaps, in [0, 1]."""
+    h, w = size
+    normed = normalize_maps(cams)
+    out = np.empty((len(cams), h, w), np.float32)
+    for i, m in enumerate(normed):
+        out[i] = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out
