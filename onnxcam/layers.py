@@ -121,7 +121,10 @@ def cam_head(
     seen: list[str] = []
 
     def next_node(t: str) -> onnx.NodeProto | None:
-        nodes = [n for n in consumers.get(t, []) if any(o in feeding for o in n.output)]
+        nodes = [
+            n for n in consumers.get(t, [])
+            if n.op_type not in ("Shape", "Size") and any(o in feeding for o in n.output)
+        ]
         return nodes[0] if len(nodes) == 1 else None
 
     def fail(why: str) -> HeadError:

@@ -97,3 +97,42 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
         ) from None
     log.info("converted the model from opset %d to %d", current, minimum)
     return converted
+
+
+def fold_constants(model: onnx.ModelProto, shapes: dict[str, TensorInfo], constants: dict) -> int:
+    """Evaluate, at rewrite time, small subgraphs whose inputs are all known (shape arithmetic:
+    Shape of a static tensor, Gather, Concat, Reshape of constants, ...), adding their values to
+    `constants` so rules can read axes, pads or shapes computed that way. The graph is unchanged.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    opset = default_opset(model)
+    added = 0
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or all(o in constants for o in node.output if o):
+            continue
+        if node.op_type == "Shape" and node.input[0] in shapes:
+            dims = shapes[node.input[0]].shape
+            if all(isinstance(d, int) for d in dims):
+                start, end = _attr(node, "start", 0), _attr(node, "end", None)
+                constants[node.output[0]] = np.asarray(dims[start:end], np.int64)
+                added += 1
+            continue
+        ins = [i for i in node.input if i]
+        if not ins or not all(i in constants for i in ins) or node.op_type in ("RandomNormal", "RandomUniform"):
+            continue
+        if any(constants[i].size > 4096 for i in ins):
+            continue
+        try:
+            feeds = [numpy_helper.from_array(np.asarray(constants[i]), i) for i in ins]
+            g = helper.make_graph([node], "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in node.output if o], feeds)
+            ref = ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]))
+            outs = ref.run(None, {})
+        except Exception:  # anything the reference evaluator cannot do stays unknown
+            continue
+        for o, v in zip([o for o in node.output if o], outs):
+            constants[o] = np.asarray(v)
+        added += 1
+    return added

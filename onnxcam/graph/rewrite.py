@@ -22,7 +22,7 @@ from ..errors import OnnxcamError, UsageError
 from ..grad.engine import append_gradient, required_opset
 from ..layers import Layer, candidate_layers, default_layer, find_layer
 from ..model import FLOAT_TYPES, ModelInfo, TensorInfo, constant_values, default_opset, infer_shapes, with_input_size
-from .normalize import resolve_auto_pad, upgrade_opset
+from .normalize import fold_constants, resolve_auto_pad, upgrade_opset
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None,
     if resolve_auto_pad(m, shapes):
         shapes = infer_shapes(m)
     out = choose_output(m, shapes, output)
-    return Prepared(m, shapes, constant_values(m), out, candidate_layers(m, shapes, out))
+    constants = constant_values(m)
+    fold_constants(m, shapes, constants)
+    return Prepared(m, shapes, constants, out, candidate_layers(m, shapes, out))
 
 
 def _find_or_none(layers: list[Layer], name: str) -> Layer | None:
@@ -154,3 +156,41 @@ def _any_tensor(prep: Prepared, name: str) -> Layer:
         return find_layer(prep.layers, name)  # raises with suggestions
     c, h, w = info.shape[1], info.shape[2], info.shape[3]
     return Layer(name, "?", "", "NCHW", c, h, w, -1)
+
+
+SEED_INPUT = "onnxcam_seed"
+
+
+def gradient_model(model: onnx.ModelProto, wrt: str, output: str | None = None) -> onnx.ModelProto:
+    """A copy of `model` with one more input, `onnxcam_seed` (a cotangent shaped like `output`),
+    and one more output, `onnxcam_gradient` = ∂⟨seed, output⟩/∂wrt.
+
+    Works on any model whose shapes ONNX can infer (no image input needed): `wrt` may be any float
+    tensor, graph inputs included. Used by the self-check and the rule tests.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    shapes = infer_shapes(m)
+    if resolve_auto_pad(m, shapes):
+        shapes = infer_shapes(m)
+    y = output or m.graph.output[0].name
+    if y not in shapes or wrt not in shapes:
+        raise UsageError(f"unknown tensor {y if y not in shapes else wrt!r}")
+    need = required_opset(m.graph, wrt, y)
+    if need > default_opset(m):
+        m = upgrade_opset(m, need)
+        shapes = infer_shapes(m)
+    constants = constant_values(m)
+    fold_constants(m, shapes, constants)
+    yinfo = shapes[y]
+    m.graph.input.append(helper.make_tensor_value_info(SEED_INPUT, yinfo.elem_type, list(yinfo.shape)))
+    shapes = dict(shapes)
+    shapes[SEED_INPUT] = TensorInfo(SEED_INPUT, yinfo.shape, yinfo.elem_type)
+    grad = append_gradient(m.graph, shapes, constants, default_opset(m), wrt, y, SEED_INPUT)
+    m.graph.node.extend(grad.nodes)
+    m.graph.node.append(helper.make_node("Identity", [grad.grad], [GRAD_OUTPUT], name="onnxcam/gradient"))
+    m.graph.initializer.extend(grad.initializers)
+    x = shapes[wrt]
+    m.graph.output.append(helper.make_tensor_value_info(GRAD_OUTPUT, x.elem_type, list(x.shape)))
+    onnx.checker.check_model(m)
+    return m
