@@ -18,9 +18,13 @@ from typing import Any
 
 import click
 import numpy as np
+import onnx
 
 from .errors import ImageError, OnnxcamError, UsageError
 from .explainer import Explainer
+from .graph.rewrite import build_explain_model, prepare
+from .layers import default_layer
+from .model import inspect_model, load_model
 from .image import IMAGE_SUFFIXES, PRESETS, load_image, overlay, preprocess, save_png
 from .methods import METHODS
 
@@ -262,11 +266,6 @@ def layers(model: str, size: str | None, as_json: bool) -> None:
     """List candidate target layers (4-D activations feeding the output) and mark the default."""
     hw = _parse_size(size)
     try:
-        ex = Explainer(model, method="cam" if False else "gradcam") if False else None
-        from .graph.rewrite import prepare
-        from .layers import default_layer
-        from .model import inspect_model, load_model
-
         m = load_model(model)
         info = inspect_model(m, model)
         size_used = info.fixed_size or hw or (224, 224)
@@ -276,7 +275,6 @@ def layers(model: str, size: str | None, as_json: bool) -> None:
     except OnnxcamError as exc:
         _fail(exc)
         return
-    del ex
     if as_json:
         click.echo(json.dumps({
             "model": info.as_dict(), "input_size": list(size_used), "output": prep.output,
@@ -297,8 +295,6 @@ def layers(model: str, size: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(model: str, as_json: bool) -> None:
     """Opset, inputs, outputs, input layout and size of a model."""
-    from .model import inspect_model, load_model
-
     try:
         i = inspect_model(load_model(model), model)
     except OnnxcamError as exc:
@@ -330,22 +326,15 @@ def export(model: str, out_path: str, layer: str | None, gradient: bool, size: s
         out = Path(out_path)
         if out.exists() and (not overwrite or out.resolve() == Path(model).resolve()):
             raise OnnxcamError(f"{out} exists; pass --overwrite (never the input model) or choose another -o")
-        ex = Explainer(model, method="gradcam" if gradient else "cam-free", layer=layer) if False else None
-        from .graph.rewrite import build_explain_model, prepare
-        from .model import inspect_model, load_model
-
         m = load_model(model)
         info = inspect_model(m, model)
         prep = prepare(m, info, None if info.fixed_size else (hw or (224, 224)))
         em = build_explain_model(prep, layer, gradient)
         out.parent.mkdir(parents=True, exist_ok=True)
-        import onnx
-
         onnx.save(em.model, str(out))
     except OnnxcamError as exc:
         _fail(exc)
         return
-    del ex
     click.echo(f"wrote {out} (layer {em.layer.name}, output {em.output}, gradient {'yes' if gradient else 'no'})", err=True)
 
 
