@@ -76,3 +76,18 @@ def test_cam_uses_the_classifier_weights_and_equals_gradcam_up_to_scale(stem: st
     hw = a.shape[2] * a.shape[3]
     np.testing.assert_allclose(grad.cams * hw, cam.cams, rtol=1e-3, atol=1e-5 * np.abs(want).max())
     np.testing.assert_allclose(grad.heatmaps, cam.heatmaps, atol=1e-3)
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_input_gradient_matches_autograd(stem: str):
+    """layer=<the image input>: the full network's gradient, stem (overlapping MaxPool) included."""
+    g = load_golden(stem)
+    ex = Explainer(GOLDENS / f"{stem}.onnx")
+    name = ex.info.image_input.name
+    res = Explainer(GOLDENS / f"{stem}.onnx", layer=name).explain(g["x"])
+    want = g["input_gradient"]
+    if ex.info.layout == "NHWC":
+        want = want.transpose(0, 3, 1, 2)
+    assert res.layer == name
+    assert res.gradients.shape == want.shape
+    assert rel_err(res.gradients, want) < 1e-4

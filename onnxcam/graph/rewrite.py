@@ -21,7 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import OnnxcamError, UsageError
 from ..grad.engine import append_gradient, required_opset
 from ..layers import Layer, candidate_layers, default_layer, find_layer
-from ..model import FLOAT_TYPES, ModelInfo, TensorInfo, constant_values, default_opset, infer_shapes, with_input_size
+from ..model import (
+    FLOAT_TYPES, ModelInfo, TensorInfo, constant_values, default_opset, infer_shapes, tensor_layouts, with_input_size,
+)
 from .normalize import fold_constants, resolve_auto_pad, upgrade_opset
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class Prepared:
     constants: dict[str, np.ndarray]
     output: str
     layers: list[Layer]
+    info: ModelInfo
 
     def layer(self, name: str | None) -> Layer:
         return default_layer(self.layers) if name is None else find_layer(self.layers, name)
@@ -80,7 +83,7 @@ def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None,
     out = choose_output(m, shapes, output)
     constants = constant_values(m)
     fold_constants(m, shapes, constants)
-    return Prepared(m, shapes, constants, out, candidate_layers(m, shapes, out))
+    return Prepared(m, shapes, constants, out, candidate_layers(m, shapes, out), info)
 
 
 def _find_or_none(layers: list[Layer], name: str) -> Layer | None:
@@ -150,12 +153,19 @@ def build_explain_model(prep: Prepared, layer: str | None, with_gradient: bool) 
 
 
 def _any_tensor(prep: Prepared, name: str) -> Layer:
-    """A layer that is not a spatial candidate: any float tensor feeding the output (NCHW view)."""
+    """A layer that is not a spatial candidate — the image input, or a 4-D tensor with 1×1
+    extent — seen through its propagated layout (NCHW where unknown)."""
     info = prep.shapes.get(name)
     if info is None or info.elem_type not in FLOAT_TYPES or len(info.shape) != 4:
         return find_layer(prep.layers, name)  # raises with suggestions
-    c, h, w = info.shape[1], info.shape[2], info.shape[3]
-    return Layer(name, "?", "", "NCHW", c, h, w, -1)
+    ranks = {k: len(v.shape) for k, v in prep.shapes.items()}
+    lay = prep.info.layout if name == prep.info.image_input.name else tensor_layouts(prep.model, ranks).get(name, "NCHW")
+    if lay not in ("NCHW", "NHWC"):
+        lay = "NCHW"
+    s = info.shape
+    c, h, w = s[lay.index("C")], s[lay.index("H")], s[lay.index("W")]
+    producer = next((n for n in prep.model.graph.node if name in n.output), None)
+    return Layer(name, producer.op_type if producer else "input", producer.name if producer else "", lay, c, h, w, -1)
 
 
 SEED_INPUT = "onnxcam_seed"
@@ -192,5 +202,4 @@ def gradient_model(model: onnx.ModelProto, wrt: str, output: str | None = None) 
     m.graph.initializer.extend(grad.initializers)
     x = shapes[wrt]
     m.graph.output.append(helper.make_tensor_value_info(GRAD_OUTPUT, x.elem_type, list(x.shape)))
-    onnx.checker.check_model(m)
     return m

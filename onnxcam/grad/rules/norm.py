@@ -30,3 +30,41 @@ def batch_norm(e: Emitter, node: Node, g: G) -> G:
         f = e.op("Div", [scale, e.op("Sqrt", [e.op("Add", [var, e.scalar(eps, var)])])])
         f = e.op("Reshape", [f, e.ints(shape)])
     return [e.op("Mul", [g[0], f])]
+
+
+@register("LayerNormalization")
+def layer_norm(e: Emitter, node: Node, g: G) -> G:
+    """y = x̂·γ + β with x̂ = (x − μ)/σ over axes [axis, r):
+    dx = (ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂)) / σ, ĝ = g·γ (γ, β are constants here)."""
+    x, scale = node.inputs[0], node.inputs[1]
+    r = e.rank(x)
+    axes = list(range(int(node.attr("axis", -1)) % r, r))
+    eps = float(node.attr("epsilon", 1e-5))
+    mu = e.reduce("ReduceMean", x, axes, True)
+    xc = e.op("Sub", [x, mu])
+    sigma = e.op("Sqrt", [e.op("Add", [e.reduce("ReduceMean", e.op("Mul", [xc, xc]), axes, True), e.scalar(eps, x)])])
+    xhat = e.op("Div", [xc, sigma])
+    gh = e.op("Mul", [g[0], scale])
+    t = e.op("Sub", [gh, e.reduce("ReduceMean", gh, axes, True)])
+    t = e.op("Sub", [t, e.op("Mul", [xhat, e.reduce("ReduceMean", e.op("Mul", [gh, xhat]), axes, True)])])
+    return [e.op("Div", [t, sigma])]
+
+
+@register("InstanceNormalization")
+def instance_norm(e: Emitter, node: Node, g: G) -> G:
+    """Per-sample, per-channel normalisation over the spatial axes; same formula as LayerNorm
+    with γ broadcast over channels."""
+    x, scale = node.inputs[0], node.inputs[1]
+    r = e.rank(x)
+    axes = list(range(2, r))
+    eps = float(node.attr("epsilon", 1e-5))
+    s = e.value(scale)
+    gamma = e.const(s.reshape([-1] + [1] * (r - 2)), "in_scale") if s is not None else e.op("Reshape", [scale, e.ints([-1] + [1] * (r - 2))])
+    mu = e.reduce("ReduceMean", x, axes, True)
+    xc = e.op("Sub", [x, mu])
+    sigma = e.op("Sqrt", [e.op("Add", [e.reduce("ReduceMean", e.op("Mul", [xc, xc]), axes, True), e.scalar(eps, x)])])
+    xhat = e.op("Div", [xc, sigma])
+    gh = e.op("Mul", [g[0], gamma])
+    t = e.op("Sub", [gh, e.reduce("ReduceMean", gh, axes, True)])
+    t = e.op("Sub", [t, e.op("Mul", [xhat, e.reduce("ReduceMean", e.op("Mul", [gh, xhat]), axes, True)])])
+    return [e.op("Div", [t, sigma])]

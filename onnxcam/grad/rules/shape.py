@@ -38,3 +38,95 @@ def concat(e: Emitter, node: Node, g: G) -> G:
         out.append(e.slice(g[0], axis, start, start + size) if need else None)
         start += size
     return out
+
+
+def _const_ints(e: Emitter, node: Node, idx: int, attr: str) -> list[int] | None:
+    """An int list given as attribute (old opsets) or as a constant input (new opsets)."""
+    v = node.attr(attr)
+    if v is not None:
+        return [int(a) for a in v]
+    if len(node.inputs) > idx and node.inputs[idx]:
+        c = e.value(node.inputs[idx])
+        if c is None:
+            raise UnsupportedOpError(node.op_type, node.name, f"{attr} computed at run time")
+        return [int(a) for a in c.reshape(-1)]
+    return None
+
+
+def _static(e: Emitter, node: Node, t: str) -> list[int]:
+    s = e.shape(t)
+    if not all(isinstance(d, int) for d in s[1:]):
+        raise UnsupportedOpError(node.op_type, node.name, f"shape {list(s)} of {t!r} is not static")
+    return list(s)
+
+
+@register("Slice")
+def slice_(e: Emitter, node: Node, g: G) -> G:
+    """Zero-pad the gradient back to the input's extent (unit steps)."""
+    x = node.inputs[0]
+    shape = _static(e, node, x)
+    r = len(shape)
+    starts = _const_ints(e, node, 1, "starts")
+    ends = _const_ints(e, node, 2, "ends")
+    axes = _const_ints(e, node, 3, "axes") or list(range(len(starts)))
+    steps = _const_ints(e, node, 4, "steps") or [1] * len(starts)
+    if any(s != 1 for s in steps):
+        raise UnsupportedOpError("Slice", node.name, "steps other than 1")
+    pads = [0] * (2 * r)
+    for st, en, ax in zip(starts, ends, axes):
+        ax %= r
+        if ax == 0:
+            raise UnsupportedOpError("Slice", node.name, "slicing the batch axis")
+        dim = shape[ax]
+        st = min(max(st + dim if st < 0 else st, 0), dim)
+        en = min(max(en + dim if en < 0 else en, 0), dim)
+        pads[ax], pads[ax + r] = st, dim - max(en, st)
+    return [e.op("Pad", [g[0], e.ints(pads)], mode="constant") if e.opset >= 11 else e.op("Pad", [g[0]], pads=pads)]
+
+
+@register("Pad")
+def pad(e: Emitter, node: Node, g: G) -> G:
+    """Constant padding: the gradient is the un-padded window (a Slice)."""
+    if node.attr("mode", "constant") != "constant":
+        raise UnsupportedOpError("Pad", node.name, f"mode={node.attr('mode')}")
+    x = node.inputs[0]
+    shape = _static(e, node, x)
+    r = len(shape)
+    pads = _const_ints(e, node, 1, "pads")
+    axes = _const_ints(e, node, 3, "axes") if e.opset >= 18 else None
+    axes = [a % r for a in axes] if axes else list(range(r))
+    full = [0] * (2 * r)
+    for i, a in enumerate(axes):
+        full[a], full[a + r] = pads[i], pads[i + len(axes)]
+    if any(p < 0 for p in full):
+        raise UnsupportedOpError("Pad", node.name, "negative pads")
+    ax = [a for a in range(r) if full[a] or full[a + r]]
+    if not ax:
+        return [g[0]]
+    starts = [full[a] for a in ax]
+    ends = [full[a] + shape[a] for a in ax]
+    return [e.op("Slice", [g[0], e.ints(starts), e.ints(ends), e.ints(ax)])]
+
+
+@register("Split")
+def split(e: Emitter, node: Node, g: G) -> G:
+    """Concatenate the outputs' gradients (zeros where an output has none)."""
+    axis = int(node.attr("axis", 0))
+    parts = []
+    for out, go in zip(node.outputs, g):
+        if go is None:
+            shape = e.shape(out)
+            if not all(isinstance(d, int) for d in shape):
+                shape_t = e.runtime_shape(out)
+            else:
+                shape_t = e.ints(shape)
+            from onnx import helper
+
+            go = e.op("ConstantOfShape", [shape_t], value=helper.make_tensor("zero", e.elem_type(out), [1], [0]))
+        parts.append(go)
+    return [e.op("Concat", parts, axis=axis)]
+
+
+@register("Expand", broadcast=True)
+def expand(e: Emitter, node: Node, g: G) -> G:
+    return [g[0], None]
