@@ -342,8 +342,10 @@ def export(model: str, out_path: str, layer: str | None, gradient: bool, size: s
 def methods() -> None:
     """List the CAM methods with their papers."""
     for name in sorted(METHODS):
-        doc = (METHODS[name].__doc__ or "").strip().splitlines()[0]
-        click.echo(f"{name:<10} {doc}")
+        cls = METHODS[name]
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        kind = "gradient" if cls.needs_gradients else "forward-only"
+        click.echo(f"{name:<20} [{kind}] {doc}")
 
 
 def main() -> None:

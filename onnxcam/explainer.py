@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from .errors import UsageError
+from .graph.split import split_at
 from .graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel, Prepared, build_explain_model, prepare
 from .layers import CamHead, Layer, cam_head
 from .methods import CAMMethod, MethodInputs, get_method, scale_maps
@@ -73,6 +74,7 @@ class Explainer:
         self.providers = list(providers) if providers else None
         self.output_name = output
         self.threads = threads
+        self._extra: dict = {}
         self._built: dict[tuple[int, int] | None, tuple[Prepared, ExplainModel, object, CamHead | None]] = {}
         if self.info.fixed_size is not None:
             self._build(self.info.fixed_size)
@@ -119,6 +121,61 @@ class Explainer:
     @property
     def input_size(self) -> tuple[int, int] | None:
         return self.info.fixed_size
+
+    # -- extra sessions for forward-only methods ----------------------------------------------
+    def _forward(self, hw: tuple[int, int], batch: np.ndarray) -> np.ndarray:
+        """The plain model's explained output on a batch (a second session, built once)."""
+        key = ("forward", hw)
+        if key not in self._extra:
+            prep = self._build(hw)[0]
+            m = onnx.ModelProto()
+            m.CopyFrom(prep.model)
+            keep = [o for o in m.graph.output if o.name == prep.output]
+            del m.graph.output[:]
+            m.graph.output.extend(keep)
+            self._extra[key] = make_session(m.SerializeToString(), self.providers, self.threads)
+        return self._run_fixed(self._extra[key], {self.info.image_input.name: batch})[0].reshape(len(batch), -1)
+
+    def _run_fixed(self, sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run in chunks of the model's fixed batch size, if it has one."""
+        fixed = self.info.batch if isinstance(self.info.batch, int) else None
+        n = len(next(iter(feeds.values())))
+        if not fixed or fixed == n:
+            return sess.run(None, feeds)
+        parts = []
+        for s in range(0, n, fixed):
+            chunk = {k: v[s : s + fixed] for k, v in feeds.items()}
+            if len(next(iter(chunk.values()))) != fixed:
+                raise UsageError(f"the model takes batches of exactly {fixed}")
+            parts.append(sess.run(None, chunk))
+        return [np.concatenate(p) for p in zip(*parts)]
+
+    def _tail_fn(self, hw: tuple[int, int], x: np.ndarray, layer: Layer):
+        """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n."""
+        cache: dict[int, list[np.ndarray]] = {}
+
+        def tail(n: int, acts: np.ndarray) -> np.ndarray:
+            key = ("split", hw, layer.name)
+            if key not in self._extra:
+                prep = self._build(hw)[0]
+                sp = split_at(prep.model, prep.shapes, layer.name, prep.output)
+                self._extra[key] = (
+                    sp,
+                    make_session(sp.head.SerializeToString(), self.providers, self.threads),
+                    make_session(sp.tail.SerializeToString(), self.providers, self.threads),
+                )
+            sp, head, tail_sess = self._extra[key]
+            if n not in cache:
+                cache[n] = head.run(None, {self.info.image_input.name: x[n : n + 1]})
+            externals = cache[n][1:]
+            inv = [("NCHW".index(a)) for a in layer.layout]
+            b = len(acts)
+            feeds = {sp.layer: np.ascontiguousarray(acts.transpose(inv)).astype(cache[n][0].dtype)}
+            for name, v in zip(sp.externals, externals):
+                feeds[name] = np.repeat(v, b, axis=0) if v.ndim and v.shape[0] == 1 else v
+            return tail_sess.run(None, feeds)[0].reshape(b, -1)
+
+        return tail
 
     # -- running -----------------------------------------------------------------------------
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
@@ -173,7 +230,11 @@ class Explainer:
         acts = np.ascontiguousarray(acts.transpose(perm)).astype(np.float32)
         if grads is not None:
             grads = np.ascontiguousarray(grads.transpose(perm)).astype(np.float32)
-        inp = MethodInputs(acts, grads, tg.astype(np.int64), outputs.astype(np.float32), head)
+        inp = MethodInputs(
+            acts, grads, tg.astype(np.int64), outputs.astype(np.float32).reshape(len(x), -1), head,
+            inputs=x, layout=self.info.layout, input_size=hw,
+            forward=lambda b: self._forward(hw, b), tail=self._tail_fn(hw, x, em.layer),
+        )
         cams = self.method.cam(inp)
         return Result(
             heatmaps=scale_maps(cams, hw),

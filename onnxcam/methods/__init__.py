@@ -1,10 +1,13 @@
-"""CAM methods, one class each, registered by name."""
+"""CAM methods, one class each, registered by name (`onnxcam methods` lists them)."""
 
 from .base import METHODS, CAMMethod, MethodInputs, get_method, normalize_maps, scale_maps
 from .cam import CAM
-from .gradcam import GradCAM, HiResCAM
+from .eigen import EigenCAM, EigenGradCAM, RandomCAM
+from .score import AblationCAM, ScoreCAM
+from .gradcam import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 
 __all__ = [
-    "CAM", "CAMMethod", "GradCAM", "HiResCAM", "METHODS", "MethodInputs",
+    "AblationCAM", "CAM", "CAMMethod", "ScoreCAM", "EigenCAM", "EigenGradCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
+    "HiResCAM", "LayerCAM", "METHODS", "MethodInputs", "RandomCAM", "XGradCAM",
     "get_method", "normalize_maps", "scale_maps",
 ]

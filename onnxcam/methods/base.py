@@ -8,7 +8,7 @@ method overrides `weights` (N, C) — or, for the element-wise ones, `cam` (N, h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar, Optional
 
 import cv2
 import numpy as np
@@ -26,6 +26,14 @@ class MethodInputs:
     targets: np.ndarray  # (N,) int64
     outputs: np.ndarray  # (N, K)
     head: CamHead | None = None
+    inputs: np.ndarray | None = None  # the batch, in the model's layout
+    layout: str = "NCHW"  # the model input's layout
+    input_size: tuple[int, int] = (0, 0)  # (H, W)
+    # forward(batch in the model's layout) → (B, K) scores of the explained output
+    forward: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    # tail(n, activations (B, C, h, w) channels first) → (B, K): the model after the layer, with
+    # everything else it needs taken from image n
+    tail: Optional[Callable[[int, np.ndarray], np.ndarray]] = None
 
 
 class CAMMethod:
@@ -45,6 +53,7 @@ class CAMMethod:
 
 
 METHODS: dict[str, type[CAMMethod]] = {}
+ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "elementwise": "gradcamelementwise"}
 
 
 def register(cls: type[CAMMethod]) -> type[CAMMethod]:
@@ -56,6 +65,7 @@ def get_method(name: str | CAMMethod) -> CAMMethod:
     if isinstance(name, CAMMethod):
         return name
     key = str(name).lower().replace("-", "").replace("_", "")
+    key = ALIASES.get(key, key)
     for n, cls in METHODS.items():
         if n.replace("-", "").replace("_", "") == key:
             return cls()

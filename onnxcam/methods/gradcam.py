@@ -39,3 +39,76 @@ class HiResCAM(CAMMethod):
     def cam(self, inp: MethodInputs) -> np.ndarray:
         m = (inp.gradients.astype(np.float64) * inp.activations.astype(np.float64)).sum(axis=1)
         return np.maximum(m, 0).astype(np.float32)
+
+
+@register
+class GradCAMPlusPlus(CAMMethod):
+    """Grad-CAM++ — Chattopadhyay et al., "Grad-CAM++: Improved Visual Explanations for Deep
+    Convolutional Networks", WACV 2018.
+
+    α_ij^kc = g² / (2g² + Σ_ab A^k_ab · g³ + 1e-6) (0 where g = 0),
+    w_k^c = Σ_ij α_ij^kc · ReLU(g_ij),  L^c = ReLU(Σ_k w_k^c A^k), with g = ∂y^c/∂A^k_ij
+    (the exponential-score form of the paper, as pytorch-grad-cam implements it).
+
+    Example: ``Explainer("model.onnx", method="gradcam++").explain(x).heatmaps``
+    """
+
+    name = "gradcam++"
+
+    def weights(self, inp: MethodInputs) -> np.ndarray:
+        g = inp.gradients.astype(np.float64)
+        a = inp.activations.astype(np.float64)
+        g2, g3 = g**2, g**3
+        denom = 2 * g2 + a.sum(axis=(2, 3), keepdims=True) * g3 + 1e-6
+        alpha = np.where(g != 0, g2 / denom, 0.0)
+        return (alpha * np.maximum(g, 0)).sum(axis=(2, 3))
+
+
+@register
+class XGradCAM(CAMMethod):
+    """XGrad-CAM — Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and
+    Explanation of CNNs", BMVC 2020.
+
+    w_k^c = Σ_ij (A^k_ij / (Σ_ab A^k_ab + 1e-7)) · ∂y^c/∂A^k_ij,  L^c = ReLU(Σ_k w_k^c A^k).
+
+    Example: ``Explainer("model.onnx", method="xgradcam").explain(x).heatmaps``
+    """
+
+    name = "xgradcam"
+
+    def weights(self, inp: MethodInputs) -> np.ndarray:
+        g = inp.gradients.astype(np.float64)
+        a = inp.activations.astype(np.float64)
+        return (g * a).sum(axis=(2, 3)) / (a.sum(axis=(2, 3)) + 1e-7)
+
+
+@register
+class LayerCAM(CAMMethod):
+    """LayerCAM — Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for
+    Localization", IEEE TIP 2021.
+
+    L^c = ReLU(Σ_k ReLU(∂y^c/∂A^k) ⊙ A^k): each location weighted by its own positive gradient.
+
+    Example: ``Explainer("model.onnx", method="layercam", layer="<an early layer>")``
+    """
+
+    name = "layercam"
+
+    def cam(self, inp: MethodInputs) -> np.ndarray:
+        m = (np.maximum(inp.gradients.astype(np.float64), 0) * inp.activations.astype(np.float64)).sum(axis=1)
+        return np.maximum(m, 0).astype(np.float32)
+
+
+@register
+class GradCAMElementWise(CAMMethod):
+    """Grad-CAM element-wise — pytorch-grad-cam's variant of HiResCAM with the ReLU inside:
+    L^c = Σ_k ReLU(∂y^c/∂A^k ⊙ A^k) (then ReLU, a no-op here).
+
+    Example: ``Explainer("model.onnx", method="gradcam-elementwise").explain(x).heatmaps``
+    """
+
+    name = "gradcam-elementwise"
+
+    def cam(self, inp: MethodInputs) -> np.ndarray:
+        m = np.maximum(inp.gradients.astype(np.float64) * inp.activations.astype(np.float64), 0).sum(axis=1)
+        return m.astype(np.float32)

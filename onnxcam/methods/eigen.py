@@ -1,0 +1,83 @@
+"""Principal-component methods: Eigen-CAM and EigenGrad-CAM, and the random baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import CAMMethod, MethodInputs, register
+
+
+def first_component(maps: np.ndarray) -> np.ndarray:
+    """Project each (C, h, w) stack, centred over locations, on its first right singular vector.
+
+    The singular vector's sign is arbitrary (pytorch-grad-cam's maps come out inverted at times);
+    we fix it so that the projection correlates positively with the channel sum of the stack, i.e.
+    the map is bright where the features are strong.
+    """
+    n, c, h, w = maps.shape
+    out = np.zeros((n, h, w), np.float64)
+    for i in range(n):
+        x = maps[i].reshape(c, h * w).T.astype(np.float64)  # (hw, C)
+        xc = x - x.mean(axis=0)
+        if not np.any(xc):
+            continue
+        _, _, vt = np.linalg.svd(xc, full_matrices=False)
+        proj = xc @ vt[0]
+        ref = x.sum(axis=1)
+        if float(np.dot(proj, ref - ref.mean())) < 0:
+            proj = -proj
+        out[i] = proj.reshape(h, w)
+    return out
+
+
+@register
+class EigenCAM(CAMMethod):
+    """Eigen-CAM — Muhammad & Yeasin, "Eigen-CAM: Class Activation Map using Principal
+    Components", IJCNN 2020.
+
+    L = ReLU(A_c · v₁), A_c the (hw × C) activations centred over locations, v₁ their first right
+    singular vector (sign fixed: positive correlation with Σ_k A^k). Class-agnostic, gradient-free.
+
+    Example: ``Explainer("model.onnx", method="eigencam").explain(x).heatmaps``
+    """
+
+    name = "eigencam"
+    needs_gradients = False
+
+    def cam(self, inp: MethodInputs) -> np.ndarray:
+        return np.maximum(first_component(inp.activations), 0).astype(np.float32)
+
+
+@register
+class EigenGradCAM(CAMMethod):
+    """EigenGrad-CAM — Eigen-CAM on the gradient-weighted activations ∂y^c/∂A ⊙ A (class
+    discriminative), as in pytorch-grad-cam.
+
+    L^c = ReLU((g ⊙ A)_c · v₁).
+
+    Example: ``Explainer("model.onnx", method="eigengradcam").explain(x).heatmaps``
+    """
+
+    name = "eigengradcam"
+
+    def cam(self, inp: MethodInputs) -> np.ndarray:
+        return np.maximum(first_component(inp.gradients * inp.activations), 0).astype(np.float32)
+
+
+@register
+class RandomCAM(CAMMethod):
+    """Random baseline — channel weights drawn uniformly from [−1, 1] (seeded): the map a
+    metric must beat to mean anything.
+
+    Example: ``Explainer("model.onnx", method="random").explain(x).heatmaps``
+    """
+
+    name = "random"
+    needs_gradients = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def weights(self, inp: MethodInputs) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        return rng.uniform(-1, 1, size=inp.activations.shape[:2])
