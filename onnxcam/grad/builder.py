@@ -114,7 +114,7 @@ class Emitter:
 
     def const(self, array: np.ndarray, hint: str = "const") -> str:
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
         self.constants[name] = array
         self.set_info(name, tuple(array.shape), helper.np_dtype_to_tensor_dtype(array.dtype))
         return name

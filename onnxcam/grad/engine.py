@@ -49,10 +49,15 @@ def path_nodes(graph: onnx.GraphProto, x: str, ys: list[str]) -> tuple[list[onnx
     return on_path, active
 
 
-def missing_rules(graph: onnx.GraphProto, x: str, y: str) -> list[tuple[str, str]]:
-    """(op type, node name) of every node on the path that has no gradient rule."""
+def missing_rules(graph: onnx.GraphProto, x: str, y: str, shapes: dict[str, TensorInfo]) -> list[tuple[str, str]]:
+    """(op type, node name) of every node on the path that carries a gradient (has a float
+    output) and has no rule. Shape arithmetic (Shape, Gather on shapes, ...) carries none."""
     nodes, _ = path_nodes(graph, x, [y])
-    return [(n.op_type, n.name) for n in nodes if n.op_type not in RULES or n.domain not in ("", "ai.onnx")]
+    floats = lambda n: any(shapes.get(o) is not None and shapes[o].elem_type in FLOAT_TYPES for o in n.output)
+    return [
+        (n.op_type, n.name) for n in nodes
+        if (n.op_type not in RULES or n.domain not in ("", "ai.onnx")) and floats(n)
+    ]
 
 
 def required_opset(graph: onnx.GraphProto, x: str, y: str) -> int:

@@ -29,8 +29,10 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def register(*op_types: str, broadcast: bool = False, min_opset: int = 1) -> Callable[[RuleFn], RuleFn]:
-    """Register `fn` as the gradient of `op_types`; `min_opset`: the opset its emitted ops need."""
+def register(*op_types: str, broadcast: bool = False, min_opset: int = 7) -> Callable[[RuleFn], RuleFn]:
+    """Register `fn` as the gradient of `op_types`; `min_opset`: the opset its emitted ops need
+    (7 at least: rules rely on numpy-style broadcasting; 9 for Where, Sign, ConstantOfShape; 10 for
+    Slice with inputs; 11 for Equal on floats and Gemm without C; 16 for ScatterElements add)."""
 
     def deco(fn: RuleFn) -> RuleFn:
         for op in op_types:

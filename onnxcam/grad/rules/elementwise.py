@@ -29,25 +29,30 @@ def cast(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Cast", [g[0]], to=e.elem_type(node.inputs[0]))]
 
 
+@register("CastLike")
+def cast_like(e: Emitter, node: Node, g: G) -> G:
+    return [e.op("Cast", [g[0]], to=e.elem_type(node.inputs[0])) if node.needs[0] else None, None]
+
+
 @register("Neg")
 def neg(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Neg", [g[0]])]
 
 
-@register("Relu")
+@register("Relu", min_opset=9)
 def relu(e: Emitter, node: Node, g: G) -> G:
     y = node.outputs[0]
     return [e.mask(e.op("Greater", [y, e.scalar(0, y)]), g[0])]
 
 
-@register("LeakyRelu")
+@register("LeakyRelu", min_opset=9)
 def leaky_relu(e: Emitter, node: Node, g: G) -> G:
     x, alpha = node.inputs[0], node.attr("alpha", 0.01)
     neg_side = e.op("Mul", [g[0], e.scalar(alpha, x)])
     return [e.op("Where", [e.op("Greater", [x, e.scalar(0, x)]), g[0], neg_side])]
 
 
-@register("PRelu", broadcast=True)
+@register("PRelu", broadcast=True, min_opset=9)
 def prelu(e: Emitter, node: Node, g: G) -> G:
     x, slope = node.inputs
     pos = e.op("Greater", [x, e.scalar(0, x)])
@@ -56,14 +61,14 @@ def prelu(e: Emitter, node: Node, g: G) -> G:
     return [gx, gs]
 
 
-@register("Elu")
+@register("Elu", min_opset=9)
 def elu(e: Emitter, node: Node, g: G) -> G:
     x, y = node.inputs[0], node.outputs[0]
     neg_side = e.op("Mul", [g[0], e.op("Add", [y, e.scalar(node.attr("alpha", 1.0), y)])])
     return [e.op("Where", [e.op("Greater", [x, e.scalar(0, x)]), g[0], neg_side])]
 
 
-@register("Clip")
+@register("Clip", min_opset=9)
 def clip(e: Emitter, node: Node, g: G) -> G:
     x = node.inputs[0]
     if e.opset >= 11:
@@ -90,7 +95,7 @@ def sigmoid(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Mul", [g[0], e.op("Mul", [y, e.op("Sub", [e.scalar(1, y), y])])])]
 
 
-@register("HardSigmoid")
+@register("HardSigmoid", min_opset=9)
 def hard_sigmoid(e: Emitter, node: Node, g: G) -> G:
     y = node.outputs[0]
     inside = e.op("And", [e.op("Greater", [y, e.scalar(0, y)]), e.op("Less", [y, e.scalar(1, y)])])
@@ -134,7 +139,7 @@ def reciprocal(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Neg", [e.op("Mul", [g[0], e.op("Mul", [y, y])])])]
 
 
-@register("Abs")
+@register("Abs", min_opset=9)
 def abs_(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Mul", [g[0], e.op("Sign", [node.inputs[0]])])]
 
@@ -212,7 +217,7 @@ def pow_(e: Emitter, node: Node, g: G) -> G:
     return [ga, gb]
 
 
-@register("Max", "Min", broadcast=True)
+@register("Max", "Min", broadcast=True, min_opset=11)
 def max_min(e: Emitter, node: Node, g: G) -> G:
     """Ties split evenly between the inputs that reach the extreme (as TensorFlow does)."""
     y = node.outputs[0]
@@ -222,7 +227,7 @@ def max_min(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Mul", [share, h]) if n else None for h, n in zip(hits, node.needs)]
 
 
-@register("Where", broadcast=True)
+@register("Where", broadcast=True, min_opset=9)
 def where(e: Emitter, node: Node, g: G) -> G:
     c = node.inputs[0]
     zero = e.scalar(0, g[0])

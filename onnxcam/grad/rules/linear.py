@@ -12,7 +12,7 @@ from . import register
 G = list[Optional[str]]
 
 
-@register("Gemm")
+@register("Gemm", min_opset=11)
 def gemm(e: Emitter, node: Node, g: G) -> G:
     """Y = α·A'·B' + β·C, A' = Aᵀ if transA, B' = Bᵀ if transB.
 

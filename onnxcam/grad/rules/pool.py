@@ -51,20 +51,20 @@ def _count(e: Emitter, node: Node, axes: Sequence[int]) -> int:
     return int(np.prod(dims)) if dims else 1
 
 
-@register("ReduceSum")
+@register("ReduceSum", min_opset=8)
 def reduce_sum(e: Emitter, node: Node, g: G) -> G:
     axes = _reduce_axes(e, node)
     return [e.expand_like(_restore(e, node, g[0], axes), node.inputs[0]), None]
 
 
-@register("ReduceMean")
+@register("ReduceMean", min_opset=8)
 def reduce_mean(e: Emitter, node: Node, g: G) -> G:
     axes = _reduce_axes(e, node)
     scaled = e.op("Mul", [g[0], e.scalar(1.0 / _count(e, node, axes), g[0])])
     return [e.expand_like(_restore(e, node, scaled, axes), node.inputs[0]), None]
 
 
-@register("GlobalAveragePool")
+@register("GlobalAveragePool", min_opset=8)
 def global_average_pool(e: Emitter, node: Node, g: G) -> G:
     x = node.inputs[0]
     axes = list(range(2, e.rank(x)))
@@ -78,13 +78,13 @@ def _max_split(e: Emitter, x: str, y: str, gy: str, axes: list[int]) -> str:
     return e.op("Mul", [hit, e.op("Div", [gy, count])])
 
 
-@register("GlobalMaxPool")
+@register("GlobalMaxPool", min_opset=11)
 def global_max_pool(e: Emitter, node: Node, g: G) -> G:
     x = node.inputs[0]
     return [_max_split(e, x, node.outputs[0], g[0], list(range(2, e.rank(x))))]
 
 
-@register("ReduceMax", "ReduceMin")
+@register("ReduceMax", "ReduceMin", min_opset=11)
 def reduce_max(e: Emitter, node: Node, g: G) -> G:
     axes = _reduce_axes(e, node)
     y = _restore(e, node, node.outputs[0], axes)

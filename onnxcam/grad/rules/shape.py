@@ -26,7 +26,7 @@ def transpose(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Transpose", [g[0]], perm=inv)]
 
 
-@register("Concat")
+@register("Concat", min_opset=10)
 def concat(e: Emitter, node: Node, g: G) -> G:
     axis = int(node.attr("axis"))
     out: list[Optional[str]] = []
@@ -84,7 +84,7 @@ def slice_(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Pad", [g[0], e.ints(pads)], mode="constant") if e.opset >= 11 else e.op("Pad", [g[0]], pads=pads)]
 
 
-@register("Pad")
+@register("Pad", min_opset=10)
 def pad(e: Emitter, node: Node, g: G) -> G:
     """Constant padding: the gradient is the un-padded window (a Slice)."""
     if node.attr("mode", "constant") != "constant":
@@ -108,7 +108,7 @@ def pad(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Slice", [g[0], e.ints(starts), e.ints(ends), e.ints(ax)])]
 
 
-@register("Split")
+@register("Split", min_opset=9)
 def split(e: Emitter, node: Node, g: G) -> G:
     """Concatenate the outputs' gradients (zeros where an output has none)."""
     axis = int(node.attr("axis", 0))
@@ -127,6 +127,6 @@ def split(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Concat", parts, axis=axis)]
 
 
-@register("Expand", broadcast=True)
+@register("Expand", broadcast=True, min_opset=8)
 def expand(e: Emitter, node: Node, g: G) -> G:
     return [g[0], None]
