@@ -339,6 +339,52 @@ def export(model: str, out_path: str, layer: str | None, gradient: bool, size: s
 
 
 @cli.command()
+@_model_option
+@click.option("--layer", "layer_names", multiple=True, help="Layer(s) to check (default: the default layer).")
+@click.option("--all-layers", is_flag=True, help="Check every candidate layer.")
+@click.option("--size", default=None, help="Input size HxW for models with a dynamic size (default 224x224).")
+@click.option("--directions", default=3, show_default=True, type=click.IntRange(1, 100), help="Random directions per layer.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def check(model: str, layer_names: tuple[str, ...], all_layers: bool, size: str | None, directions: int, as_json: bool) -> None:
+    """Self-check: ops without a gradient rule on the path, and the engine's gradient against
+    central finite differences of the model itself (evaluated in float64 by onnx's reference
+    evaluator) in random directions. Exit 0 when every checked layer agrees (relative error
+    ≤ 1e-2: the engine runs in float32), 1 otherwise."""
+    from .check import GRADIENT_FREE, self_check
+
+    hw = _parse_size(size)
+    try:
+        names = list(layer_names) or None
+        if all_layers:
+            m = load_model(model)
+            info = inspect_model(m, model)
+            names = [l.name for l in prepare(m, info, None if info.fixed_size else (hw or (224, 224))).layers]
+        rep = self_check(model, names, hw, directions)
+    except OnnxcamError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(rep.as_dict(), indent=2))
+    if rep.quantised_ops:
+        _fail(OnnxcamError(
+            f"the model is quantised ({', '.join(rep.quantised_ops)}): gradients do not exist there, so "
+            f"gradient methods cannot apply; use a gradient-free method: {', '.join(GRADIENT_FREE)}"
+        ))
+    if not as_json:
+        for l in rep.layers:
+            if l.missing:
+                click.echo(f"FAIL {l.layer}: no gradient rule for {', '.join(l.missing)}")
+            elif l.error:
+                click.echo(f"FAIL {l.layer}: {l.error}")
+            else:
+                click.echo(
+                    f"{'ok  ' if l.ok else 'FAIL'} {l.layer}: relative error median {l.median_rel_error:.1e}, "
+                    f"max {l.max_rel_error:.1e} over {l.directions} directions"
+                )
+    sys.exit(0 if rep.ok else 1)
+
+
+@cli.command()
 def methods() -> None:
     """List the CAM methods with their papers."""
     for name in sorted(METHODS):

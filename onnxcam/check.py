@@ -1,0 +1,164 @@
+"""Self-check: can onnxcam differentiate this model, and does its gradient agree with the model?
+
+`self_check` lists the ops on the path from each checked layer to the output that have no
+gradient rule, flags quantised models (no gradient exists there), and compares the engine's
+∂⟨u, y⟩/∂A with central finite differences of the model's own tail (the part after the layer,
+run by onnxruntime) in random directions v:  ⟨v, ∇⟩ ≈ (⟨u, f(A + hv)⟩ − ⟨u, f(A − hv)⟩) / 2h, with f evaluated in float64
+by onnx's reference evaluator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import OnnxcamError
+from .grad.engine import missing_rules
+from .graph.rewrite import GRAD_OUTPUT, SEED_INPUT, gradient_model, prepare
+from .graph.split import split_at
+from .layers import default_layer
+from .model import inspect_model, load_model
+from .runtime import make_session
+
+QUANTISED_OPS = {
+    "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QLinearAdd", "QLinearMul",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
+    "QLinearConcat", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
+}
+GRADIENT_FREE = ["ablationcam", "scorecam", "eigencam", "random"]
+
+
+@dataclass
+class LayerCheck:
+    layer: str
+    missing: list[str] = field(default_factory=list)  # "OpType (node)"
+    median_rel_error: float | None = None  # what decides ok: one direction may cross a kink
+    max_rel_error: float | None = None
+    directions: int = 0
+    ok: bool = False
+    error: str = ""
+
+
+@dataclass
+class CheckReport:
+    model: str
+    quantised_ops: list[str]
+    layers: list[LayerCheck]
+
+    @property
+    def ok(self) -> bool:
+        return not self.quantised_ops and all(l.ok for l in self.layers)
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "ok": self.ok, "quantised_ops": self.quantised_ops,
+                "layers": [asdict(l) for l in self.layers]}
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with float32 initializers, constants, casts and graph values made float64, for
+    onnx's numpy reference evaluator (onnxruntime has no float64 Conv)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    f32, f64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+    for init in m.graph.initializer:
+        if init.data_type == f32:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
+    for node in m.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == f32:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
+            if node.op_type == "Cast" and a.name == "to" and a.i == f32:
+                a.i = f64
+    for v in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
+        if v.type.tensor_type.elem_type == f32:
+            v.type.tensor_type.elem_type = f64
+    return m
+
+
+def _fd_check(prep, layer: str, directions: int, rng: np.random.Generator) -> tuple[float, float]:
+    """(median, max) over random directions v of |⟨v, ∇⟩ − FD| / max(|FD|, |⟨v, ∇⟩|), FD being
+    the central difference of the model's tail evaluated in float64 with a tiny step (so ReLU
+    and max-pool kinks are almost never crossed)."""
+    info = prep.info
+    for extra in info.inputs:
+        if extra.name != info.image_input.name:
+            raise OnnxcamError(f"self-check feeds only the image input; the model also needs {extra.name!r}")
+    shape = [d if isinstance(d, int) else 2 for d in prep.shapes[info.image_input.name].shape]
+    shape[0] = 2 if not isinstance(info.batch, int) else info.batch
+    x = rng.normal(size=shape).astype(info.image_input.dtype)
+    sp = split_at(prep.model, prep.shapes, layer, prep.output)
+    head = make_session(sp.head.SerializeToString(), ["CPUExecutionProvider"])
+    gm = gradient_model(prep.model, layer, prep.output)
+    gsess = make_session(gm.SerializeToString(), ["CPUExecutionProvider"])
+    feeds = {info.image_input.name: x}
+    acts, *externals = head.run(None, feeds)
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        ref = ReferenceEvaluator(to_float64(sp.tail))
+        tail = lambda a: np.asarray(ref.run(None, {layer: a, **ext})[0], np.float64)  # noqa: E731
+        ext = {n: (v.astype(np.float64) if v.dtype == np.float32 else v) for n, v in zip(sp.externals, externals)}
+        y = tail(acts.astype(np.float64))
+    except Exception as exc:
+        raise OnnxcamError(f"the float64 reference evaluator cannot run the model after {layer!r}: {exc}") from None
+    y32 = make_session(sp.tail.SerializeToString(), ["CPUExecutionProvider"]).run(None, {layer: acts, **dict(zip(sp.externals, externals))})[0]
+    if np.abs(y32 - y).max() > 1e-3 * (np.abs(y).max() + 1e-6):
+        raise OnnxcamError(
+            f"onnx's reference evaluator and onnxruntime disagree on the model after {layer!r} "
+            f"(max difference {np.abs(y32 - y).max():.2e}); no trustworthy reference for this layer"
+        )
+    u = rng.normal(size=y.shape)
+    grad = gsess.run([GRAD_OUTPUT], {**feeds, SEED_INPUT: u.astype(y.dtype if y.dtype != np.float64 else np.float32)})[0]
+    grad = grad.astype(np.float64)
+    a64 = acts.astype(np.float64)
+    scale = np.abs(a64).max() + 1e-3
+    errors = []
+    # saturated values (0 after ReLU, 6 after ReLU6: any value shared by many entries) sit on
+    # kinks, or tie inside max-pooling windows, where no derivative exists: not perturbed
+    vals, counts = np.unique(acts, return_counts=True)
+    live = ~np.isin(acts, vals[counts > max(2, acts.size // 1000)])
+    for _ in range(directions):
+        v = rng.normal(size=acts.shape) * (live if live.mean() > 0.01 else 1)
+        an = float((grad * v).sum())
+        err = np.inf
+        for rel in (1e-6, 1e-8):  # a kink crossed at one step size is rarely crossed at both
+            h = rel * scale / np.abs(v).max()
+            fd = float((u * (tail(a64 + h * v) - tail(a64 - h * v))).sum() / (2 * h))
+            err = min(err, abs(fd - an) / max(abs(fd), abs(an), 1e-12))
+        errors.append(err)
+    return float(np.median(errors)), float(np.max(errors))
+
+
+def self_check(
+    path: str,
+    layers: list[str] | None = None,
+    size: tuple[int, int] | None = None,
+    directions: int = 3,
+    tolerance: float = 1e-2,
+    seed: int = 0,
+) -> CheckReport:
+    """Check the default layer (or `layers`) of the model at `path`."""
+    model = load_model(path)
+    info = inspect_model(model, path)
+    quant = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTISED_OPS})
+    if quant:
+        return CheckReport(path, quant, [])
+    prep = prepare(model, info, None if info.fixed_size else (size or (224, 224)))
+    names = layers or [default_layer(prep.layers).name]
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in names:
+        lc = LayerCheck(name)
+        lc.missing = [f"{op} ({node})" for op, node in missing_rules(prep.model.graph, name, prep.output, prep.shapes)]
+        if not lc.missing:
+            try:
+                lc.median_rel_error, lc.max_rel_error = _fd_check(prep, name, directions, rng)
+                lc.directions = directions
+                lc.ok = lc.median_rel_error <= tolerance
+            except OnnxcamError as exc:
+                lc.error = str(exc)
+        out.append(lc)
+    return CheckReport(path, [], out)
