@@ -51,6 +51,12 @@ def _spatial(shape: tuple, layout: str) -> tuple:
     return (shape[layout.index("C")], shape[layout.index("H")], shape[layout.index("W")])
 
 
+def _extent(chw: tuple) -> int:
+    """h·w where both are known, else a large number (dynamic sizes are spatial)."""
+    _, h, w = chw
+    return h * w if isinstance(h, int) and isinstance(w, int) else 2**31
+
+
 def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], output: str) -> list[Layer]:
     """All candidate layers feeding `output`, in topological order."""
     ranks = {k: len(v.shape) for k, v in shapes.items()}
@@ -64,11 +70,17 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
                 continue
             if info.elem_type not in FLOAT_TYPES:
                 continue
-            lay = layouts.get(t, "NCHW")
+            lay = layouts.get(t)
+            if lay is None:
+                # unknown layout: a candidate only if spatial under both readings, so that a
+                # pooled (N, 1, 1, C) tensor is never taken for a 1×C map
+                if any(_extent(_spatial(info.shape, l)) <= 1 for l in ("NCHW", "NHWC")):
+                    continue
+                lay = "NCHW"
             if lay not in ("NCHW", "NHWC"):
                 continue
             c, h, w = _spatial(info.shape, lay)
-            if isinstance(h, int) and isinstance(w, int) and h * w <= 1:
+            if _extent((c, h, w)) <= 1:
                 continue
             out.append(Layer(t, node.op_type, node.name, lay, c, h, w, idx))
     return out

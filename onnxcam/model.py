@@ -39,8 +39,11 @@ _SAME_LAYOUT_OPS = {
     "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg",
     "Reciprocal", "Clip", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where",
     "Identity", "Dropout", "Cast", "QuantizeLinear", "DequantizeLinear", "Pad", "Resize", "Upsample",
-    "Floor", "Ceil", "Round", "Sign",
+    "Floor", "Ceil", "Round", "Sign", "LayerNormalization", "Softmax", "LogSoftmax",
 }
+# ops that keep the layout of their first input when it is 4-D (MatMul against 2-D weights acts
+# on the last axis only, as in ConvNeXt's channels-last MLP)
+_FIRST_INPUT_LAYOUT_OPS = {"MatMul"}
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
@@ -134,6 +137,13 @@ def tensor_layouts(model: onnx.ModelProto, ranks: dict[str, int] | None = None) 
                     for i, a in enumerate(p):
                         inv[a] = i
                     layouts[src] = "".join(layouts[dst][i] for i in inv)
+                    changed = True
+            elif node.op_type in _FIRST_INPUT_LAYOUT_OPS and node.input and node.output:
+                src, dst = node.input[0], node.output[0]
+                if ranks is not None and (ranks.get(src) != 4 or ranks.get(dst) != 4 or ranks.get(node.input[1], 0) > 2):
+                    continue
+                if src in layouts and dst not in layouts:
+                    layouts[dst] = layouts[src]
                     changed = True
             elif node.op_type in _SAME_LAYOUT_OPS:
                 data = [t for t in list(node.input)[:2] if t and is4d(t)]
@@ -274,6 +284,64 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, TensorInfo]:
                 if a.name == "value":
                     out[node.output[0]] = TensorInfo(node.output[0], tuple(a.t.dims), a.t.data_type)
     return out
+
+
+def fill_runtime_shapes(model: onnx.ModelProto, info: "ModelInfo", shapes: dict[str, TensorInfo]) -> int:
+    """Where ONNX shape inference lost a float tensor's shape (reshapes computed from run-time
+    shapes, as TorchScript's channel shuffle), measure it: run the model at batch 1 and 2 with
+    those tensors as outputs; axes that follow the batch become symbolic. Returns how many."""
+    missing = []
+    for node in model.graph.node:
+        for o in node.output:
+            t = shapes.get(o)
+            if o and (t is None or not t.shape or any(not isinstance(d, int) for d in t.shape[1:])):
+                if t is None or t.elem_type in FLOAT_TYPES or t.elem_type == 0:
+                    missing.append(o)
+    if not missing:
+        return 0
+    import onnxruntime as ort
+
+    def session(names: list[str]):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        known = {o.name for o in m.graph.output}
+        for name in names:
+            t = shapes.get(name)
+            elem = t.elem_type if t is not None and t.elem_type else TensorProto.FLOAT
+            if name not in known:
+                m.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    try:
+        sess = session(missing)
+    except Exception:  # a guessed (float) type was wrong somewhere: measure only typed tensors
+        missing = [n for n in missing if n in shapes and shapes[n].elem_type]
+        if not missing:
+            return 0
+        sess = session(missing)
+    names = [o.name for o in sess.get_outputs()]
+    runs = []
+    img = shapes[info.image_input.name]
+    fixed_batch = info.batch if isinstance(info.batch, int) else None
+    for b in ([fixed_batch] if fixed_batch else [1, 2]):
+        feeds = {}
+        for inp in info.inputs:
+            dims = [b if i == 0 and not isinstance(d, int) else (d if isinstance(d, int) else 1)
+                    for i, d in enumerate(shapes.get(inp.name, inp).shape)]
+            feeds[inp.name] = np.zeros(dims, dtype=inp.dtype)
+        runs.append(dict(zip(names, sess.run(None, feeds))))
+    del img
+    filled = 0
+    for name in missing:
+        vals = [r[name] for r in runs]
+        dims: list[Dim] = []
+        for axis, d in enumerate(vals[0].shape):
+            varies = len(vals) > 1 and vals[1].shape[axis] != d
+            dims.append(BATCH if varies else int(d))
+        elem = helper.np_dtype_to_tensor_dtype(vals[0].dtype)
+        shapes[name] = TensorInfo(name, tuple(dims), elem)
+        filled += 1
+    return filled
 
 
 def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -319,6 +319,10 @@ CASES: list[Case] = [
       out_index=1),
     C("expand", "Expand", {"x": V(3, 1, 5), "s": I([2, 3, 4, 5])}),
     C("expand_both_ways", "Expand", {"x": V(4, 1), "s": I([3, 1, 2])}),
+    C("gather_1d_repeated_negative", "Gather", {"x": V(6), "i": I([[0, 5, 2], [2, 2, -1]])}),
+    C("gather_1d_runtime_indices", "Gather", {"x": V(6), "i": In((4,), value=np.array([3, 3, 0, 5]))}),
+    C("gather_axis1_const", "Gather", {"x": V(2, 5, 3), "i": I([4, 0, 4])}, attrs={"axis": 1}),
+    C("gather_axis_neg_scalar", "Gather", {"x": V(2, 3, 4), "i": I(2)}, attrs={"axis": -1}),
     # -- linear ------------------------------------------------------------------------------------
     *[
         C(f"gemm_tA{ta}_tB{tb}", "Gemm", {"x": V(*((4, 3) if ta else (3, 4))), "b": V(*((5, 4) if tb else (4, 5))),

@@ -110,14 +110,26 @@ def fold_constants(model: onnx.ModelProto, shapes: dict[str, TensorInfo], consta
 
     opset = default_opset(model)
     added = 0
+    partial: dict[str, list] = {}  # Shape outputs with symbolic entries (the batch)
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") or all(o in constants for o in node.output if o):
             continue
         if node.op_type == "Shape" and node.input[0] in shapes:
             dims = shapes[node.input[0]].shape
+            start, end = _attr(node, "start", 0), _attr(node, "end", None)
+            dims = list(dims[start:end])
             if all(isinstance(d, int) for d in dims):
-                start, end = _attr(node, "start", 0), _attr(node, "end", None)
-                constants[node.output[0]] = np.asarray(dims[start:end], np.int64)
+                constants[node.output[0]] = np.asarray(dims, np.int64)
+                added += 1
+            else:
+                partial[node.output[0]] = dims
+            continue
+        if node.op_type == "Gather" and node.input[0] in partial and node.input[1] in constants:
+            # Shape(x)[k] where dim k is static, though the batch is not (TorchScript's shuffle)
+            dims, idx = partial[node.input[0]], constants[node.input[1]]
+            picked = [dims[int(i)] for i in idx.reshape(-1)]
+            if all(isinstance(d, int) for d in picked):
+                constants[node.output[0]] = np.asarray(picked, np.int64).reshape(idx.shape)
                 added += 1
             continue
         ins = [i for i in node.input if i]

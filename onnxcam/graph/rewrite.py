@@ -22,7 +22,7 @@ from ..errors import OnnxcamError, UsageError
 from ..grad.engine import append_gradient, required_opset
 from ..layers import Layer, candidate_layers, default_layer, find_layer
 from ..model import (
-    FLOAT_TYPES, ModelInfo, TensorInfo, constant_values, default_opset, infer_shapes, tensor_layouts, with_input_size,
+    FLOAT_TYPES, ModelInfo, TensorInfo, constant_values, default_opset, fill_runtime_shapes, infer_shapes, tensor_layouts, with_input_size,
 )
 from .normalize import fold_constants, resolve_auto_pad, upgrade_opset
 
@@ -80,6 +80,7 @@ def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None,
     shapes = infer_shapes(m)
     if resolve_auto_pad(m, shapes):
         shapes = infer_shapes(m)
+    fill_runtime_shapes(m, info, shapes)
     out = choose_output(m, shapes, output)
     constants = constant_values(m)
     fold_constants(m, shapes, constants)

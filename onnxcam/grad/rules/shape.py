@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from ...errors import UnsupportedOpError
 from ..builder import Emitter, Node
 from . import register
@@ -76,6 +78,8 @@ def slice_(e: Emitter, node: Node, g: G) -> G:
     for st, en, ax in zip(starts, ends, axes):
         ax %= r
         if ax == 0:
+            if st == 0 and en >= 2**31 - 1:  # the whole batch (Keras' Cropping2D writes this)
+                continue
             raise UnsupportedOpError("Slice", node.name, "slicing the batch axis")
         dim = shape[ax]
         st = min(max(st + dim if st < 0 else st, 0), dim)
@@ -130,3 +134,41 @@ def split(e: Emitter, node: Node, g: G) -> G:
 @register("Expand", broadcast=True, min_opset=8)
 def expand(e: Emitter, node: Node, g: G) -> G:
     return [g[0], None]
+
+
+@register("Gather", min_opset=16)
+def gather(e: Emitter, node: Node, g: G) -> G:
+    """Gather's gradient scatters g back to the gathered positions, adding where an index repeats.
+
+    1-D data (PyTorch's as_strided export flattens, then gathers with run-time indices):
+    ScatterElements(zeros, indices, g, reduction="add"). Constant indices on any axis: a matrix
+    product with the one-hot selection matrix (folded in numpy), so dynamic batch axes stay free.
+    """
+    from onnx import helper
+
+    data, idx = node.inputs[0], node.inputs[1]
+    axis = int(node.attr("axis", 0))
+    dshape = e.shape(data)
+    r = len(dshape)
+    axis %= r
+    if r == 1:
+        flat = e.ints([-1])
+        n = dshape[0]
+        i = e.op("Reshape", [idx, flat])
+        if isinstance(n, int):
+            i = e.op("Where", [e.op("Less", [i, e.const(np.array(0, np.int64))]), e.op("Add", [i, e.const(np.array(n, np.int64))]), i])
+        zeros = e.op("ConstantOfShape", [e.runtime_shape(data)], value=helper.make_tensor("zero", e.elem_type(data), [1], [0]))
+        out = e.op("ScatterElements", [zeros, i, e.op("Reshape", [g[0], flat])], axis=0, reduction="add")
+        return [out, None]
+    iv = e.value(idx)
+    size = dshape[axis]
+    if iv is None or not isinstance(size, int) or iv.ndim > 1:
+        raise UnsupportedOpError("Gather", node.name, "indices computed at run time on multi-dimensional data")
+    sel = np.zeros((max(iv.size, 1), size), dtype=e.np_dtype(data))
+    sel[np.arange(iv.size), iv.reshape(-1) % size] = 1.0  # row j: where output j came from
+    gy = g[0] if iv.ndim == 1 else e.unsqueeze(g[0], [axis])
+    perm = [a for a in range(r) if a != axis] + [axis]
+    inv = [perm.index(a) for a in range(r)]
+    moved = e.op("Transpose", [gy], perm=perm)
+    back = e.op("MatMul", [moved, e.const(sel, "gather_sel")])
+    return [e.op("Transpose", [back], perm=inv), None]
