@@ -80,10 +80,12 @@ def normalize_maps(cams: np.ndarray) -> np.ndarray:
 
 
 def scale_maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Normalised maps resized bilinearly to size=(H, W): the heatmaps, in [0, 1]."""
+    """The heatmaps, in [0, 1] at size=(H, W), exactly as pytorch-grad-cam makes them: normalise
+    at the layer's resolution, resize bilinearly (OpenCV, half-pixel centres), normalise again
+    (the resize can lift the minimum above 0)."""
     h, w = size
     normed = normalize_maps(cams)
     out = np.empty((len(cams), h, w), np.float32)
     for i, m in enumerate(normed):
         out[i] = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-    return out
+    return normalize_maps(np.maximum(out, 0))

@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from .base import CAMMethod, MethodInputs, register
 
 
+def _interp_matrix(n_out: int, n_in: int, align_corners: bool) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D linear interpolation (PyTorch's two conventions)."""
+    if align_corners:
+        pos = np.linspace(0, n_in - 1, n_out) if n_out > 1 else np.zeros(1)
+    else:
+        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = pos - lo
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), lo] += 1 - frac
+    m[np.arange(n_out), hi] += frac
+    return m
+
+
+def upsample(acts: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
+    """(C, h, w) → (C, H, W), bilinear, separable (as torch's interpolate)."""
+    ry = _interp_matrix(size[0], acts.shape[1], align_corners)
+    rx = _interp_matrix(size[1], acts.shape[2], align_corners)
+    return np.einsum("Yy,cyx,Xx->cYX", ry, acts.astype(np.float64), rx).astype(np.float32)
+
+
+def _minmax(m: np.ndarray, eps: float) -> np.ndarray:
+    mins = m.min(axis=(1, 2), keepdims=True)
+    maxs = m.max(axis=(1, 2), keepdims=True)
+    return (m - mins) / (maxs - mins + eps)
+
+
 def upsampled_masks(acts: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(C, h, w) activations → (C, H, W) bilinear upsampled, min-max normalised per channel."""
-    h, w = size
-    out = np.empty((acts.shape[0], h, w), np.float32)
-    for s in range(0, acts.shape[0], 512):  # OpenCV resizes up to 512 channels at once
-        chunk = np.ascontiguousarray(acts[s : s + 512].transpose(1, 2, 0).astype(np.float32))
-        up = cv2.resize(chunk, (w, h), interpolation=cv2.INTER_LINEAR)
-        out[s : s + 512] = up.reshape(h, w, -1).transpose(2, 0, 1)
-    mins = out.min(axis=(1, 2), keepdims=True)
-    maxs = out.max(axis=(1, 2), keepdims=True)
-    return (out - mins) / (maxs - mins + 1e-8)
+    """Score-CAM's masks as pytorch-grad-cam makes them: (C, h, w) activations upsampled
+    bilinearly with align_corners=True to (C, H, W), then min-max normalised per channel."""
+    return _minmax(upsample(acts, size, align_corners=True), 1e-8)
+
+
+def torchcam_masks(acts: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """SS-CAM/IS-CAM's masks as torchcam makes them: min-max at the layer's resolution, then
+    bilinear upsampling with align_corners=False."""
+    return upsample(_minmax(acts.astype(np.float32), 1e-7), size, align_corners=False)
 
 
 def _softmax(v: np.ndarray) -> np.ndarray:
@@ -78,6 +104,64 @@ class ScoreCAM(_MaskedScoreMethod):
 
     def channel_scores(self, inp: MethodInputs, n: int, masks: np.ndarray) -> np.ndarray:
         return _softmax(self._run(inp, n, masks, lambda m: _apply(inp, n, m)))
+
+
+@register
+class SSCAM(_MaskedScoreMethod):
+    """SS-CAM — Wang et al., "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature
+    Localization", 2020.
+
+    Score-CAM with the masks smoothed by Gaussian noise:
+    s_k = (1/N) Σ_i y^c(x ⊙ (M_k + ε_ik)), ε_ik ~ N(0, σ²) per pixel of each mask, w = softmax_k(s).
+    Masks as torchcam makes them (min-max at the layer, then bilinear); N = 35, σ = 2 as there.
+    Seeded (`seed`), so a map is reproducible.
+
+    Example: ``Explainer("model.onnx", method=SSCAM(num_samples=35, std=2.0)).explain(x)``
+    """
+
+    name = "sscam"
+
+    def __init__(self, batch_size: int = 32, num_samples: int = 35, std: float = 2.0, seed: int = 0) -> None:
+        super().__init__(batch_size)
+        self.num_samples, self.std, self.seed = num_samples, std, seed
+
+    def channel_scores(self, inp: MethodInputs, n: int, masks: np.ndarray) -> np.ndarray:
+        masks = torchcam_masks(inp.activations[n], inp.input_size)
+        rng = np.random.default_rng(self.seed)
+        total = np.zeros(len(masks))
+        x = inp.inputs[n]
+        for _ in range(self.num_samples):
+            noisy = masks + rng.normal(0.0, self.std, size=masks.shape).astype(masks.dtype)
+            total += self._run(inp, n, noisy, lambda m: _apply(inp, n, m))
+        return _softmax(total / self.num_samples)
+
+
+@register
+class ISCAM(_MaskedScoreMethod):
+    """IS-CAM — Naidu et al., "IS-CAM: Integrated Score-CAM for axiomatic-based explanations",
+    2020.
+
+    Score-CAM with the score integrated along the mask's intensity:
+    s_k = (1/N) Σ_{i=1..N} y^c(x ⊙ c_i M_k), c_i = Σ_{j≤i} j/N (the cumulative coefficients
+    torchcam uses), w = softmax_k(s). Masks as torchcam makes them; N = 10.
+
+    Example: ``Explainer("model.onnx", method="iscam").explain(x)``
+    """
+
+    name = "iscam"
+
+    def __init__(self, batch_size: int = 32, num_samples: int = 10) -> None:
+        super().__init__(batch_size)
+        self.num_samples = num_samples
+
+    def channel_scores(self, inp: MethodInputs, n: int, masks: np.ndarray) -> np.ndarray:
+        masks = torchcam_masks(inp.activations[n], inp.input_size)
+        total = np.zeros(len(masks))
+        coeff = 0.0
+        for i in range(1, self.num_samples + 1):
+            coeff += i / self.num_samples
+            total += self._run(inp, n, masks, lambda m, c=coeff: _apply(inp, n, c * m))
+        return _softmax(total / self.num_samples)
 
 
 @register
