@@ -50,8 +50,9 @@ class EigenCAM(CAMMethod):
 
 @register
 class EigenGradCAM(CAMMethod):
-    """EigenGrad-CAM — Eigen-CAM on the gradient-weighted activations ∂y^c/∂A ⊙ A (class
-    discriminative), as in pytorch-grad-cam.
+    """EigenGrad-CAM — Eigen-CAM (Muhammad & Yeasin, IJCNN 2020) on the gradient-weighted
+    activations ∂y^c/∂A ⊙ A, which makes it class discriminative; introduced by pytorch-grad-cam
+    (Gildenblat et al., 2021).
 
     L^c = ReLU((g ⊙ A)_c · v₁).
 

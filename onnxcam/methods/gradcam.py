@@ -101,7 +101,8 @@ class LayerCAM(CAMMethod):
 
 @register
 class GradCAMElementWise(CAMMethod):
-    """Grad-CAM element-wise — pytorch-grad-cam's variant of HiResCAM with the ReLU inside:
+    """Grad-CAM element-wise — pytorch-grad-cam's (Gildenblat et al., 2021) variant of HiResCAM
+    (Draelos & Carin, 2020) with the ReLU inside:
     L^c = Σ_k ReLU(∂y^c/∂A^k ⊙ A^k) (then ReLU, a no-op here).
 
     Example: ``Explainer("model.onnx", method="gradcam-elementwise").explain(x).heatmaps``

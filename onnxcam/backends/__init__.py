@@ -1,0 +1,1 @@
+"""Optional gradient backends other than onnxcam's own engine (`onnxcam.grad`)."""
