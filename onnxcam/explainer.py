@@ -13,7 +13,10 @@ import onnx
 
 from .errors import UsageError
 from .graph.split import split_at
-from .graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel, Prepared, build_explain_model, prepare
+from .graph.rewrite import (
+    ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, TAP_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel, Prepared,
+    build_explain_model, prepare,
+)
 from .layers import CamHead, Layer, cam_head
 from .methods import CAMMethod, MethodInputs, get_method, scale_maps
 from .model import ModelInfo, inspect_model, load_model
@@ -84,7 +87,10 @@ class Explainer:
         key = hw
         if key not in self._built:
             prep = prepare(self._model, self.info, hw if self.info.fixed_size is None else None, self.output_name)
-            em = build_explain_model(prep, self.layer_name, self.method.needs_gradients)
+            em = build_explain_model(
+                prep, self.layer_name, self.method.needs_gradients,
+                input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
+            )
             head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output) if self.method.needs_head else None
             sess = make_session(em.model.SerializeToString(), self.providers, self.threads)
             self._built[key] = (prep, em, sess, head)
@@ -136,18 +142,18 @@ class Explainer:
             self._extra[key] = make_session(m.SerializeToString(), self.providers, self.threads)
         return self._run_fixed(self._extra[key], {self.info.image_input.name: batch})[0].reshape(len(batch), -1)
 
-    def _run_fixed(self, sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run_fixed(self, sess, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
         """Run in chunks of the model's fixed batch size, if it has one."""
         fixed = self.info.batch if isinstance(self.info.batch, int) else None
-        n = len(next(iter(feeds.values())))
+        n = len(feeds[self.info.image_input.name])
         if not fixed or fixed == n:
-            return sess.run(None, feeds)
+            return sess.run(names, feeds)
         parts = []
         for s in range(0, n, fixed):
             chunk = {k: v[s : s + fixed] for k, v in feeds.items()}
-            if len(next(iter(chunk.values()))) != fixed:
-                raise UsageError(f"the model takes batches of exactly {fixed}")
-            parts.append(sess.run(None, chunk))
+            if len(chunk[self.info.image_input.name]) != fixed:
+                raise UsageError(f"the model takes batches of exactly {fixed}; got {n} images")
+            parts.append(sess.run(names, chunk))
         return [np.concatenate(p) for p in zip(*parts)]
 
     def _tail_fn(self, hw: tuple[int, int], x: np.ndarray, layer: Layer):
@@ -213,27 +219,29 @@ class Explainer:
         hw = (x.shape[2], x.shape[3]) if self.info.layout == "NCHW" else (x.shape[1], x.shape[2])
         prep, em, sess, head = self._build(hw)
         t = self._targets(targets, len(x), em.num_classes)
-        fixed_batch = self.info.batch if isinstance(self.info.batch, int) else None
-        step = fixed_batch or len(x)
-        names = [em.output, TARGETS_OUTPUT, ACT_OUTPUT] + ([GRAD_OUTPUT] if em.with_gradient else [])
-        parts: list[list[np.ndarray]] = [[] for _ in names]
-        for s in range(0, len(x), step):
-            chunk = x[s : s + step]
-            if fixed_batch and len(chunk) != fixed_batch:
-                raise UsageError(f"the model takes batches of exactly {fixed_batch}; got {len(chunk)} left over")
-            feeds = {self.info.image_input.name: chunk, TARGET_INPUT: t[s : s + step]}
-            for part, value in zip(parts, sess.run(names, feeds)):
-                part.append(value)
-        outputs, tg, acts = (np.concatenate(p) for p in parts[:3])
-        grads = np.concatenate(parts[3]) if em.with_gradient else None
-        perm = [em.layer.layout.index(a) for a in "NCHW"]
-        acts = np.ascontiguousarray(acts.transpose(perm)).astype(np.float32)
-        if grads is not None:
-            grads = np.ascontiguousarray(grads.transpose(perm)).astype(np.float32)
+        names = em.output_names
+        got = dict(zip(names, self._run_fixed(sess, {self.info.image_input.name: x, TARGET_INPUT: t}, names)))
+        outputs, tg = got[em.output], got[TARGETS_OUTPUT].astype(np.int64)
+        to_nchw = lambda a: np.ascontiguousarray(a.transpose([em.layer.layout.index(c) for c in "NCHW"])).astype(np.float32)  # noqa: E731
+        acts = to_nchw(got[ACT_OUTPUT])
+        grads = to_nchw(got[GRAD_OUTPUT]) if em.with_gradient else None
+        input_grads = None
+        if em.input_gradient:
+            input_grads = got[INPUT_GRAD_OUTPUT].astype(np.float32)
+            if self.info.layout == "NHWC":
+                input_grads = np.ascontiguousarray(input_grads.transpose(0, 3, 1, 2))
+        taps = [(bias, got[TAP_OUTPUT.format(i)]) for i, (_, bias) in enumerate(em.taps)]
+
+        def gradients_at(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            r = dict(zip(names, self._run_fixed(sess, {self.info.image_input.name: batch, TARGET_INPUT: tg}, names)))
+            return to_nchw(r[ACT_OUTPUT]), to_nchw(r[GRAD_OUTPUT])
+
         inp = MethodInputs(
-            acts, grads, tg.astype(np.int64), outputs.astype(np.float32).reshape(len(x), -1), head,
+            acts, grads, tg, outputs.astype(np.float32).reshape(len(x), -1), head,
             inputs=x, layout=self.info.layout, input_size=hw,
             forward=lambda b: self._forward(hw, b), tail=self._tail_fn(hw, x, em.layer),
+            input_gradients=input_grads, bias_gradients=taps,
+            gradients_at=gradients_at if em.with_gradient else None,
         )
         cams = self.method.cam(inp)
         return Result(
@@ -241,9 +249,10 @@ class Explainer:
             cams=cams,
             activations=acts,
             gradients=grads,
-            targets=tg.astype(np.int64),
+            targets=tg,
             outputs=outputs.reshape(len(x), -1).astype(np.float32),
             layer=em.layer.name,
             method=self.method.name,
             provider=provider_of(sess),
+            extra=inp.extra,
         )

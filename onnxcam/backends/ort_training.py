@@ -19,7 +19,12 @@ no gradient for an op (inference BatchNormalization, HardSwish, ...) it raises
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
+import sys
+import tempfile
 
 import onnx
 from onnx import helper
@@ -28,6 +33,8 @@ from ..errors import OnnxcamError, UnsupportedOpError, UsageError
 from ..graph.normalize import upgrade_opset
 from ..graph.rewrite import GRAD_OUTPUT, SEED_INPUT
 from ..model import default_opset, infer_shapes
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "the ort-training backend needs onnxruntime-training (pip install onnxruntime-training==1.19.2 "
@@ -129,10 +136,47 @@ def make_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+@contextlib.contextmanager
+def _stderr_to_log():
+    """The builder logs at INFO level to the process's stderr whatever the logger severity:
+    catch file descriptor 2 while it runs and pass the lines to this module's debug log."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (notebook kernels, pythonw)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                log.debug("onnxruntime-training: %s", line)
+
+
 def _build(builder_cls, model_bytes: bytes, wrt: str) -> bytes:
-    b = builder_cls(model_bytes, {_LOSS}, {wrt}, _LOSS)
-    b.build()
-    return b.get_model()
+    with _stderr_to_log():
+        b = builder_cls(model_bytes, {_LOSS}, {wrt}, _LOSS)
+        b.build()
+        return b.get_model()
+
+
+def _expose_layer_norm_stats(graph: onnx.GraphProto) -> None:
+    """The builder's LayerNormalization gradient reads the node's optional Mean and InvStdDev
+    outputs, which exporters leave out (it fails with `i < node_->OutputDefs().size()`): name them."""
+    for n in graph.node:
+        if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx"):
+            while len(n.output) < 3:
+                n.output.append("")
+            for i, what in ((1, "mean"), (2, "inv_std_dev")):
+                if not n.output[i]:
+                    n.output[i] = f"{n.output[0]}/onnxcam_{what}"
 
 
 def _diagnose(builder_cls, model: onnx.ModelProto, wrt: str, first: tuple[str, str]) -> list[tuple[str, str]]:
@@ -184,6 +228,7 @@ def gradient_model_ort_training(model: onnx.ModelProto, wrt: str, output: str | 
         if name not in shapes:
             raise UsageError(f"unknown tensor {name!r}")
     yinfo, xinfo = shapes[y], shapes[wrt]
+    _expose_layer_norm_stats(g)
     originals = [o.name for o in g.output]
     g.input.append(helper.make_tensor_value_info(SEED_INPUT, yinfo.elem_type, list(yinfo.shape)))
     g.node.extend([

@@ -4,6 +4,17 @@ Rules never build NodeProtos by hand. They call `Emitter.op` and the opset-aware
 (`reduce_sum`, `unsqueeze`, `slice`, ...), so the differences between opsets (axes as an attribute
 before 13, as an input from 13 — 18 for ReduceMean/ReduceMax) live in one place. Constants are
 folded in numpy at rewrite time (`value`, `const`), never recomputed at every run.
+
+Element types. By default the gradient is emitted in each tensor's own float type (a float16
+model gets a float16 gradient): rules take constants' types from the tensor they combine with
+(`scalar(v, like)`, `const(arr.astype(e.np_dtype(x)))`). Where a runtime lacks a half-precision
+kernel for an emitted op (onnxruntime's CPU provider: ScatterElements with reduction="add"), the
+helper for that op (`scatter_add`) computes in float32 and casts back. `Emitter(compute_type=
+TensorProto.FLOAT)` instead emits the whole gradient in float32: every float16/bfloat16 forward
+tensor (and the seed) a rule reads is Cast to float32 once at its first use, constant operands
+are converted in numpy, `elem_type`/`np_dtype` report float32 for them, and the engine casts the
+final gradient back to the differentiated tensor's type. Use it for bfloat16 models or when
+float16 gradients underflow.
 """
 
 from __future__ import annotations
@@ -15,6 +26,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..model import Shape, TensorInfo
+
+HALF_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+# ops whose half-precision kernels onnxruntime's CPU provider lacks (checked with onnxruntime
+# 1.31: ScatterElements refuses MLFloat16 when reduction="add"; every other op the rules emit runs)
+_NO_HALF_KERNEL = {"ScatterElements"}
+# ops that read only the shape of a tensor: never worth a Cast
+_SHAPE_ONLY = {"Shape", "Size"}
 
 
 class Node:
@@ -45,15 +63,18 @@ class Emitter:
         constants: dict[str, np.ndarray],
         opset: int,
         prefix: str = "onnxcam_grad/",
+        compute_type: int | None = None,
     ) -> None:
         self.shapes = dict(shapes)
         self.constants = constants
         self.opset = opset
         self.prefix = prefix
+        self.compute_type = compute_type  # None: each tensor's own type; else half types → this
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
         self._shape_ops: dict[str, str] = {}
+        self._cast: dict[str, str] = {}  # half forward tensor -> its compute_type Cast
 
     # -- names, shapes, constants -------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -71,14 +92,34 @@ class Emitter:
         return len(self.shape(name))
 
     def elem_type(self, name: str) -> int:
-        return self.shapes[name].elem_type
+        """The tensor's element type as the gradient sees it (compute_type for half tensors)."""
+        t = self.shapes[name].elem_type
+        return self.compute_type if self.compute_type and t in HALF_TYPES else t
 
     def np_dtype(self, name: str) -> np.dtype:
         return np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type(name)))
 
     def value(self, name: str) -> np.ndarray | None:
         """The tensor's value when it is a constant (initializer or Constant node), else None."""
-        return self.constants.get(name)
+        v = self.constants.get(name)
+        if v is not None and self.compute_type and self.shapes.get(name) is not None \
+                and self.shapes[name].elem_type in HALF_TYPES:
+            return v.astype(helper.tensor_dtype_to_np_dtype(self.compute_type))
+        return v
+
+    def computed(self, name: str) -> str:
+        """`name` in compute_type: itself unless it is a half tensor and compute_type is set
+        (then a Cast, or a converted copy of a constant, made once)."""
+        info = self.shapes.get(name)
+        if not self.compute_type or info is None or info.elem_type not in HALF_TYPES:
+            return name
+        if name not in self._cast:
+            v = self.constants.get(name)
+            if v is not None:
+                self._cast[name] = self.const(self.value(name), "to_compute")
+            else:
+                self._cast[name] = self.op("Cast", [name], "to_compute", to=self.compute_type)
+        return self._cast[name]
 
     def set_info(self, name: str, shape: Shape, elem_type: int) -> str:
         self.shapes[name] = TensorInfo(name, tuple(shape), elem_type)
@@ -88,6 +129,9 @@ class Emitter:
     def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, n_out: int = 1, **attrs: Any):
         outs = [self.fresh(hint or op_type) for _ in range(n_out)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
+        if self.compute_type and op_type not in _SHAPE_ONLY and not (op_type == "Cast" and len(inputs) == 1
+                                                                     and attrs.get("to") == self.compute_type):
+            inputs = [self.computed(i) if i else i for i in inputs]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=outs[0], **attrs))
         elem = self._result_type(op_type, list(inputs), attrs)
         for i, o in enumerate(outs):
@@ -164,6 +208,26 @@ class Emitter:
 
     def slice(self, x: str, axis: int, start: int, end: int) -> str:
         return self.op("Slice", [x, self.ints([start]), self.ints([end]), self.ints([axis])])
+
+    def in_type_of(self, g: str, x: str) -> str:
+        """`g` cast to `x`'s own element type where they differ (the end of a compute_type run)."""
+        want = self.shapes[x].elem_type if x in self.shapes else 0
+        got = self.shapes[g].elem_type if g in self.shapes else 0
+        if want and got and want != got:
+            return self.op("Cast", [g], "grad_out", to=want)
+        return g
+
+    def scatter_add(self, zeros: str, indices: str, updates: str, axis: int = 0) -> str:
+        """ScatterElements(zeros, indices, updates, reduction="add"); in float32 (cast back) for
+        half types, which onnxruntime's CPU provider refuses for this op."""
+        t = self.elem_type(updates)
+        if t in HALF_TYPES and "ScatterElements" in _NO_HALF_KERNEL:
+            f32 = TensorProto.FLOAT
+            out = self.op("ScatterElements", [
+                self.op("Cast", [zeros], to=f32), indices, self.op("Cast", [updates], to=f32),
+            ], axis=axis, reduction="add")
+            return self.op("Cast", [out], to=t)
+        return self.op("ScatterElements", [zeros, indices, updates], axis=axis, reduction="add")
 
     def mask(self, cond: str, g: str) -> str:
         """g where cond, 0 elsewhere."""

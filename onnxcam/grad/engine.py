@@ -17,7 +17,17 @@ import onnx
 from ..errors import OnnxcamError, UnsupportedOpError
 from ..model import FLOAT_TYPES, TensorInfo
 from .builder import Emitter, Node
-from .rules import RULES
+from .rules import RULES, Rule
+
+
+def _guided_relu(e: Emitter, node: Node, g: list) -> list:
+    y = node.outputs[0]
+    zero = e.scalar(0, y)
+    keep = e.op("And", [e.op("Greater", [y, zero]), e.op("Greater", [g[0], e.scalar(0, g[0])])])
+    return [e.mask(keep, g[0])]
+
+
+GUIDED_RELU = Rule(_guided_relu, broadcast=False, min_opset=9)
 
 
 @dataclass
@@ -28,6 +38,7 @@ class GradientResult:
     nodes: list[onnx.NodeProto]
     initializers: list[onnx.TensorProto]
     path_ops: list[str] = field(default_factory=list)
+    also: dict[str, str] = field(default_factory=dict)  # tensor → its gradient's name
 
 
 def path_nodes(graph: onnx.GraphProto, x: str, ys: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
@@ -75,12 +86,22 @@ def append_gradient(
     y: str,
     seed: str,
     prefix: str = "onnxcam_grad/",
+    also: tuple[str, ...] | list[str] = (),
+    guided: bool = False,
+    compute_type: int | None = None,
 ) -> GradientResult:
-    """Emit ∂⟨seed, y⟩/∂x as ONNX nodes (returned, not yet added to `graph`)."""
+    """Emit ∂⟨seed, y⟩/∂x as ONNX nodes (returned, not yet added to `graph`).
+
+    also: more tensors between x and y whose gradients to return (FullGrad's bias taps).
+    guided: guided backpropagation (Springenberg et al., 2015): Relu passes only positive
+    gradients where its input is positive (pytorch-grad-cam swaps only ReLU, so do we).
+    compute_type: None emits each gradient in its tensor's own type; TensorProto.FLOAT emits a
+    float16/bfloat16 model's gradient in float32, cast back to each tensor's type (see Emitter).
+    """
     nodes, active = path_nodes(graph, x, [y])
     if x != y and not nodes:
         raise OnnxcamError(f"output {y!r} does not depend on tensor {x!r}: choose a layer that feeds it")
-    e = Emitter(shapes, constants, opset, prefix)
+    e = Emitter(shapes, constants, opset, prefix, compute_type)
     grads: dict[str, list[str]] = {y: [seed]}
 
     def total(name: str) -> str | None:
@@ -98,6 +119,8 @@ def append_gradient(
         if all(g is None for g in g_out):
             continue
         rule = RULES.get(proto.op_type) if proto.domain in ("", "ai.onnx") else None
+        if guided and proto.op_type == "Relu":
+            rule = GUIDED_RELU
         if rule is None:
             raise UnsupportedOpError(proto.op_type if not proto.domain else f"{proto.domain}.{proto.op_type}", proto.name)
         needs = [
@@ -120,4 +143,11 @@ def append_gradient(
     gx = total(x)
     if gx is None:
         raise OnnxcamError(f"no gradient reaches tensor {x!r} from output {y!r}")
-    return GradientResult(gx, e.nodes, e.initializers, [n.op_type for n in nodes])
+    gx = e.in_type_of(gx, x)
+    extra = {}
+    for t in also:
+        gt = total(t)
+        if gt is None:
+            raise OnnxcamError(f"no gradient reaches tensor {t!r} from output {y!r}")
+        extra[t] = e.in_type_of(gt, t)
+    return GradientResult(gx, e.nodes, e.initializers, [n.op_type for n in nodes], extra)

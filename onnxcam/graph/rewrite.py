@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -32,6 +32,8 @@ TARGET_INPUT = "onnxcam_target"
 TARGETS_OUTPUT = "onnxcam_targets"
 GRAD_OUTPUT = "onnxcam_gradient"
 ACT_OUTPUT = "onnxcam_activation"
+INPUT_GRAD_OUTPUT = "onnxcam_input_gradient"
+TAP_OUTPUT = "onnxcam_bias_gradient_{}"
 
 
 @dataclass
@@ -58,6 +60,16 @@ class ExplainModel:
     output: str
     num_classes: int
     with_gradient: bool
+    input_gradient: str | None = None  # None, "plain" or "guided"
+    taps: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (tensor, bias (C,))
+
+    @property
+    def output_names(self) -> list[str]:
+        names = [self.output, TARGETS_OUTPUT, ACT_OUTPUT]
+        names += [GRAD_OUTPUT] if self.with_gradient else []
+        names += [INPUT_GRAD_OUTPUT] if self.input_gradient else []
+        names += [TAP_OUTPUT.format(i) for i in range(len(self.taps))]
+        return names
 
 
 def choose_output(model: onnx.ModelProto, shapes: dict[str, TensorInfo], name: str | None = None) -> str:
@@ -91,8 +103,37 @@ def _find_or_none(layers: list[Layer], name: str) -> Layer | None:
     return next((l for l in layers if l.name == name), None)
 
 
-def build_explain_model(prep: Prepared, layer: str | None, with_gradient: bool) -> ExplainModel:
-    """Rewrite `prep.model` so that one run returns outputs, A, ∂y_c/∂A and the targets."""
+def bias_taps(prep: Prepared) -> list[tuple[str, np.ndarray]]:
+    """FullGrad's bias terms: every spatial Conv output with a constant bias, and every
+    BatchNormalization output with its effective bias β − μ·γ/√(σ² + ε), on the path to the output."""
+    from ..layers import ancestors
+
+    feeding = ancestors(prep.model.graph, [prep.output])
+    taps = []
+    for node in prep.model.graph.node:
+        out = node.output[0] if node.output else ""
+        info = prep.shapes.get(out)
+        if out not in feeding or info is None or len(info.shape) != 4:
+            continue
+        c = prep.constants
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in c:
+            taps.append((out, c[node.input[2]].astype(np.float64)))
+        elif node.op_type == "BatchNormalization" and all(i in c for i in node.input[1:5]):
+            eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+            gamma, beta, mean, var = (c[i].astype(np.float64) for i in node.input[1:5])
+            taps.append((out, beta - mean * gamma / np.sqrt(var + eps)))
+    return taps
+
+
+def build_explain_model(
+    prep: Prepared,
+    layer: str | None,
+    with_gradient: bool,
+    input_gradient: str | None = None,
+    with_bias_taps: bool = False,
+) -> ExplainModel:
+    """Rewrite `prep.model` so that one run returns outputs, A, ∂y_c/∂A and the targets; and,
+    when asked, the input's gradient (plain or guided) and FullGrad's bias-tap gradients."""
     m = onnx.ModelProto()
     m.CopyFrom(prep.model)
     shapes = prep.shapes
@@ -101,8 +142,10 @@ def build_explain_model(prep: Prepared, layer: str | None, with_gradient: bool) 
     k = shapes[y].shape[-1]
     if not isinstance(k, int):
         raise UsageError(f"output {y!r} has no static number of classes: {list(shapes[y].shape)}")
-    if with_gradient:
-        need = required_opset(m.graph, target.name, y)
+    image = prep.info.image_input.name
+    taps = bias_taps(prep) if with_bias_taps else []
+    if with_gradient or input_gradient:
+        need = max(required_opset(m.graph, target.name, y), required_opset(m.graph, image, y) if input_gradient else 1)
         if need > default_opset(m):
             m = upgrade_opset(m, need)
             shapes = infer_shapes(m)
@@ -125,7 +168,7 @@ def build_explain_model(prep: Prepared, layer: str | None, with_gradient: bool) 
     nodes.append(helper.make_node("Identity", [target.name], [ACT_OUTPUT], name="onnxcam/activation"))
     a_shape = list(shapes[target.name].shape)
     outputs.append(helper.make_tensor_value_info(ACT_OUTPUT, a_type, a_shape))
-    if with_gradient:
+    if with_gradient or input_gradient:
         y_type = shapes[y].elem_type
         np_type = helper.tensor_dtype_to_np_dtype(y_type)
         inits += [
@@ -138,11 +181,26 @@ def build_explain_model(prep: Prepared, layer: str | None, with_gradient: bool) 
         ))
         shapes = dict(shapes)
         shapes["onnxcam/seed"] = TensorInfo("onnxcam/seed", shapes[y].shape, y_type)
+    if with_gradient:
         grad = append_gradient(g, shapes, dict(prep.constants), opset, target.name, y, "onnxcam/seed")
         nodes += grad.nodes
         inits += grad.initializers
         nodes.append(helper.make_node("Identity", [grad.grad], [GRAD_OUTPUT], name="onnxcam/gradient"))
         outputs.append(helper.make_tensor_value_info(GRAD_OUTPUT, a_type, a_shape))
+    if input_gradient:
+        grad = append_gradient(
+            g, shapes, dict(prep.constants), opset, image, y, "onnxcam/seed", prefix="onnxcam_igrad/",
+            also=[t for t, _ in taps], guided=input_gradient == "guided",
+        )
+        nodes += grad.nodes
+        inits += grad.initializers
+        x_info = shapes[image]
+        nodes.append(helper.make_node("Identity", [grad.grad], [INPUT_GRAD_OUTPUT], name="onnxcam/input_gradient"))
+        outputs.append(helper.make_tensor_value_info(INPUT_GRAD_OUTPUT, x_info.elem_type, list(x_info.shape)))
+        for i, (t, _) in enumerate(taps):
+            name = TAP_OUTPUT.format(i)
+            nodes.append(helper.make_node("Identity", [grad.also[t]], [name], name=f"onnxcam/{name}"))
+            outputs.append(helper.make_tensor_value_info(name, shapes[t].elem_type, list(shapes[t].shape)))
     g.node.extend(nodes)
     g.initializer.extend(inits)
     g.output.extend(outputs)
@@ -150,7 +208,7 @@ def build_explain_model(prep: Prepared, layer: str | None, with_gradient: bool) 
         onnx.checker.check_model(m) if m.ByteSize() < 2**31 - 1 else None
     except onnx.checker.ValidationError as exc:
         raise OnnxcamError(f"the rewritten model is not valid ONNX ({exc}); please report this model") from None
-    return ExplainModel(m, target, y, int(k), with_gradient)
+    return ExplainModel(m, target, y, int(k), with_gradient, input_gradient, taps)
 
 
 def _any_tensor(prep: Prepared, name: str) -> Layer:

@@ -7,7 +7,7 @@ method overrides `weights` (N, C) — or, for the element-wise ones, `cam` (N, h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Optional
 
 import cv2
@@ -34,14 +34,26 @@ class MethodInputs:
     # tail(n, activations (B, C, h, w) channels first) → (B, K): the model after the layer, with
     # everything else it needs taken from image n
     tail: Optional[Callable[[int, np.ndarray], np.ndarray]] = None
+    input_gradients: np.ndarray | None = None  # (N, C_in, H, W) ∂y_t/∂x, channels first
+    bias_gradients: list = field(default_factory=list)  # [(bias (C,), ∂y_t/∂tap (N, C, h, w))]
+    # gradients_at(batch) → (activations, gradients) at the layer for another input, same targets
+    gradients_at: Optional[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = None
+    extra: dict = field(default_factory=dict)  # pixel-space outputs a method adds
+
+    @property
+    def inputs_nchw(self) -> np.ndarray:
+        x = self.inputs
+        return x if self.layout == "NCHW" else x.transpose(0, 3, 1, 2)
 
 
 class CAMMethod:
     """Base class: map = ReLU(Σ_k w_k A^k) with w from `weights`."""
 
     name: ClassVar[str] = ""
-    needs_gradients: ClassVar[bool] = True
-    needs_head: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = True  # ∂y/∂A at the layer
+    needs_head: ClassVar[bool] = False  # the GAP → linear classifier weights (CAM)
+    input_gradient: ClassVar[Optional[str]] = None  # ∂y/∂x at the input: "plain" or "guided"
+    bias_taps: ClassVar[bool] = False  # FullGrad's bias-gradient terms
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
         raise NotImplementedError

@@ -57,10 +57,14 @@ class GradCAMPlusPlus(CAMMethod):
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
         g = inp.gradients.astype(np.float64)
-        a = inp.activations.astype(np.float64)
-        g2, g3 = g**2, g**3
+        return self.weights_from(inp.activations, g, g**2, g**3)
+
+    @staticmethod
+    def weights_from(acts: np.ndarray, g: np.ndarray, g2: np.ndarray, g3: np.ndarray) -> np.ndarray:
+        """w from the gradient's first three powers (SmoothGrad-CAM++ passes averages)."""
+        a = acts.astype(np.float64)
         denom = 2 * g2 + a.sum(axis=(2, 3), keepdims=True) * g3 + 1e-6
-        alpha = np.where(g != 0, g2 / denom, 0.0)
+        alpha = np.where(g2 != 0, g2 / denom, 0.0)
         return (alpha * np.maximum(g, 0)).sum(axis=(2, 3))
 
 

@@ -143,8 +143,5 @@ def max_pool(e: Emitter, node: Node, g: G) -> G:
         "ConstantOfShape", [e.op("Shape", [e.op("Reshape", [x, flat])])],
         value=helper.make_tensor("zero", e.elem_type(x), [1], [0]),
     )
-    scattered = e.op(
-        "ScatterElements", [zeros, e.op("Reshape", [idx, flat]), e.op("Reshape", [g[0], flat])],
-        axis=0, reduction="add",
-    )
+    scattered = e.scatter_add(zeros, e.op("Reshape", [idx, flat]), e.op("Reshape", [g[0], flat]))
     return [e.op("Reshape", [scattered, e.runtime_shape(x)])]

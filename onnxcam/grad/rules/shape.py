@@ -158,7 +158,7 @@ def gather(e: Emitter, node: Node, g: G) -> G:
         if isinstance(n, int):
             i = e.op("Where", [e.op("Less", [i, e.const(np.array(0, np.int64))]), e.op("Add", [i, e.const(np.array(n, np.int64))]), i])
         zeros = e.op("ConstantOfShape", [e.runtime_shape(data)], value=helper.make_tensor("zero", e.elem_type(data), [1], [0]))
-        out = e.op("ScatterElements", [zeros, i, e.op("Reshape", [g[0], flat])], axis=0, reduction="add")
+        out = e.scatter_add(zeros, i, e.op("Reshape", [g[0], flat]))
         return [out, None]
     iv = e.value(idx)
     size = dshape[axis]
