@@ -1,9 +1,10 @@
-# Two entry points: `make demo` (explain the bundled photos with the bundled model) and `make test`.
+# Entry points: `make demo` (explain the bundled photos with the bundled model), `make test`, and
+# `make test-ort-training` (the onnxruntime-training backend, in its own environment).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-ort-training bench clean
 
 $(BIN)/onnxcam: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +19,25 @@ demo: $(BIN)/onnxcam
 test: $(BIN)/onnxcam
 	$(BIN)/python -m pytest
 
+# The second gradient backend (onnxcam/backends/ort_training.py) checked against onnxcam's engine.
+# onnxruntime-training replaces the onnxruntime package, so it gets its own environment; 1.19.2 is
+# its last release and loads IR <= 10 / opset <= 21, hence onnx 1.16 (numpy < 2 for that onnx).
+# onnxcam goes in with --no-deps so that onnxruntime-gpu is not pulled in next to it.
+ORTT     ?= .venv-ortt
+ORTT_PKGS = onnxruntime-training==1.19.2 onnx==1.16.2 "numpy>=1.23,<2" "click>=8.0" "opencv-python-headless>=4.6" "pytest>=7"
+
+$(ORTT)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ORTT)
+	$(ORTT)/bin/pip install -q --upgrade pip
+	$(ORTT)/bin/pip install -q $(ORTT_PKGS)
+	$(ORTT)/bin/pip install -q --no-deps -e .
+	touch $@
+
+test-ort-training: $(ORTT)/.installed
+	$(ORTT)/bin/python -m pytest tests/test_backend_ort_training.py
+
 bench: $(BIN)/onnxcam
 	$(BIN)/python bench/bench_gradcam.py
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) $(ORTT) results

@@ -25,7 +25,7 @@ from .explainer import Explainer
 from .graph.rewrite import build_explain_model, prepare
 from .layers import default_layer
 from .model import inspect_model, load_model
-from .image import IMAGE_SUFFIXES, PRESETS, load_image, overlay, preprocess, save_png
+from .image import IMAGE_SUFFIXES, PRESETS, deprocess, load_image, overlay, preprocess, save_png
 from .methods import METHODS
 
 log = logging.getLogger("onnxcam")
@@ -135,7 +135,10 @@ def _softmax(v: np.ndarray) -> np.ndarray:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @_method_option
-@_layer_option
+@click.option("--layer", "layers_opt", multiple=True, help="ONNX tensor to explain (default: the last spatial activation); repeat to fuse several.")
+@click.option("--fuse", default="mean", show_default=True, type=click.Choice(["mean", "max"]), help="How several layers' maps are fused.")
+@click.option("--aug-smooth", is_flag=True, help="Test-time augmentation: flips × value scales, maps averaged.")
+@click.option("--eigen-smooth", is_flag=True, help="First principal component of the weighted activations instead of their sum.")
 @click.option("--target", default="top1", show_default=True, help="Class index to explain, or top1.")
 @click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)), help="Preprocessing (default: the model's metadata, else imagenet).")
 @click.option("--size", default=None, help="Input size HxW for models with a dynamic size (default 224x224).")
@@ -144,14 +147,15 @@ def _softmax(v: np.ndarray) -> np.ndarray:
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout; no progress bar.")
 @click.option("--overwrite", is_flag=True, help="Replace result files that already exist in OUT.")
-def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, layer: str | None, target: str,
-            preset: str | None, size: str | None, batch_size: int, labels_file: str | None, device: str,
-            as_json: bool, overwrite: bool) -> None:
+def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, layers_opt: tuple[str, ...], fuse: str,
+            aug_smooth: bool, eigen_smooth: bool, target: str, preset: str | None, size: str | None, batch_size: int,
+            labels_file: str | None, device: str, as_json: bool, overwrite: bool) -> None:
     """Explain images (files or folders) with a CAM method.
 
     Writes, per image, OUT/NAME.overlay.png (at the image's own size) and OUT/NAME.heatmap.npy
     (the map at the model's input size, in [0, 1]), and OUT/results.json with the model, layer,
-    method and provider and, per image, the target, label, score, top-5 and files.
+    method and provider and, per image, the target, label, score, top-5 and files. Methods with a
+    pixel-space result (guidedbackprop, guidedgradcam) also write OUT/NAME.guided.png.
     """
     try:
         tgt = _parse_target(target)
@@ -161,11 +165,13 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
         if not images:
             raise UsageError("no images to explain")
         names = _file_names(images)
-        planned = [out / "results.json"] + [out / f"{n}.{k}" for n in names for k in ("overlay.png", "heatmap.npy")]
+        planned = [out / "results.json"] + [out / f"{n}.{k}" for n in names for k in ("overlay.png", "heatmap.npy", "guided.png")]
         clash = [p for p in planned if p.exists()]
         if clash and not overwrite:
             raise OnnxcamError(f"{clash[0]} exists; pass --overwrite or choose another -o")
-        ex = Explainer(model, method=method, layer=layer, providers=_providers(device))
+        layer = list(layers_opt) if len(layers_opt) > 1 else (layers_opt[0] if layers_opt else None)
+        ex = Explainer(model, method=method, layer=layer, providers=_providers(device), fuse=fuse,
+                       aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
         hw = ex.input_size or hw or (224, 224)
         preset_name = preset or ex.info.metadata.get("onnxcam.preset") or "imagenet"
         if preset_name not in PRESETS:
@@ -205,7 +211,13 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
                         ov, hm = out / f"{name}.overlay.png", out / f"{name}.heatmap.npy"
                         save_png(ov, overlay(img, res.heatmaps[i]))
                         np.save(hm, res.heatmaps[i])
-                        records.append(_record(path, ov, hm, res.outputs[i], int(res.targets[i]), labels))
+                        rec = _record(path, ov, hm, res.outputs[i], int(res.targets[i]), labels)
+                        pixel = res.extra.get("guided_gradcam", res.extra.get("guided_backprop"))
+                        if pixel is not None:
+                            gp = out / f"{name}.guided.png"
+                            save_png(gp, deprocess(pixel[i], (img.shape[0], img.shape[1])))
+                            rec["guided"] = str(gp)
+                        records.append(rec)
                 bar.update(len(chunk))
     except OnnxcamError as exc:
         _fail(exc)

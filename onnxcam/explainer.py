@@ -18,7 +18,7 @@ from .graph.rewrite import (
     build_explain_model, prepare,
 )
 from .layers import CamHead, Layer, cam_head
-from .methods import CAMMethod, MethodInputs, get_method, scale_maps
+from .methods import CAMMethod, MethodInputs, get_method, normalize_maps, scale_maps
 from .model import ModelInfo, inspect_model, load_model
 from .runtime import make_session, provider_of
 
@@ -51,9 +51,16 @@ class Explainer:
     >>> res.heatmaps.shape                                  # (N, H, W)   # doctest: +SKIP
 
     model: a path or an onnx.ModelProto. method: a name from `onnxcam.METHODS` or an instance.
-    layer: an ONNX tensor name (default: the last spatial activation feeding the output).
+    layer: an ONNX tensor name (default: the last spatial activation feeding the output), or a
+        list of them: their heatmaps are fused (`fuse="mean"` or `"max"`), as pytorch-grad-cam
+        does with several target layers.
     providers: onnxruntime providers (default: CUDA where it works, else CPU).
     output: the output to explain (default: the first float output shaped (N, K)).
+    aug_smooth: test-time augmentation — average the heatmaps of the image flipped left-right ×
+        its values scaled by 0.9, 1 and 1.1 (pytorch-grad-cam's aug_smooth), maps flipped back.
+    eigen_smooth: replace Σ_k w_k A^k by its first principal component over locations (less noise).
+    backend: "onnx" (default: onnxcam's engine, plain ai.onnx ops) or "ort-training"
+        (onnxruntime-training's gradient builder; needs that wheel in place of onnxruntime).
     """
 
     def __init__(
@@ -64,6 +71,10 @@ class Explainer:
         providers: Sequence[str] | None = None,
         output: str | None = None,
         threads: int | None = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        fuse: str = "mean",
+        backend: str = "onnx",
     ) -> None:
         if isinstance(model, onnx.ModelProto):
             self.path = "<model>"
@@ -73,33 +84,63 @@ class Explainer:
             self._model = load_model(self.path)
         self.info: ModelInfo = inspect_model(self._model, self.path)
         self.method = get_method(method)
-        self.layer_name = layer
+        if fuse not in ("mean", "max"):
+            raise UsageError(f"fuse must be 'mean' or 'max', got {fuse!r}")
+        self.layer_names: list[str | None] = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+        if not self.layer_names:
+            raise UsageError("layer=[] names no layer")
+        self.layer_name = self.layer_names[0]
+        self.fuse = fuse
+        if backend not in ("onnx", "ort-training"):
+            raise UsageError(f"backend must be 'onnx' (onnxcam's engine) or 'ort-training', got {backend!r}")
+        self.backend = backend
+        self.aug_smooth = aug_smooth
+        self.eigen_smooth = eigen_smooth
         self.providers = list(providers) if providers else None
         self.output_name = output
         self.threads = threads
         self._extra: dict = {}
-        self._built: dict[tuple[int, int] | None, tuple[Prepared, ExplainModel, object, CamHead | None]] = {}
+        self._built: dict[tuple, tuple[Prepared, ExplainModel, object, CamHead | None]] = {}
         if self.info.fixed_size is not None:
-            self._build(self.info.fixed_size)
+            for name in self.layer_names:
+                self._build(self.info.fixed_size, name)
 
     # -- set-up per image size --------------------------------------------------------------
-    def _build(self, hw: tuple[int, int]):
-        key = hw
+    def _build(self, hw: tuple[int, int], layer: str | None = None):
+        layer = layer if layer is not None else self.layer_names[0]
+        key = (hw, layer)
         if key not in self._built:
-            prep = prepare(self._model, self.info, hw if self.info.fixed_size is None else None, self.output_name)
-            em = build_explain_model(
-                prep, self.layer_name, self.method.needs_gradients,
-                input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
-            )
-            head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output) if self.method.needs_head else None
-            sess = make_session(em.model.SerializeToString(), self.providers, self.threads)
+            pkey = ("prepared", hw)
+            if pkey not in self._extra:
+                self._extra[pkey] = prepare(self._model, self.info, hw if self.info.fixed_size is None else None, self.output_name)
+            prep = self._extra[pkey]
+            head = None
+            if self.backend == "ort-training" and self.method.needs_gradients:
+                if self.method.input_gradient or self.method.bias_taps:
+                    raise UsageError(f"the ort-training backend gives layer gradients only; {self.method.name} "
+                                     "needs the input's: use the default backend")
+                from .backends.ort_training import OrtTrainingSession
+
+                em = build_explain_model(prep, layer, False)
+                em.with_gradient = True
+                sess = OrtTrainingSession(prep.model, self.info.image_input.name, em.layer.name, em.output, self.providers)
+            else:
+                em = build_explain_model(
+                    prep, layer, self.method.needs_gradients,
+                    input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
+                )
+                sess = make_session(em.model.SerializeToString(), self.providers, self.threads)
+            if self.method.needs_head:
+                head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output)
             self._built[key] = (prep, em, sess, head)
             log.info("explaining %s at layer %s (%s) on %s", em.output, em.layer.name, em.layer.layout, provider_of(sess))
         return self._built[key]
 
     def prepared(self, hw: tuple[int, int] | None = None) -> Prepared:
         """The normalised model at image size `hw` (default: the model's own size)."""
-        return self._build(self._size_or(hw))[0]
+        size = self._size_or(hw)
+        self._build(size)
+        return self._extra[("prepared", size)]
 
     def explain_model(self, hw: tuple[int, int] | None = None) -> onnx.ModelProto:
         """The rewritten model (outputs, activation, gradient, targets) at image size `hw`."""
@@ -217,8 +258,38 @@ class Explainer:
         """Explain a preprocessed batch in the model's own layout; targets default to top-1."""
         x = self._check_batch(batch)
         hw = (x.shape[2], x.shape[3]) if self.info.layout == "NCHW" else (x.shape[1], x.shape[2])
-        prep, em, sess, head = self._build(hw)
-        t = self._targets(targets, len(x), em.num_classes)
+        t = self._targets(targets, len(x), self._build(hw)[1].num_classes)
+        results = [self._explain_layer(x, t, hw, name) for name in self.layer_names]
+        res = results[0]
+        if len(results) > 1:
+            stack = np.stack([r.heatmaps for r in results])
+            fused = stack.mean(axis=0) if self.fuse == "mean" else stack.max(axis=0)
+            res.heatmaps = normalize_maps(fused)
+            res.layer = " + ".join(r.layer for r in results)
+            res.extra["layers"] = results
+        return res
+
+    def _explain_layer(self, x: np.ndarray, t: np.ndarray, hw: tuple[int, int], layer: str | None) -> Result:
+        if not self.aug_smooth:
+            return self._explain_once(x, t, hw, layer)
+        # pytorch-grad-cam's TTA: horizontal flip × value scaling 0.9 / 1 / 1.1, maps de-augmented
+        # and averaged (not normalised again)
+        w_axis = 3 if self.info.layout == "NCHW" else 2
+        first = None
+        maps = []
+        for flip in (False, True):
+            for factor in (0.9, 1.0, 1.1):
+                xa = np.flip(x, axis=w_axis) if flip else x
+                r = self._explain_once(np.ascontiguousarray(xa * np.asarray(factor, x.dtype)), t, hw, layer)
+                maps.append(np.flip(r.heatmaps, axis=2) if flip else r.heatmaps)
+                if not flip and factor == 1.0:
+                    first = r
+        assert first is not None
+        first.heatmaps = np.mean(maps, axis=0).astype(np.float32)
+        return first
+
+    def _explain_once(self, x: np.ndarray, t: np.ndarray, hw: tuple[int, int], layer: str | None) -> Result:
+        prep, em, sess, head = self._build(hw, layer)
         names = em.output_names
         got = dict(zip(names, self._run_fixed(sess, {self.info.image_input.name: x, TARGET_INPUT: t}, names)))
         outputs, tg = got[em.output], got[TARGETS_OUTPUT].astype(np.int64)
@@ -243,7 +314,7 @@ class Explainer:
             input_gradients=input_grads, bias_gradients=taps,
             gradients_at=gradients_at if em.with_gradient else None,
         )
-        cams = self.method.cam(inp)
+        cams = self.method.eigen_cam(inp) if self.eigen_smooth else self.method.cam(inp)
         return Result(
             heatmaps=scale_maps(cams, hw),
             cams=cams,

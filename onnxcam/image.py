@@ -110,3 +110,16 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     if not ok:
         raise ImageError(f"cannot encode PNG for {path}")
     buf.tofile(os.fspath(path))
+
+
+def deprocess(grad: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A (C, H, W) pixel-space gradient (guided backprop) as an RGB uint8 image, the usual way:
+    standardise, scale by 0.1, centre on 0.5, clip (as pytorch-grad-cam's deprocess_image)."""
+    g = grad.transpose(1, 2, 0).astype(np.float64)
+    g = (g - g.mean()) / (g.std() + 1e-5) * 0.1 + 0.5
+    img = np.uint8(255 * np.clip(g, 0, 1))
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    if size is not None and img.shape[:2] != tuple(size):
+        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return img

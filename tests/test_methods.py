@@ -150,3 +150,31 @@ def test_smoothgradcampp_averages_noisy_gradients():
     w = (alpha * np.maximum(g1, 0)).sum(axis=(2, 3))
     want = np.maximum(np.einsum("nc,nchw->nhw", w, a), 0)
     np.testing.assert_allclose(res.cams, want, rtol=1e-4, atol=1e-6 * want.max())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_aug_smooth_and_eigen_smooth_match_reference(name: str):
+    r = ref(name)
+    path = GOLDENS / f"torchscript_{name}.onnx"
+    aug = Explainer(path, aug_smooth=True).explain(r["x"], targets=r["targets"])
+    assert np.abs(aug.heatmaps - r["GradCAM_aug_smooth"]).max() <= 1e-3
+    eig = Explainer(path, eigen_smooth=True).explain(r["x"], targets=r["targets"])
+    signed = r["GradCAM_eigen_smooth_signed"]
+    for i in range(len(eig.heatmaps)):  # the principal component's sign is arbitrary there
+        candidates = [scale_maps(np.maximum(s * signed[i : i + 1], 0), eig.heatmaps.shape[1:])[0] for s in (1, -1)]
+        assert min(np.abs(eig.heatmaps[i] - c).max() for c in candidates) <= 1e-3
+
+
+def test_several_layers_are_fused():
+    """pytorch-grad-cam's multi-layer rule: per-layer maps at input size, mean (or max), min-max."""
+    path = GOLDENS / "torchscript_tinyresnet.onnx"
+    r = ref("tinyresnet")
+    layers = ["/layer1/relu2/Relu_output_0", "/layer2/relu2/Relu_output_0"]
+    one = [Explainer(path, layer=l).explain(r["x"], targets=r["targets"]).heatmaps for l in layers]
+    for fuse, op in (("mean", np.mean), ("max", np.max)):
+        res = Explainer(path, layer=layers, fuse=fuse).explain(r["x"], targets=r["targets"])
+        want = op(np.stack(one), axis=0)
+        want = want - want.min(axis=(1, 2), keepdims=True)
+        want = want / (want.max(axis=(1, 2), keepdims=True) + 1e-7)
+        np.testing.assert_allclose(res.heatmaps, want, atol=1e-5)
+        assert res.layer == " + ".join(layers)

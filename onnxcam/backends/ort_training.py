@@ -26,6 +26,7 @@ import re
 import sys
 import tempfile
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -62,7 +63,12 @@ class OrtTrainingUnsupportedOpError(UnsupportedOpError):
         self.missing = missing  # (op_type, node name), in the order found
         self.op_types = sorted({op for op, _ in missing})
         self.op_type, self.node_name = missing[0]
-        nodes = ", ".join(f"{op} (node {name!r})" for op, name in missing)
+        parts = []
+        for op in dict.fromkeys(op for op, _ in missing):
+            names = [name for o, name in missing if o == op]
+            shown = ", ".join(repr(n) for n in names[:3]) + (f", ... {len(names)} in all" if len(names) > 3 else "")
+            parts.append(f"{op} (node{'s' if len(names) > 1 else ''} {shown})")
+        nodes = ", ".join(parts)
         msg = (
             f"onnxruntime-training has no gradient for {nodes}"
             + (f" {detail}" if detail else "")
@@ -259,3 +265,40 @@ def gradient_model_ort_training(model: onnx.ModelProto, wrt: str, output: str | 
     gg.node.append(helper.make_node("Identity", [grad], [GRAD_OUTPUT], name="onnxcam/gradient"))
     gg.output.append(helper.make_tensor_value_info(GRAD_OUTPUT, xinfo.elem_type, list(xinfo.shape)))
     return gm
+
+
+class OrtTrainingSession:
+    """Runs like onnxcam's own rewritten model (image and `onnxcam_target` in; outputs, targets,
+    activation and gradient out), with the gradient from onnxruntime-training's builder."""
+
+    def __init__(self, model: onnx.ModelProto, image: str, layer: str, output: str, providers=None) -> None:
+        from ..graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT
+        from ..runtime import make_session
+
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        m.graph.node.append(onnx.helper.make_node("Identity", [layer], [ACT_OUTPUT], name="onnxcam/activation"))
+        m.graph.output.append(onnx.helper.make_tensor_value_info(ACT_OUTPUT, onnx.TensorProto.FLOAT, None))
+        gm = gradient_model_ort_training(m, layer, output)
+        self._sess = make_session(gm.SerializeToString(), providers)
+        plain = onnx.ModelProto()
+        plain.CopyFrom(make_compatible(model))
+        self._forward = make_session(plain.SerializeToString(), providers)
+        self._names = (image, output, ACT_OUTPUT, GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT)
+
+    def get_providers(self) -> list[str]:
+        return self._sess.get_providers()
+
+    def run(self, names, feeds):
+        image, output, act, grad, seed_in, target_in, targets_out = self._names
+        x, t = feeds[image], np.asarray(feeds[target_in], np.int64)
+        if (t < 0).any():
+            y = self._forward.run([output], {image: x})[0]
+            t = np.where(t < 0, y.reshape(len(x), -1).argmax(axis=1), t)
+        k = [o for o in self._sess.get_outputs() if o.name == output][0].shape[-1]
+        y_shape = (len(x), k if isinstance(k, int) else int(self._forward.run([output], {image: x[:1]})[0].shape[-1]))
+        seed = np.zeros(y_shape, np.float32)
+        seed[np.arange(len(x)), t] = 1
+        got = dict(zip([output, act, grad], self._sess.run([output, act, grad], {image: x, seed_in: seed})))
+        got[targets_out] = t
+        return [got[n] for n in names]

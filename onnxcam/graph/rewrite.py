@@ -21,8 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import OnnxcamError, UsageError
 from ..grad.engine import append_gradient, required_opset
 from ..layers import Layer, candidate_layers, default_layer, find_layer
+from ..model import PROTOBUF_LIMIT, proto_size
 from ..model import (
-    FLOAT_TYPES, ModelInfo, TensorInfo, constant_values, default_opset, fill_runtime_shapes, infer_shapes, tensor_layouts, with_input_size,
+    FLOAT_TYPES, ModelInfo, TensorInfo, constant_values, default_opset, fill_runtime_shapes, infer_shapes, inspect_model, tensor_layouts, with_input_size,
 )
 from .normalize import fold_constants, resolve_auto_pad, upgrade_opset
 
@@ -205,7 +206,7 @@ def build_explain_model(
     g.initializer.extend(inits)
     g.output.extend(outputs)
     try:
-        onnx.checker.check_model(m) if m.ByteSize() < 2**31 - 1 else None
+        onnx.checker.check_model(m) if proto_size(m) < PROTOBUF_LIMIT else None  # it serialises
     except onnx.checker.ValidationError as exc:
         raise OnnxcamError(f"the rewritten model is not valid ONNX ({exc}); please report this model") from None
     return ExplainModel(m, target, y, int(k), with_gradient, input_gradient, taps)
@@ -242,6 +243,10 @@ def gradient_model(model: onnx.ModelProto, wrt: str, output: str | None = None) 
     shapes = infer_shapes(m)
     if resolve_auto_pad(m, shapes):
         shapes = infer_shapes(m)
+    try:
+        fill_runtime_shapes(m, inspect_model(m), shapes)
+    except UsageError:  # no image input: nothing to run it on; keep the inferred shapes
+        pass
     y = output or m.graph.output[0].name
     if y not in shapes or wrt not in shapes:
         raise UsageError(f"unknown tensor {y if y not in shapes else wrt!r}")

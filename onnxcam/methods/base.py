@@ -63,6 +63,18 @@ class CAMMethod:
         m = np.einsum("nc,nchw->nhw", w, inp.activations.astype(np.float64))
         return np.maximum(m, 0).astype(np.float32)
 
+    def weighted(self, inp: MethodInputs) -> np.ndarray:
+        """The per-channel terms whose channel sum is the map (N, C, h, w): w_k A^k by default;
+        element-wise methods override it (g ⊙ A, ReLU(g) ⊙ A, ...)."""
+        return self.weights(inp)[:, :, None, None] * inp.activations.astype(np.float64)
+
+    def eigen_cam(self, inp: MethodInputs) -> np.ndarray:
+        """eigen_smooth: the first principal component of the weighted activations instead of
+        their sum (pytorch-grad-cam's eigen_smooth; the sign fixed as Eigen-CAM's)."""
+        from .eigen import first_component
+
+        return np.maximum(first_component(self.weighted(inp)), 0).astype(np.float32)
+
 
 METHODS: dict[str, type[CAMMethod]] = {}
 ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "elementwise": "gradcamelementwise"}

@@ -36,6 +36,9 @@ class HiResCAM(CAMMethod):
 
     name = "hirescam"
 
+    def weighted(self, inp: MethodInputs) -> np.ndarray:
+        return inp.gradients.astype(np.float64) * inp.activations.astype(np.float64)
+
     def cam(self, inp: MethodInputs) -> np.ndarray:
         m = (inp.gradients.astype(np.float64) * inp.activations.astype(np.float64)).sum(axis=1)
         return np.maximum(m, 0).astype(np.float32)
@@ -98,6 +101,9 @@ class LayerCAM(CAMMethod):
 
     name = "layercam"
 
+    def weighted(self, inp: MethodInputs) -> np.ndarray:
+        return np.maximum(inp.gradients.astype(np.float64), 0) * inp.activations.astype(np.float64)
+
     def cam(self, inp: MethodInputs) -> np.ndarray:
         m = (np.maximum(inp.gradients.astype(np.float64), 0) * inp.activations.astype(np.float64)).sum(axis=1)
         return np.maximum(m, 0).astype(np.float32)
@@ -113,6 +119,9 @@ class GradCAMElementWise(CAMMethod):
     """
 
     name = "gradcam-elementwise"
+
+    def weighted(self, inp: MethodInputs) -> np.ndarray:
+        return np.maximum(inp.gradients.astype(np.float64) * inp.activations.astype(np.float64), 0)
 
     def cam(self, inp: MethodInputs) -> np.ndarray:
         m = np.maximum(inp.gradients.astype(np.float64) * inp.activations.astype(np.float64), 0).sum(axis=1)
