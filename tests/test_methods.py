@@ -30,6 +30,7 @@ REFERENCE = {
     "scorecam": "ScoreCAM",
     "ablationcam": "AblationCAM_zero",
     "iscam": "tc_ISCAM",
+    "fem": "FEM",
 }
 TOLERANCE = {"scorecam": 1e-2, "iscam": 1e-2}
 
@@ -52,7 +53,9 @@ def test_method_matches_reference_library(name: str, method: str):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("method, key", [("eigencam", "EigenCAM"), ("eigengradcam", "EigenGradCAM")])
+@pytest.mark.parametrize(
+    "method, key", [("eigencam", "EigenCAM"), ("eigengradcam", "EigenGradCAM"), ("kpcacam", "KPCA_CAM")]
+)
 def test_eigen_methods_match_up_to_the_arbitrary_sign(name: str, method: str, key: str):
     """pytorch-grad-cam keeps LAPACK's sign; ours is fixed (bright where features are strong).
     Per image, our map is the reference's, or the reference's with the projection negated."""

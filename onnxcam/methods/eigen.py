@@ -82,3 +82,74 @@ class RandomCAM(CAMMethod):
     def weights(self, inp: MethodInputs) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
         return rng.uniform(-1, 1, size=inp.activations.shape[:2])
+
+
+def kernel_component(maps: np.ndarray, gamma: float | None = None, coef0: float = 1.0) -> np.ndarray:
+    """Kernel-PCA analogue of `first_component` with the sigmoid kernel
+    k(a, b) = tanh(γ⟨a, b⟩ + c₀) (γ = 1/C by default) between locations: the first component of
+    the centred kernel matrix, scaled by √λ (as scikit-learn's KernelPCA.fit_transform), sign fixed
+    as in `first_component`."""
+    n, c, h, w = maps.shape
+    out = np.zeros((n, h, w), np.float64)
+    g = gamma if gamma is not None else 1.0 / c
+    for i in range(n):
+        x = maps[i].reshape(c, h * w).T.astype(np.float64)
+        x = x - x.mean(axis=0)
+        k = np.tanh(g * (x @ x.T) + coef0)
+        one = np.full_like(k, 1.0 / len(k))
+        kc = k - one @ k - k @ one + one @ k @ one
+        vals, vecs = np.linalg.eigh(kc)
+        lam, vec = vals[-1], vecs[:, -1]
+        if lam <= 0:
+            continue
+        proj = vec * np.sqrt(lam)
+        ref = maps[i].reshape(c, h * w).sum(axis=0)
+        if float(np.dot(proj, ref - ref.mean())) < 0:
+            proj = -proj
+        out[i] = proj.reshape(h, w)
+    return out
+
+
+@register
+class KPCACAM(CAMMethod):
+    """KPCA-CAM — Karmani et al., "KPCA-CAM: Visual Explainability of Deep Computer Vision
+    Models using Kernel PCA", 2024.
+
+    Eigen-CAM with kernel PCA: L = ReLU(first kernel principal component of the (hw × C)
+    centred activations), sigmoid kernel tanh(γ⟨a, b⟩ + 1), γ = 1/C. Gradient-free,
+    class-agnostic; the sign is fixed as Eigen-CAM's. Costs an (hw × hw) eigendecomposition.
+
+    Example: ``Explainer("model.onnx", method="kpcacam").explain(x).heatmaps``
+    """
+
+    name = "kpcacam"
+    needs_gradients = False
+
+    def __init__(self, gamma: float | None = None, coef0: float = 1.0) -> None:
+        self.gamma, self.coef0 = gamma, coef0
+
+    def cam(self, inp: MethodInputs) -> np.ndarray:
+        return np.maximum(kernel_component(inp.activations, self.gamma, self.coef0), 0).astype(np.float32)
+
+
+@register
+class FEM(CAMMethod):
+    """FEM — Fuad et al., "Features Understanding in 3D CNNs for Actions Recognition in Video",
+    IPTA 2020 (the Feature Explanation Method).
+
+    k-sigma rule: w_k = mean_ij 1[A^k_ij > μ_k + k·σ_k] (the fraction of the map that stands out),
+    L = ReLU(Σ_k w_k A^k). Gradient-free, class-agnostic; k = 2.
+
+    Example: ``Explainer("model.onnx", method="fem").explain(x).heatmaps``
+    """
+
+    name = "fem"
+    needs_gradients = False
+
+    def __init__(self, k: float = 2.0) -> None:
+        self.k = k
+
+    def weights(self, inp: MethodInputs) -> np.ndarray:
+        a = inp.activations.astype(np.float64)
+        th = a.mean(axis=(2, 3), keepdims=True) + self.k * a.std(axis=(2, 3), keepdims=True)
+        return (a > th).mean(axis=(2, 3))
