@@ -154,3 +154,34 @@ def test_methods_lists_the_registry():
     r = run("methods")
     assert r.exit_code == 0
     assert {l.split()[0] for l in r.output.splitlines()} >= {"cam", "gradcam", "hirescam"}
+
+
+@pytest.mark.parametrize("stem", ["torchscript_tinyresnet", "tf2onnx_smallresnet", "paddle_resnet"])
+def test_every_method_runs_from_the_cli_on_three_exporters(stem: str, tmp_path: Path):
+    from onnxcam.methods import METHODS
+
+    img = tmp_path / "img.png"
+    shutil.copy(EXAMPLES / "chelsea.png", img)
+    for method in sorted(METHODS):
+        out = tmp_path / method
+        r = run("explain", GOLDENS / f"{stem}.onnx", img, "-o", out, "--method", method, "--json", "--preset", "unit")
+        assert r.exit_code == 0, (method, r.output)
+        rec = json.loads(r.stdout)["images"][0]
+        hm = np.load(rec["heatmap"])
+        assert hm.shape == ((48, 48) if "tf2onnx" in stem else (64, 64))
+        assert np.isfinite(hm).all() and hm.max() <= 1 and hm.min() >= 0, method
+        if method in ("guidedbackprop", "guidedgradcam"):
+            assert load_image(rec["guided"]).shape == (300, 451, 3)
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "xgradcam", "layercam", "eigencam", "ablationcam", "fullgrad", "fem"])
+def test_methods_on_the_bundled_model_point_at_the_cat(method: str, boxes: dict):
+    from onnxcam import Explainer, preprocess
+    from onnxcam.image import resize_map
+
+    img = load_image(EXAMPLES / "chelsea.png")
+    res = Explainer(MOBILENET, method=method).explain(preprocess(img, (224, 224)))
+    m = resize_map(res.heatmaps[0], (300, 451))
+    y, x = np.unravel_index(int(m.argmax()), m.shape)
+    x0, y0, x1, y1 = boxes["chelsea.png"]["box"]
+    assert x0 <= x < x1 and y0 <= y < y1
