@@ -21,7 +21,7 @@ from .graph.rewrite import GRAD_OUTPUT, SEED_INPUT, gradient_model, prepare
 from .graph.split import split_at
 from .layers import default_layer
 from .model import inspect_model, load_model
-from .runtime import make_session
+from .runtime import session_for
 
 QUANTISED_OPS = {
     "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QLinearAdd", "QLinearMul",
@@ -90,9 +90,9 @@ def _fd_check(prep, layer: str, directions: int, rng: np.random.Generator) -> tu
     shape[0] = 2 if not isinstance(info.batch, int) else info.batch
     x = rng.normal(size=shape).astype(info.image_input.dtype)
     sp = split_at(prep.model, prep.shapes, layer, prep.output)
-    head = make_session(sp.head.SerializeToString(), ["CPUExecutionProvider"])
+    head = session_for(sp.head, ["CPUExecutionProvider"])
     gm = gradient_model(prep.model, layer, prep.output)
-    gsess = make_session(gm.SerializeToString(), ["CPUExecutionProvider"])
+    gsess = session_for(gm, ["CPUExecutionProvider"])
     feeds = {info.image_input.name: x}
     acts, *externals = head.run(None, feeds)
     try:
@@ -104,7 +104,7 @@ def _fd_check(prep, layer: str, directions: int, rng: np.random.Generator) -> tu
         y = tail(acts.astype(np.float64))
     except Exception as exc:
         raise OnnxcamError(f"the float64 reference evaluator cannot run the model after {layer!r}: {exc}") from None
-    y32 = make_session(sp.tail.SerializeToString(), ["CPUExecutionProvider"]).run(None, {layer: acts, **dict(zip(sp.externals, externals))})[0]
+    y32 = session_for(sp.tail, ["CPUExecutionProvider"]).run(None, {layer: acts, **dict(zip(sp.externals, externals))})[0]
     if np.abs(y32 - y).max() > 1e-3 * (np.abs(y).max() + 1e-6):
         raise OnnxcamError(
             f"onnx's reference evaluator and onnxruntime disagree on the model after {layer!r} "

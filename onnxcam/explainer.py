@@ -14,17 +14,28 @@ import onnx
 from .errors import UsageError
 from .graph.split import split_at
 from .graph.rewrite import (
-    ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, TAP_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel, Prepared,
+    ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TAP_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
+    Prepared,
     build_explain_model, prepare,
 )
 from .layers import CamHead, Layer, cam_head
 from .methods import CAMMethod, MethodInputs, get_method, normalize_maps, scale_maps
 from .model import ModelInfo, inspect_model, load_model
-from .runtime import make_session, provider_of
+from .runtime import provider_of, session_for
+from .targets import ClassTarget, Target, TopK
 
 log = logging.getLogger(__name__)
 
-Targets = Union[None, int, Sequence[int], np.ndarray]
+Targets = Union[None, int, Sequence[int], np.ndarray, Target, Sequence[Target], TopK]
+
+
+@dataclass
+class _SeedPlan:
+    """Cotangents for a batch: the output they apply to, the seeds, the class per item (or −1)."""
+
+    output: str
+    seeds: np.ndarray
+    classes: np.ndarray
 
 
 @dataclass
@@ -36,7 +47,7 @@ class Result:
     activations: np.ndarray  # (N, C, h, w) float32
     gradients: np.ndarray | None  # (N, C, h, w) float32, None for gradient-free methods
     targets: np.ndarray  # (N,) int64
-    outputs: np.ndarray  # (N, K) float32
+    outputs: np.ndarray  # (N, K) float32: the explained output (any shape for segmenters, detectors)
     layer: str
     method: str
     provider: str = ""
@@ -101,21 +112,31 @@ class Explainer:
         self.threads = threads
         self._extra: dict = {}
         self._built: dict[tuple, tuple[Prepared, ExplainModel, object, CamHead | None]] = {}
-        if self.info.fixed_size is not None:
+        if self.info.fixed_size is not None:  # fail early: unknown layer, missing rule, no CAM head
+            prep = self._prepare(self.info.fixed_size)
             for name in self.layer_names:
-                self._build(self.info.fixed_size, name)
+                if len(prep.shapes[prep.output].shape) == 2:
+                    self._build(self.info.fixed_size, name)
+                else:  # a segmenter or detector: explained with targets, built on first use
+                    prep.layer(name) if name is None or any(l.name == name for l in prep.layers) else None
 
     # -- set-up per image size --------------------------------------------------------------
-    def _build(self, hw: tuple[int, int], layer: str | None = None):
+    def _prepare(self, hw: tuple[int, int], output: str | None = None) -> Prepared:
+        output = output or self.output_name
+        pkey = ("prepared", hw, output)
+        if pkey not in self._extra:
+            self._extra[pkey] = prepare(self._model, self.info, hw if self.info.fixed_size is None else None, output)
+        return self._extra[pkey]
+
+    def _build(self, hw: tuple[int, int], layer: str | None = None, output: str | None = None, seed_input: bool = False):
         layer = layer if layer is not None else self.layer_names[0]
-        key = (hw, layer)
+        key = (hw, layer, output, seed_input)
         if key not in self._built:
-            pkey = ("prepared", hw)
-            if pkey not in self._extra:
-                self._extra[pkey] = prepare(self._model, self.info, hw if self.info.fixed_size is None else None, self.output_name)
-            prep = self._extra[pkey]
+            prep = self._prepare(hw, output)
             head = None
             if self.backend == "ort-training" and self.method.needs_gradients:
+                if seed_input:
+                    raise UsageError("the ort-training backend explains class targets only; use the default backend")
                 if self.method.input_gradient or self.method.bias_taps:
                     raise UsageError(f"the ort-training backend gives layer gradients only; {self.method.name} "
                                      "needs the input's: use the default backend")
@@ -128,8 +149,9 @@ class Explainer:
                 em = build_explain_model(
                     prep, layer, self.method.needs_gradients,
                     input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
+                    seed_input=seed_input,
                 )
-                sess = make_session(em.model.SerializeToString(), self.providers, self.threads)
+                sess = session_for(em.model, self.providers, self.threads)
             if self.method.needs_head:
                 head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output)
             self._built[key] = (prep, em, sess, head)
@@ -138,9 +160,7 @@ class Explainer:
 
     def prepared(self, hw: tuple[int, int] | None = None) -> Prepared:
         """The normalised model at image size `hw` (default: the model's own size)."""
-        size = self._size_or(hw)
-        self._build(size)
-        return self._extra[("prepared", size)]
+        return self._prepare(self._size_or(hw))
 
     def explain_model(self, hw: tuple[int, int] | None = None) -> onnx.ModelProto:
         """The rewritten model (outputs, activation, gradient, targets) at image size `hw`."""
@@ -170,18 +190,18 @@ class Explainer:
         return self.info.fixed_size
 
     # -- extra sessions for forward-only methods ----------------------------------------------
-    def _forward(self, hw: tuple[int, int], batch: np.ndarray) -> np.ndarray:
+    def _forward(self, hw: tuple[int, int], batch: np.ndarray, output: str | None = None) -> np.ndarray:
         """The plain model's explained output on a batch (a second session, built once)."""
+        return self._forward_all(hw, batch, [output or self._prepare(hw).output])[0]
+
+    def _forward_all(self, hw: tuple[int, int], batch: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+        """The plain model's outputs (all, or `names`) on a batch."""
         key = ("forward", hw)
         if key not in self._extra:
-            prep = self._build(hw)[0]
             m = onnx.ModelProto()
-            m.CopyFrom(prep.model)
-            keep = [o for o in m.graph.output if o.name == prep.output]
-            del m.graph.output[:]
-            m.graph.output.extend(keep)
-            self._extra[key] = make_session(m.SerializeToString(), self.providers, self.threads)
-        return self._run_fixed(self._extra[key], {self.info.image_input.name: batch})[0].reshape(len(batch), -1)
+            m.CopyFrom(self._prepare(hw).model)
+            self._extra[key] = session_for(m, self.providers, self.threads)
+        return self._run_fixed(self._extra[key], {self.info.image_input.name: batch}, names)
 
     def _run_fixed(self, sess, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
         """Run in chunks of the model's fixed batch size, if it has one."""
@@ -197,19 +217,19 @@ class Explainer:
             parts.append(sess.run(names, chunk))
         return [np.concatenate(p) for p in zip(*parts)]
 
-    def _tail_fn(self, hw: tuple[int, int], x: np.ndarray, layer: Layer):
+    def _tail_fn(self, hw: tuple[int, int], x: np.ndarray, layer: Layer, output: str | None = None):
         """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n."""
         cache: dict[int, list[np.ndarray]] = {}
 
         def tail(n: int, acts: np.ndarray) -> np.ndarray:
-            key = ("split", hw, layer.name)
+            key = ("split", hw, layer.name, output)
             if key not in self._extra:
-                prep = self._build(hw)[0]
+                prep = self._prepare(hw, output)
                 sp = split_at(prep.model, prep.shapes, layer.name, prep.output)
                 self._extra[key] = (
                     sp,
-                    make_session(sp.head.SerializeToString(), self.providers, self.threads),
-                    make_session(sp.tail.SerializeToString(), self.providers, self.threads),
+                    session_for(sp.head, self.providers, self.threads),
+                    session_for(sp.tail, self.providers, self.threads),
                 )
             sp, head, tail_sess = self._extra[key]
             if n not in cache:
@@ -220,7 +240,7 @@ class Explainer:
             feeds = {sp.layer: np.ascontiguousarray(acts.transpose(inv)).astype(cache[n][0].dtype)}
             for name, v in zip(sp.externals, externals):
                 feeds[name] = np.repeat(v, b, axis=0) if v.ndim and v.shape[0] == 1 else v
-            return tail_sess.run(None, feeds)[0].reshape(b, -1)
+            return tail_sess.run(None, feeds)[0]
 
         return tail
 
@@ -254,11 +274,72 @@ class Explainer:
             raise UsageError(f"target class {int(bad[0])} is out of range: the model has {k} classes (0..{k - 1})")
         return t
 
+    def _is_class_targets(self, targets) -> bool:
+        if targets is None or isinstance(targets, (int, np.integer)):
+            return True
+        if isinstance(targets, (Target, TopK)):
+            return False
+        if isinstance(targets, np.ndarray):
+            return targets.dtype.kind in "iu"
+        if isinstance(targets, (list, tuple)):
+            return all(isinstance(v, (int, np.integer)) for v in targets)
+        raise UsageError(f"targets must be None, a class index, one per item, a Target or a seed array; got {type(targets).__name__}")
+
+    def _seed_plan(self, targets, x: np.ndarray, hw: tuple[int, int]) -> tuple[_SeedPlan, np.ndarray]:
+        """Turn Target objects or a seed array into cotangents (and expand the batch for TopK)."""
+        if isinstance(targets, TopK):
+            out = targets.output or self._prepare(hw).output
+            y = self._forward(hw, x, out).reshape(len(x), -1)
+            k = min(targets.k, y.shape[1])
+            order = np.argsort(-y, axis=1)[:, :k]
+            x = np.repeat(x, k, axis=0)
+            return self._seed_plan([ClassTarget(int(c), out) for c in order.reshape(-1)], x, hw)
+        if isinstance(targets, np.ndarray):
+            out = self._prepare(hw).output
+            shape = self._forward(hw, x[:1], out).shape[1:]
+            u = np.asarray(targets, np.float32)
+            if u.shape == shape:
+                u = np.broadcast_to(u, (len(x),) + shape)
+            if u.shape != (len(x),) + tuple(shape):
+                raise UsageError(f"seed shaped {list(targets.shape)} does not match output {out!r}: {[len(x)] + list(shape)}")
+            return _SeedPlan(out, np.ascontiguousarray(u), np.full(len(x), -1, np.int64)), x
+        items = list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(x)
+        if len(items) != len(x):
+            raise UsageError(f"got {len(items)} targets for a batch of {len(x)}")
+        if not all(isinstance(t, Target) for t in items):
+            raise UsageError("mix of targets: give Target objects for every item, or class indices for every item")
+        outs = {t.output or self._prepare(hw).output for t in items}
+        if len(outs) != 1:
+            raise UsageError(f"one batch explains one output; these targets name {sorted(outs)}")
+        out = outs.pop()
+        names = [o.name for o in self._prepare(hw).model.graph.output]
+        if out not in names:
+            raise UsageError(f"output {out!r} is not one of the model's outputs {names}")
+        if any(t.needs_outputs for t in items):
+            values = dict(zip(names, self._forward_all(hw, x, names)))
+        else:
+            values = {out: self._forward(hw, x[:1], out).repeat(len(x), axis=0)}
+        seeds, classes = [], []
+        for n, t in enumerate(items):
+            item = {k: v[n] for k, v in values.items()}
+            seeds.append(t.seed(item, out))
+            classes.append(t.class_index(item, out))
+        return _SeedPlan(out, np.ascontiguousarray(np.stack(seeds)), np.asarray(classes, np.int64)), x
+
     def explain(self, batch: np.ndarray, targets: Targets = None) -> Result:
-        """Explain a preprocessed batch in the model's own layout; targets default to top-1."""
+        """Explain a preprocessed batch in the model's own layout.
+
+        targets: None (each item's predicted class), a class index, one per item, a Target (for
+        every item) or one per item (onnxcam.targets: class, softmax probability, counterfactual,
+        any output index, a segmentation region, a detection), TopK(k) (k maps per item, the batch
+        grows k-fold), or a float seed array shaped like the explained output (∂⟨seed, y⟩/∂A).
+        """
         x = self._check_batch(batch)
         hw = (x.shape[2], x.shape[3]) if self.info.layout == "NCHW" else (x.shape[1], x.shape[2])
-        t = self._targets(targets, len(x), self._build(hw)[1].num_classes)
+        if self._is_class_targets(targets):
+            t = self._targets(targets, len(x), self._build(hw)[1].num_classes)
+        else:
+            t, x = self._seed_plan(targets, x, hw)
         results = [self._explain_layer(x, t, hw, name) for name in self.layer_names]
         res = results[0]
         if len(results) > 1:
@@ -288,11 +369,18 @@ class Explainer:
         first.heatmaps = np.mean(maps, axis=0).astype(np.float32)
         return first
 
-    def _explain_once(self, x: np.ndarray, t: np.ndarray, hw: tuple[int, int], layer: str | None) -> Result:
-        prep, em, sess, head = self._build(hw, layer)
+    def _explain_once(self, x: np.ndarray, t, hw: tuple[int, int], layer: str | None) -> Result:
+        plan = t if isinstance(t, _SeedPlan) else None
+        prep, em, sess, head = self._build(hw, layer, plan.output if plan else None, seed_input=plan is not None)
         names = em.output_names
-        got = dict(zip(names, self._run_fixed(sess, {self.info.image_input.name: x, TARGET_INPUT: t}, names)))
-        outputs, tg = got[em.output], got[TARGETS_OUTPUT].astype(np.int64)
+        feeds = {self.info.image_input.name: x}
+        if plan is None:
+            feeds[TARGET_INPUT] = t
+        elif em.with_gradient or em.input_gradient:
+            feeds[SEED_INPUT] = plan.seeds.astype(prep.shapes[em.output].dtype)
+        got = dict(zip(names, self._run_fixed(sess, feeds, names)))
+        outputs = got[em.output]
+        tg = got[TARGETS_OUTPUT].astype(np.int64) if plan is None else plan.classes
         to_nchw = lambda a: np.ascontiguousarray(a.transpose([em.layer.layout.index(c) for c in "NCHW"])).astype(np.float32)  # noqa: E731
         acts = to_nchw(got[ACT_OUTPUT])
         grads = to_nchw(got[GRAD_OUTPUT]) if em.with_gradient else None
@@ -304,13 +392,16 @@ class Explainer:
         taps = [(bias, got[TAP_OUTPUT.format(i)]) for i, (_, bias) in enumerate(em.taps)]
 
         def gradients_at(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            r = dict(zip(names, self._run_fixed(sess, {self.info.image_input.name: batch, TARGET_INPUT: tg}, names)))
+            f = dict(feeds)
+            f[self.info.image_input.name] = batch
+            r = dict(zip(names, self._run_fixed(sess, f, names)))
             return to_nchw(r[ACT_OUTPUT]), to_nchw(r[GRAD_OUTPUT])
 
         inp = MethodInputs(
-            acts, grads, tg, outputs.astype(np.float32).reshape(len(x), -1), head,
+            acts, grads, tg, outputs.astype(np.float32), head,
             inputs=x, layout=self.info.layout, input_size=hw,
-            forward=lambda b: self._forward(hw, b), tail=self._tail_fn(hw, x, em.layer),
+            forward=lambda b: self._forward(hw, b, em.output), tail=self._tail_fn(hw, x, em.layer, em.output),
+            seeds=plan.seeds if plan is not None else None,
             input_gradients=input_grads, bias_gradients=taps,
             gradients_at=gradients_at if em.with_gradient else None,
         )
@@ -321,7 +412,7 @@ class Explainer:
             activations=acts,
             gradients=grads,
             targets=tg,
-            outputs=outputs.reshape(len(x), -1).astype(np.float32),
+            outputs=outputs.astype(np.float32),
             layer=em.layer.name,
             method=self.method.name,
             provider=provider_of(sess),

@@ -264,10 +264,106 @@ def with_input_size(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int]
     return m
 
 
-def infer_shapes(model: onnx.ModelProto) -> dict[str, TensorInfo]:
-    """Shapes and element types of every value, by ONNX shape inference (with data propagation)."""
+# Initializers at least this big are left out of the copy that shape inference sees (their
+# shapes come from their dims; data propagation only needs small integer tensors), so models
+# over protobuf's 2 GB limit can be inferred and big weights are not serialised for nothing.
+SHAPE_INFERENCE_DATA_LIMIT = 1 << 16
+_EXTERNAL = "onnxcam-data-left-out"
+
+
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def proto_size(message) -> int:
+    """Serialised size of a protobuf message in bytes; for a ModelProto whose initializers alone
+    reach the limit, their size from dims (protobuf's ByteSize() serialises internally: slow on
+    big models, and the upb backend raises EncodeError over 2 GB, where PROTOBUF_LIMIT + 1 is
+    returned)."""
+    if isinstance(message, onnx.ModelProto):
+        data = sum(_tensor_bytes(t) for t in message.graph.initializer)
+        if data >= PROTOBUF_LIMIT:
+            return data
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        return int(message.ByteSize())
+    except Exception:
+        return PROTOBUF_LIMIT + 1
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, from its dims and type (nothing serialised or copied); 0 for
+    external data and strings."""
+    if t.data_location == TensorProto.EXTERNAL or t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        return 0
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    return n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """Copy every set field of protobuf message `src` into `dst`, except the field `skip`."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def without_big_data(
+    model: onnx.ModelProto,
+    min_bytes: int = SHAPE_INFERENCE_DATA_LIMIT,
+    data_file=None,
+    location: str = _EXTERNAL,
+    align: int = 4096,
+) -> onnx.ModelProto:
+    """A copy of `model` whose initializers of at least `min_bytes` carry no data, marked as
+    external data at `location`. With `data_file` (a binary file open for writing) their bytes
+    are written there, page-aligned, so that the copy saved next to that file is a complete
+    model with external data. The input is never changed (unlike onnx.save_model(...,
+    save_as_external_data=True), which moves the data out of the proto it is given) and the big
+    data is never copied into another proto."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    g, og = model.graph, out.graph
+    _copy_fields(g, og, skip="initializer")
+    for t in g.initializer:
+        size = _tensor_bytes(t)
+        if size < min_bytes:
+            og.initializer.append(t)
+            continue
+        nt = og.initializer.add()
+        nt.name, nt.data_type = t.name, t.data_type
+        nt.dims.extend(t.dims)
+        nt.data_location = TensorProto.EXTERNAL
+        offset, length = 0, size
+        if data_file is not None:
+            offset = data_file.tell()
+            if offset % align:
+                data_file.write(b"\0" * (align - offset % align))
+                offset = data_file.tell()
+            data = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).astype(
+                np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<")).tobytes()
+            data_file.write(data)
+            length = len(data)
+            del data
+        for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            entry = nt.external_data.add()
+            entry.key, entry.value = k, v
+    return out
+
+
+def infer_shapes(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """Shapes and element types of every value, by ONNX shape inference (with data propagation).
+    Runs on a copy without the big initializers' data, so models over 2 GB work too."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            without_big_data(model), check_type=False, strict_mode=False, data_prop=True,
+        )
     except Exception as exc:
         raise ModelLoadError(f"ONNX shape inference failed: {exc}") from None
     out: dict[str, TensorInfo] = {}
@@ -299,18 +395,17 @@ def fill_runtime_shapes(model: onnx.ModelProto, info: "ModelInfo", shapes: dict[
                     missing.append(o)
     if not missing:
         return 0
-    import onnxruntime as ort
+    from .runtime import session_for
 
     def session(names: list[str]):
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+        m = without_big_data(model, min_bytes=1 << 62)  # a copy that shares no state with `model`
         known = {o.name for o in m.graph.output}
         for name in names:
             t = shapes.get(name)
             elem = t.elem_type if t is not None and t.elem_type else TensorProto.FLOAT
             if name not in known:
                 m.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session_for(m, providers=["CPUExecutionProvider"])
 
     try:
         sess = session(missing)

@@ -4,6 +4,11 @@ onnxruntime-gpu prints an error block to the terminal when CUDA is requested on 
 CUDA libraries are missing. We ask for CUDA only when the NVIDIA driver library is present, and
 even then create the session with onnxruntime's logger muted, check which provider actually runs,
 and log the fallback through Python logging instead.
+
+`session_for(model)` is the way in from an in-memory ModelProto, whatever its size: below
+`INLINE_LIMIT` it is serialised and loaded from bytes; above (protobuf cannot serialise more than
+2 GB) it is written, with its initializers as external data, into a temporary directory that lives
+as long as the returned session (`session.onnxcam_tmpdir`) and is removed with it.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
+import tempfile
 from typing import Sequence
 
+import onnx
 import onnxruntime as ort
 
 log = logging.getLogger(__name__)
@@ -41,12 +49,13 @@ def default_providers() -> list[str]:
 
 
 def make_session(
-    model_bytes: bytes,
+    model_bytes: bytes | str,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     profile: bool = False,
 ) -> ort.InferenceSession:
-    """An InferenceSession on the requested providers (default: CUDA where it works, else CPU)."""
+    """An InferenceSession on the requested providers (default: CUDA where it works, else CPU).
+    `model_bytes`: a serialised model, or the path of a model file."""
     wanted = list(providers) if providers else default_providers()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -70,3 +79,53 @@ def make_session(
 
 def provider_of(session: ort.InferenceSession) -> str:
     return session.get_providers()[0]
+
+
+# Models whose protobuf is at least this big (bytes) go to onnxruntime through a file with
+# external data instead of bytes: protobuf refuses to serialise 2 GiB, and this leaves headroom
+# for the nodes and the graph outputs added around the initializers.
+INLINE_LIMIT = 1_800_000_000
+WEIGHTS_FILE = "weights.bin"
+
+
+def model_size(model: onnx.ModelProto) -> int:
+    """The model's serialised size in bytes (computed, not serialised; over 2 GB, where protobuf
+    refuses to compute it, a number above 2**31 - 1)."""
+    from .model import proto_size
+
+    return proto_size(model)
+
+
+def session_for(
+    model: onnx.ModelProto,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    profile: bool = False,
+) -> ort.InferenceSession:
+    """An InferenceSession for an in-memory model of any size; `model` is not changed.
+
+    Under `INLINE_LIMIT` the model goes to onnxruntime as bytes. Over it, the model is saved as
+    `model.onnx` plus `weights.bin` (every initializer of 1 KiB or more, page-aligned) in a
+    `tempfile.TemporaryDirectory`, loaded from there, and the directory is attached to the
+    session as `session.onnxcam_tmpdir`: it lives as long as the session and is deleted when the
+    session is garbage-collected (or by `session.onnxcam_tmpdir.cleanup()`).
+    """
+    if model_size(model) < INLINE_LIMIT:
+        return make_session(model.SerializeToString(), providers, threads, profile)
+    from .model import without_big_data
+
+    tmp = tempfile.TemporaryDirectory(prefix="onnxcam-")
+    try:
+        path = os.path.join(tmp.name, "model.onnx")
+        with open(os.path.join(tmp.name, WEIGHTS_FILE), "wb") as f:
+            skeleton = without_big_data(model, min_bytes=1024, data_file=f, location=WEIGHTS_FILE)
+        with open(path, "wb") as f:
+            f.write(skeleton.SerializeToString())
+        del skeleton
+        log.info("model of %.2f GB: loading it through external data in %s", model_size(model) / 1e9, tmp.name)
+        sess = make_session(path, providers, threads, profile)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    sess.onnxcam_tmpdir = tmp  # type: ignore[attr-defined]  # keep the files as long as the session
+    return sess

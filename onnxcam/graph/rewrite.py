@@ -35,6 +35,7 @@ GRAD_OUTPUT = "onnxcam_gradient"
 ACT_OUTPUT = "onnxcam_activation"
 INPUT_GRAD_OUTPUT = "onnxcam_input_gradient"
 TAP_OUTPUT = "onnxcam_bias_gradient_{}"
+SEED_INPUT = "onnxcam_seed"
 
 
 @dataclass
@@ -63,10 +64,11 @@ class ExplainModel:
     with_gradient: bool
     input_gradient: str | None = None  # None, "plain" or "guided"
     taps: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (tensor, bias (C,))
+    seed_input: bool = False  # the cotangent is fed (onnxcam_seed), not chosen by class inside
 
     @property
     def output_names(self) -> list[str]:
-        names = [self.output, TARGETS_OUTPUT, ACT_OUTPUT]
+        names = [self.output] + ([] if self.seed_input else [TARGETS_OUTPUT]) + [ACT_OUTPUT]
         names += [GRAD_OUTPUT] if self.with_gradient else []
         names += [INPUT_GRAD_OUTPUT] if self.input_gradient else []
         names += [TAP_OUTPUT.format(i) for i in range(len(self.taps))]
@@ -84,7 +86,11 @@ def choose_output(model: onnx.ModelProto, shapes: dict[str, TensorInfo], name: s
         info = shapes.get(o)
         if info is not None and info.elem_type in FLOAT_TYPES and len(info.shape) == 2:
             return o
-    raise UsageError(f"no output shaped (batch, classes) among {outs}; name one with output=...")
+    for o in outs:  # a segmenter or a detector: its first float output (targets say what to explain)
+        info = shapes.get(o)
+        if info is not None and info.elem_type in FLOAT_TYPES:
+            return o
+    raise UsageError(f"no float output among {outs}")
 
 
 def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None, output: str | None = None) -> Prepared:
@@ -132,17 +138,25 @@ def build_explain_model(
     with_gradient: bool,
     input_gradient: str | None = None,
     with_bias_taps: bool = False,
+    seed_input: bool = False,
 ) -> ExplainModel:
     """Rewrite `prep.model` so that one run returns outputs, A, ∂y_c/∂A and the targets; and,
-    when asked, the input's gradient (plain or guided) and FullGrad's bias-tap gradients."""
+    when asked, the input's gradient (plain or guided) and FullGrad's bias-tap gradients.
+
+    seed_input: instead of a class chosen inside the graph, the cotangent u is an input,
+    `onnxcam_seed`, shaped like the output: the gradient is ∂⟨u, y⟩/∂A (any target: a region of a
+    segmentation map, one detection, a regression output, a counterfactual)."""
     m = onnx.ModelProto()
     m.CopyFrom(prep.model)
     shapes = prep.shapes
     target = prep.layer(layer) if layer is None or _find_or_none(prep.layers, layer) else _any_tensor(prep, layer)
     y = prep.output
     k = shapes[y].shape[-1]
-    if not isinstance(k, int):
-        raise UsageError(f"output {y!r} has no static number of classes: {list(shapes[y].shape)}")
+    if not seed_input and (len(shapes[y].shape) != 2 or not isinstance(k, int)):
+        raise UsageError(
+            f"output {y!r} is shaped {list(shapes[y].shape)}, not (batch, classes): give a target "
+            "for it (a region, a detection, an index or a seed array)"
+        )
     image = prep.info.image_input.name
     taps = bias_taps(prep) if with_bias_taps else []
     if with_gradient or input_gradient:
@@ -154,22 +168,29 @@ def build_explain_model(
     g = m.graph
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
-    # target selection inside the graph
-    g.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, ["onnxcam_T"]))
-    inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), TARGET_INPUT))
-    zero = "onnxcam/zero_i64"
-    inits.append(numpy_helper.from_array(np.array(0, dtype=np.int64), zero))
-    nodes += [
-        helper.make_node("ArgMax", [y], ["onnxcam/argmax"], axis=1, keepdims=0, name="onnxcam/argmax"),
-        helper.make_node("Less", [TARGET_INPUT, zero], ["onnxcam/use_argmax"], name="onnxcam/use_argmax"),
-        helper.make_node("Where", ["onnxcam/use_argmax", "onnxcam/argmax", TARGET_INPUT], [TARGETS_OUTPUT], name="onnxcam/targets"),
-    ]
-    outputs = [helper.make_tensor_value_info(TARGETS_OUTPUT, TensorProto.INT64, [None])]
+    outputs = []
+    if not seed_input:  # target selection inside the graph
+        g.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, ["onnxcam_T"]))
+        inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), TARGET_INPUT))
+        zero = "onnxcam/zero_i64"
+        inits.append(numpy_helper.from_array(np.array(0, dtype=np.int64), zero))
+        nodes += [
+            helper.make_node("ArgMax", [y], ["onnxcam/argmax"], axis=1, keepdims=0, name="onnxcam/argmax"),
+            helper.make_node("Less", [TARGET_INPUT, zero], ["onnxcam/use_argmax"], name="onnxcam/use_argmax"),
+            helper.make_node("Where", ["onnxcam/use_argmax", "onnxcam/argmax", TARGET_INPUT], [TARGETS_OUTPUT], name="onnxcam/targets"),
+        ]
+        outputs.append(helper.make_tensor_value_info(TARGETS_OUTPUT, TensorProto.INT64, [None]))
     a_type = shapes[target.name].elem_type
     nodes.append(helper.make_node("Identity", [target.name], [ACT_OUTPUT], name="onnxcam/activation"))
     a_shape = list(shapes[target.name].shape)
     outputs.append(helper.make_tensor_value_info(ACT_OUTPUT, a_type, a_shape))
-    if with_gradient or input_gradient:
+    seed = "onnxcam/seed"
+    if seed_input and (with_gradient or input_gradient):
+        seed = SEED_INPUT
+        g.input.append(helper.make_tensor_value_info(SEED_INPUT, shapes[y].elem_type, list(shapes[y].shape)))
+        shapes = dict(shapes)
+        shapes[SEED_INPUT] = TensorInfo(SEED_INPUT, shapes[y].shape, shapes[y].elem_type)
+    elif with_gradient or input_gradient:
         y_type = shapes[y].elem_type
         np_type = helper.tensor_dtype_to_np_dtype(y_type)
         inits += [
@@ -183,14 +204,14 @@ def build_explain_model(
         shapes = dict(shapes)
         shapes["onnxcam/seed"] = TensorInfo("onnxcam/seed", shapes[y].shape, y_type)
     if with_gradient:
-        grad = append_gradient(g, shapes, dict(prep.constants), opset, target.name, y, "onnxcam/seed")
+        grad = append_gradient(g, shapes, dict(prep.constants), opset, target.name, y, seed)
         nodes += grad.nodes
         inits += grad.initializers
         nodes.append(helper.make_node("Identity", [grad.grad], [GRAD_OUTPUT], name="onnxcam/gradient"))
         outputs.append(helper.make_tensor_value_info(GRAD_OUTPUT, a_type, a_shape))
     if input_gradient:
         grad = append_gradient(
-            g, shapes, dict(prep.constants), opset, image, y, "onnxcam/seed", prefix="onnxcam_igrad/",
+            g, shapes, dict(prep.constants), opset, image, y, seed, prefix="onnxcam_igrad/",
             also=[t for t, _ in taps], guided=input_gradient == "guided",
         )
         nodes += grad.nodes
@@ -209,7 +230,7 @@ def build_explain_model(
         onnx.checker.check_model(m) if proto_size(m) < PROTOBUF_LIMIT else None  # it serialises
     except onnx.checker.ValidationError as exc:
         raise OnnxcamError(f"the rewritten model is not valid ONNX ({exc}); please report this model") from None
-    return ExplainModel(m, target, y, int(k), with_gradient, input_gradient, taps)
+    return ExplainModel(m, target, y, int(k) if isinstance(k, int) else 0, with_gradient, input_gradient, taps, seed_input)
 
 
 def _any_tensor(prep: Prepared, name: str) -> Layer:
@@ -226,9 +247,6 @@ def _any_tensor(prep: Prepared, name: str) -> Layer:
     c, h, w = s[lay.index("C")], s[lay.index("H")], s[lay.index("W")]
     producer = next((n for n in prep.model.graph.node if name in n.output), None)
     return Layer(name, producer.op_type if producer else "input", producer.name if producer else "", lay, c, h, w, -1)
-
-
-SEED_INPUT = "onnxcam_seed"
 
 
 def gradient_model(model: onnx.ModelProto, wrt: str, output: str | None = None) -> onnx.ModelProto:

@@ -39,6 +39,14 @@ class MethodInputs:
     # gradients_at(batch) → (activations, gradients) at the layer for another input, same targets
     gradients_at: Optional[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = None
     extra: dict = field(default_factory=dict)  # pixel-space outputs a method adds
+    seeds: np.ndarray | None = None  # (N, ...) cotangents, when the target is not a plain class
+
+    def score(self, n: int, out: np.ndarray) -> np.ndarray:
+        """The explained score of item n's target on a batch of outputs (B, ...): y[:, t_n] for a
+        class target, ⟨u_n, y⟩ for a seed."""
+        if self.seeds is None:
+            return out.reshape(len(out), -1)[:, int(self.targets[n])]
+        return out.reshape(len(out), -1) @ self.seeds[n].reshape(-1).astype(out.dtype)
 
     @property
     def inputs_nchw(self) -> np.ndarray:

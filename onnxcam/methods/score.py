@@ -65,11 +65,10 @@ class _MaskedScoreMethod(CAMMethod):
 
     def _run(self, inp: MethodInputs, n: int, masks: np.ndarray, make_inputs) -> np.ndarray:
         """Scores y_t for each channel's masked inputs; make_inputs(mask_chunk) → batch."""
-        t = int(inp.targets[n])
         scores = np.empty(len(masks), np.float64)
         for s in range(0, len(masks), self.batch_size):
             out = inp.forward(make_inputs(masks[s : s + self.batch_size]))
-            scores[s : s + self.batch_size] = out[:, t]
+            scores[s : s + self.batch_size] = inp.score(n, out)
         return scores
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
@@ -186,13 +185,12 @@ class AblationCAM(CAMMethod):
         n_img, c = inp.activations.shape[:2]
         w = np.empty((n_img, c), np.float64)
         for n in range(n_img):
-            t = int(inp.targets[n])
-            y = float(inp.outputs[n, t])
+            y = float(inp.score(n, inp.outputs[n : n + 1])[0])
             scores = np.empty(c, np.float64)
             for s in range(0, c, self.batch_size):
                 ks = np.arange(s, min(c, s + self.batch_size))
                 a = np.repeat(inp.activations[n][None], len(ks), axis=0)
                 a[np.arange(len(ks)), ks] = 0
-                scores[ks] = inp.tail(n, a)[:, t]
+                scores[ks] = inp.score(n, inp.tail(n, a))
             w[n] = (y - scores) / y
         return w

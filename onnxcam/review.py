@@ -1,0 +1,468 @@
+"""Evaluate one model's explanations, or review several models side by side in one HTML page.
+
+`evaluate(run, images, boxes)` computes, per image, the prediction and the metrics of
+`onnxcam.metrics` (average drop, increase in confidence, deletion/insertion AUC, optionally ROAD,
+and with ground-truth boxes the pointing games and the CAM box's IoU); `review(...)` does it for
+several models, measures how much their maps agree (Spearman's ρ and top-20% IoU, at each image's
+own size) and writes REPORT_DIR/index.html (one self-contained page: images inlined as base64 PNG
+data URIs, CSS inline, no script, nothing fetched at view time) and REPORT_DIR/review.json.
+
+Each model gets its own preprocessing: input size, layout and channels from the model, preset from
+the caller, else the model's ``onnxcam.preset`` metadata, else ``imagenet``; labels from its
+``onnxcam.labels`` metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from . import metrics as M
+from .errors import ImageError, OnnxcamError, UsageError
+from .explainer import Explainer
+from .image import PRESETS, load_image, overlay, preprocess, resize_map
+
+TOP_PERCENT = 20.0
+
+# (key, title, better) for the per-model metrics table; better: "higher" / "lower"
+METRIC_COLUMNS: list[tuple[str, str, str]] = [
+    ("pointing_game", "pointing game (%)", "higher"),
+    ("energy_pointing_game", "energy pointing game", "higher"),
+    ("localisation_iou", "CAM box IoU", "higher"),
+    ("average_drop", "average drop (%)", "lower"),
+    ("increase_in_confidence", "increase in confidence (%)", "higher"),
+    ("deletion_auc", "deletion AUC", "lower"),
+    ("insertion_auc", "insertion AUC", "higher"),
+    ("road_morf", "ROAD MoRF", "lower"),
+    ("road_lerf", "ROAD LeRF", "higher"),
+]
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def load_boxes(path: str | os.PathLike) -> dict[str, list[list[float]]]:
+    """Ground-truth boxes from JSON: {image name: [x0, y0, x1, y1] | [[...], ...] |
+    {"box": [...]} | {"boxes": [[...], ...]}} in the image's own pixels, end-exclusive."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read boxes file {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"boxes file {path} must hold a JSON object {{image name: box}}")
+    out: dict[str, list[list[float]]] = {}
+    for name, v in raw.items():
+        if isinstance(v, dict):
+            v = v.get("boxes", [v["box"]] if "box" in v else None)
+        arr = np.asarray(v, dtype=np.float64) if v is not None else np.zeros((0,))
+        if arr.ndim == 1 and arr.size == 4:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != 4 or not len(arr):
+            raise UsageError(f"boxes file {path}: entry {name!r} is not [x0, y0, x1, y1] or a list of them")
+        out[name] = arr.tolist()
+    return out
+
+
+def boxes_for(boxes: dict[str, list[list[float]]] | None, image: str | os.PathLike) -> list[list[float]] | None:
+    """The boxes of an image, looked up by its path as given, then its file name, then its stem."""
+    if not boxes:
+        return None
+    p = Path(image)
+    for key in (str(image), p.as_posix(), p.name, p.stem):
+        if key in boxes:
+            return boxes[key]
+    return None
+
+
+@dataclass
+class ModelRun:
+    """One model ready to explain: its Explainer, preprocessing, labels and plain forward."""
+
+    name: str
+    path: str
+    explainer: Explainer
+    preset: str
+    size: tuple[int, int]
+    channels: int
+    labels: list[str] | None
+    forward: M.Forward = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str, method: str = "gradcam", preset: str | None = None, size: tuple[int, int] | None = None,
+             name: str | None = None, providers: Sequence[str] | None = None, batch_size: int = 32) -> "ModelRun":
+        ex = Explainer(path, method=method, providers=providers)
+        hw = ex.input_size or size or (224, 224)
+        chosen = preset or ex.info.metadata.get("onnxcam.preset") or "imagenet"
+        if chosen not in PRESETS:
+            if preset:
+                raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+            chosen = "imagenet"
+        channels = ex.info.channels if isinstance(ex.info.channels, int) else 3
+        return cls(name or Path(path).stem, path, ex, chosen, hw, channels, ex.labels,
+                   M.scores_fn(ex, hw, batch_size=batch_size))
+
+    def label(self, k: int) -> str:
+        return self.labels[k] if self.labels and 0 <= k < len(self.labels) else f"class {k}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "sha256": hashlib.sha256(Path(self.path).read_bytes()).hexdigest(),
+            "input_size": list(self.size),
+            "layout": self.explainer.info.layout,
+            "channels": self.channels,
+            "preset": self.preset,
+            "method": self.explainer.method.name,
+        }
+
+
+@dataclass
+class Evaluation:
+    """One model over a list of images: per-image records, the summary, maps at image size."""
+
+    model: dict[str, Any]
+    images: list[dict[str, Any]]
+    summary: dict[str, Any]
+    maps: list[np.ndarray] = field(repr=False)  # (h, w) per image, at the image's own size
+    layer: str = ""
+
+
+def _nanmean(values: Sequence[float | None]) -> float | None:
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(v)) if v else None
+
+
+def evaluate(run: ModelRun, images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
+             steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0) -> Evaluation:
+    """Explain `images` ((name, RGB uint8) pairs) with `run` and measure every metric per image."""
+    ex = run.explainer
+    layout = ex.info.layout
+    records: list[dict[str, Any]] = []
+    maps: list[np.ndarray] = []
+    layer = ""
+    for s in range(0, len(images), batch_size):
+        chunk = images[s : s + batch_size]
+        x = preprocess([im for _, im in chunk], run.size, run.preset, layout, run.channels)
+        res = ex.explain(x)
+        layer = res.layer
+        t = res.targets
+        probs = M.probabilities(res.outputs)
+        adic = M.average_drop_increase(x, res.heatmaps, run.forward, targets=t, layout=layout)
+        dele = M.deletion(x, res.heatmaps, run.forward, targets=t, steps=steps, layout=layout)
+        ins = M.insertion(x, res.heatmaps, run.forward, targets=t, steps=steps, layout=layout)
+        rd = M.road(x, res.heatmaps, run.forward, targets=t, layout=layout) if road else None
+        for i, (name, img) in enumerate(chunk):
+            h, w = img.shape[:2]
+            big = np.clip(resize_map(res.heatmaps[i], (h, w)), 0, 1)
+            maps.append(big)
+            k = int(t[i])
+            rec: dict[str, Any] = {
+                "image": name,
+                "target": k,
+                "label": run.label(k),
+                "probability": float(probs[i, k]),
+                "drop": float(adic.drop[i]),
+                "increase": bool(adic.increase[i]),
+                "deletion_auc": float(dele.auc[i]),
+                "insertion_auc": float(ins.auc[i]),
+                "cam_box": M.cam_box(big),
+            }
+            if rd is not None:
+                rec["road_morf"] = rd.morf[i].tolist()
+                rec["road_lerf"] = rd.lerf[i].tolist()
+            gt = boxes_for(boxes, name)
+            if gt is not None:
+                rec["boxes"] = gt
+                rec["pointing_hit"] = M.pointing_game(big, np.asarray(gt), tolerance)
+                rec["energy"] = M.energy_pointing_game(big, np.asarray(gt))
+                rec["localisation_iou"] = max(M.box_iou(rec["cam_box"], b) for b in gt)
+            records.append(rec)
+    with_boxes = [r for r in records if "pointing_hit" in r]
+    summary: dict[str, Any] = {
+        "images": len(records),
+        "images_with_boxes": len(with_boxes),
+        "pointing_game": (100.0 * sum(r["pointing_hit"] for r in with_boxes) / len(with_boxes)) if with_boxes else None,
+        "energy_pointing_game": _nanmean([r["energy"] for r in with_boxes]),
+        "localisation_iou": _nanmean([r["localisation_iou"] for r in with_boxes]),
+        "average_drop": _nanmean([r["drop"] for r in records]),
+        "increase_in_confidence": (100.0 * sum(r["increase"] for r in records) / len(records)) if records else None,
+        "deletion_auc": _nanmean([r["deletion_auc"] for r in records]),
+        "insertion_auc": _nanmean([r["insertion_auc"] for r in records]),
+        "road_morf": _nanmean([float(np.mean(r["road_morf"])) for r in records if "road_morf" in r]),
+        "road_lerf": _nanmean([float(np.mean(r["road_lerf"])) for r in records if "road_lerf" in r]),
+        "deletion_steps": steps,
+        "pointing_tolerance_px": tolerance,
+    }
+    model = run.describe()
+    model["layer"] = layer
+    return Evaluation(model, records, summary, maps, layer)
+
+
+# -- review ---------------------------------------------------------------------------------------
+def _unique_names(paths: Sequence[str]) -> list[str]:
+    names = [Path(p).stem for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
+
+
+def agreement(maps_a: Sequence[np.ndarray], maps_b: Sequence[np.ndarray], percent: float = TOP_PERCENT) -> list[dict[str, float]]:
+    """Per image: Spearman's ρ and top-`percent`% IoU of two models' maps (same image size)."""
+    return [{"spearman": M.spearman(a, b), "top_iou": M.top_k_iou(a, b, percent)} for a, b in zip(maps_a, maps_b)]
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: NaN/inf → None, numpy scalars → Python."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def review(runs: Sequence[ModelRun], images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
+           steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
+           percent: float = TOP_PERCENT) -> tuple[dict[str, Any], list[Evaluation]]:
+    """Evaluate every model and their pairwise agreement; returns (report, evaluations)."""
+    if not runs:
+        raise UsageError("review needs at least one model")
+    if not images:
+        raise UsageError("no images to review")
+    evals = [evaluate(r, images, boxes, steps, road, batch_size, tolerance) for r in runs]
+    n, m = len(images), len(runs)
+    pairs = []
+    sp = np.full((m, m), np.nan)
+    iou = np.full((m, m), np.nan)
+    per_image_pairs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    for a, b in itertools.combinations(range(m), 2):
+        ag = agreement(evals[a].maps, evals[b].maps, percent)
+        for i, g in enumerate(ag):
+            per_image_pairs[i].append({"a": runs[a].name, "b": runs[b].name, **g})
+        ms = _nanmean([g["spearman"] for g in ag])
+        mi = _nanmean([g["top_iou"] for g in ag])
+        sp[a, b] = sp[b, a] = np.nan if ms is None else ms
+        iou[a, b] = iou[b, a] = np.nan if mi is None else mi
+        pairs.append({"a": runs[a].name, "b": runs[b].name, "spearman": ms, "top_iou": mi,
+                      "same_label": sum(evals[a].images[i]["label"] == evals[b].images[i]["label"] for i in range(n))})
+    for i in range(m):
+        sp[i, i] = iou[i, i] = 1.0
+    per_image = []
+    for i, (name, img) in enumerate(images):
+        ms = _nanmean([p["spearman"] for p in per_image_pairs[i]])
+        per_image.append({
+            "image": name,
+            "size": [int(img.shape[0]), int(img.shape[1])],
+            "boxes": boxes_for(boxes, name),
+            "agreement": {"spearman": ms, "top_iou": _nanmean([p["top_iou"] for p in per_image_pairs[i]]),
+                          "pairs": per_image_pairs[i]},
+            "models": {runs[k].name: evals[k].images[i] for k in range(m)},
+        })
+    # lowest agreement first (no pair → keep the given order); NaN counts as the least agreement
+    order = sorted(range(n), key=lambda i: (-2.0 if per_image[i]["agreement"]["spearman"] is None and m > 1
+                                            else (per_image[i]["agreement"]["spearman"] if m > 1 else 0.0), i))
+    for rank_, i in enumerate(order):
+        per_image[i]["disagreement_rank"] = rank_
+    report = {
+        "method": runs[0].explainer.method.name,
+        "top_percent": percent,
+        "models": [{**e.model, "metrics": e.summary} for e in evals],
+        "agreement": {
+            "models": [r.name for r in runs],
+            "spearman": sp.tolist(),
+            "top_iou": iou.tolist(),
+            "pairs": pairs,
+        },
+        "order": [per_image[i]["image"] for i in order],
+        "images": [per_image[i] for i in order],
+    }
+    return _clean(report), evals
+
+
+# -- HTML -----------------------------------------------------------------------------------------
+def png_data_uri(rgb: np.ndarray) -> str:
+    """An RGB uint8 image as a data:image/png;base64 URI."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ImageError("cannot encode PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def _thumb(rgb: np.ndarray, width: int) -> tuple[np.ndarray, float]:
+    h, w = rgb.shape[:2]
+    s = min(1.0, width / w)
+    if s < 1.0:
+        rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return rgb, s
+
+
+def _draw_boxes(rgb: np.ndarray, boxes: Sequence[Sequence[float]] | None, scale: float, colour: tuple[int, int, int]) -> np.ndarray:
+    out = rgb.copy()
+    for b in boxes or []:
+        x0, y0, x1, y1 = (int(round(v * scale)) for v in b)
+        cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, 2)
+    return out
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "hit" if v else "miss"
+    if isinstance(v, (int, float)):
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    return html.escape(str(v))
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d232a;background:#f6f7f9}
+h1{margin:0 0 4px;font-size:26px}h2{margin:28px 0 10px;font-size:20px;border-bottom:2px solid #d8dde3;padding-bottom:4px}
+.sub{color:#5b6673;margin:0 0 12px}
+table{border-collapse:collapse;background:#fff;margin:6px 0;font-size:14px}
+th,td{border:1px solid #d8dde3;padding:5px 10px;text-align:right}
+th{background:#eef1f5}td.name,th.name{text-align:left;font-weight:600}
+.better{font-weight:400;color:#5b6673;font-size:12px}
+.best{background:#e3f4e6}
+.card{background:#fff;border:1px solid #d8dde3;border-radius:8px;padding:12px 14px;margin:14px 0}
+.card h3{margin:0 0 8px;font-size:16px}.card h3 span{font-weight:400;color:#5b6673;font-size:14px}
+.row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+figure{margin:0;width:300px}figure img{width:300px;height:auto;display:block;border-radius:4px}
+figcaption{font-size:13px;line-height:1.35;margin-top:4px}
+figcaption b{font-size:14px}.p{color:#5b6673}
+.hit{color:#1a7f37;font-weight:600}.miss{color:#c62828;font-weight:600}
+.low{color:#c62828}.pairs{font-size:13px;color:#5b6673;margin-top:6px}
+"""
+
+
+def render_html(report: dict[str, Any], images: Sequence[tuple[str, np.ndarray]], evals: Sequence[Evaluation],
+                thumb_width: int = 300, title: str = "onnxcam review") -> str:
+    """The report as one self-contained HTML page (no external resources, no script)."""
+    names = [m["name"] for m in report["models"]]
+    index = {name: i for i, (name, _) in enumerate(images)}
+    e = html.escape
+    out: list[str] = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title>", f"<style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f'<p class="sub">{len(names)} model(s) · {len(images)} image(s) · method {e(report["method"])} · '
+        f'agreement at each image\'s own size (Spearman ρ, top-{report["top_percent"]:g}% IoU)</p>',
+        "<h2>Models</h2><table><tr><th class=name>model</th><th class=name>file</th><th>input</th><th>layout</th>"
+        "<th>preset</th><th class=name>layer</th></tr>",
+    ]
+    for m in report["models"]:
+        out.append(
+            f"<tr><td class=name>{e(m['name'])}</td><td class=name>{e(os.path.basename(m['path']))}</td>"
+            f"<td>{m['input_size'][0]}×{m['input_size'][1]}</td><td>{e(m['layout'])}</td><td>{e(m['preset'])}</td>"
+            f"<td class=name>{e(m.get('layer', ''))}</td></tr>"
+        )
+    out.append("</table>")
+    # metrics table: models × metrics, only the columns with a value
+    cols = [c for c in METRIC_COLUMNS if any(m["metrics"].get(c[0]) is not None for m in report["models"])]
+    out.append('<h2>Metrics</h2><table class="metrics"><tr><th class=name>model</th>')
+    for _, t, better in cols:
+        out.append(f"<th>{e(t)}<br><span class=better>{'↑' if better == 'higher' else '↓'} {better} is better</span></th>")
+    out.append("</tr>")
+    for m in report["models"]:
+        out.append(f"<tr><td class=name>{e(m['name'])}</td>")
+        for key, title, better in cols:
+            vals = [x["metrics"].get(key) for x in report["models"] if x["metrics"].get(key) is not None]
+            v = m["metrics"].get(key)
+            best = v is not None and len(vals) > 1 and v == (max(vals) if better == "higher" else min(vals))
+            out.append(f"<td{' class=best' if best else ''}>{_fmt(v, 1 if '(%)' in title else 3)}</td>")
+        out.append("</tr>")
+    out.append("</table>")
+    n_img = report["models"][0]["metrics"]["images"] if report["models"] else 0
+    wb = report["models"][0]["metrics"]["images_with_boxes"] if report["models"] else 0
+    out.append(f'<p class="sub">{n_img} image(s), {wb} with a ground-truth box; deletion/insertion in '
+               f'{report["models"][0]["metrics"]["deletion_steps"]} steps; pointing-game tolerance '
+               f'{report["models"][0]["metrics"]["pointing_tolerance_px"]:g} px.</p>')
+    # agreement
+    if len(names) > 1:
+        out.append("<h2>Agreement between models</h2><table><tr><th class=name>model A</th><th class=name>model B</th>"
+                   f"<th>mean Spearman ρ</th><th>mean top-{report['top_percent']:g}% IoU</th></tr>")
+        for p in report["agreement"]["pairs"]:
+            out.append(f"<tr><td class=name>{e(p['a'])}</td><td class=name>{e(p['b'])}</td>"
+                       f"<td>{_fmt(p['spearman'])}</td><td>{_fmt(p['top_iou'])}</td></tr>")
+        out.append("</table>")
+    out.append(f"<h2>Images{' (lowest agreement first)' if len(names) > 1 else ''}</h2>")
+    for rec in report["images"]:
+        i = index[rec["image"]]
+        img = images[i][1]
+        small, s = _thumb(img, thumb_width)
+        ag = rec["agreement"]
+        head = f"<h3>{e(rec['image'])}"
+        if len(names) > 1:
+            cls = " class=low" if ag["spearman"] is not None and ag["spearman"] < 0.5 else ""
+            head += f" <span{cls}>· agreement ρ = {_fmt(ag['spearman'])}, top-{report['top_percent']:g}% IoU = {_fmt(ag['top_iou'])}</span>"
+        out.append(f'<section class="card">{head}</h3><div class="row">')
+        photo = _draw_boxes(small, rec.get("boxes"), s, (0, 200, 0))
+        cap = "photo" + (" · ground truth in green" if rec.get("boxes") else "")
+        out.append(f'<figure><img alt="{e(rec["image"])}" src="{png_data_uri(photo)}"><figcaption class=p>{cap}</figcaption></figure>')
+        for k, name in enumerate(names):
+            r = rec["models"][name]
+            ov = _thumb(overlay(img, evals[k].maps[i]), thumb_width)[0]
+            ov = _draw_boxes(ov, rec.get("boxes"), s, (0, 200, 0))
+            lines = [f"<b>{e(name)}</b>", f"{e(r['label'])} <span class=p>p = {r['probability']:.3f}</span>",
+                     f"<span class=p>deletion {r['deletion_auc']:.3f} · insertion {r['insertion_auc']:.3f} · drop {r['drop']:.1f}%</span>"]
+            if "pointing_hit" in r:
+                hit = "hit" if r["pointing_hit"] else "miss"
+                lines.append(f"pointing <span class={hit}>{hit}</span> <span class=p>· energy {r['energy']:.2f} · box IoU {r['localisation_iou']:.2f}</span>")
+            out.append(f'<figure><img alt="{e(name)} on {e(rec["image"])}" src="{png_data_uri(ov)}">'
+                       f'<figcaption>{"<br>".join(lines)}</figcaption></figure>')
+        out.append("</div>")
+        if len(ag["pairs"]) > 1:
+            out.append('<div class="pairs">' + " · ".join(
+                f"{e(p['a'])} vs {e(p['b'])}: ρ {_fmt(p['spearman'])}, IoU {_fmt(p['top_iou'])}" for p in ag["pairs"]) + "</div>")
+        out.append("</section>")
+    out.append('<p class="sub">Generated by onnxcam review. Self-contained: no external resources.</p></body></html>')
+    return "\n".join(out)
+
+
+def write_report(out_dir: str | os.PathLike, report: dict[str, Any], images: Sequence[tuple[str, np.ndarray]],
+                 evals: Sequence[Evaluation], overwrite: bool = False) -> tuple[Path, Path]:
+    """Write OUT/index.html and OUT/review.json; refuses to replace them without `overwrite`."""
+    out = Path(out_dir)
+    page, js = out / "index.html", out / "review.json"
+    for p in (page, js):
+        if p.exists() and not overwrite:
+            raise OnnxcamError(f"{p} exists; pass --overwrite or choose another -o")
+    text = render_html(report, images, evals)
+    out.mkdir(parents=True, exist_ok=True)
+    page.write_text(text, encoding="utf-8")
+    js.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return page, js
+
+
+def load_images(paths: Sequence[Path]) -> tuple[list[tuple[str, np.ndarray]], list[dict[str, str]]]:
+    """(name, RGB) pairs and one error record per unreadable file. Names are file names, made
+    unique with their parent folders where two share one."""
+    good, errors = [], []
+    for p in paths:
+        try:
+            good.append((p, load_image(p)))
+        except ImageError as exc:
+            errors.append({"image": str(p), "error": str(exc)})
+    names = [p.name for p, _ in good]
+    dup = {n for n in names if names.count(n) > 1}
+    return [((p.parent.name + "/" + p.name) if p.name in dup else p.name, im) for p, im in good], errors
