@@ -114,6 +114,7 @@ def C(id: str, op: str, inputs: dict[str, In], **kw: Any) -> Case:
 
 
 BIAS4 = W(4)
+F4_SCALES = In(const=True, value=np.array([1.0, 1.0, 2.0, 3.0]), dtype=np.float32)
 UNARY = V(2, 3, 4, 5)  # 120 elements: the full Jacobian
 
 
@@ -319,6 +320,18 @@ CASES: list[Case] = [
       out_index=1),
     C("expand", "Expand", {"x": V(3, 1, 5), "s": I([2, 3, 4, 5])}),
     C("expand_both_ways", "Expand", {"x": V(4, 1), "s": I([3, 1, 2])}),
+    *[
+        C(f"resize_{mode}_{ctm}", "Resize", {"x": V(2, 3, 5, 7), "s": F4_SCALES},
+          attrs={"mode": mode, "coordinate_transformation_mode": ctm}, order=("x", "", "s"), dtype=F4)
+        for mode in ("nearest", "linear") for ctm in ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel")
+    ],
+    C("resize_linear_sizes", "Resize", {"x": V(2, 3, 5, 7), "z": I([2, 3, 9, 16])},
+      attrs={"mode": "linear"}, order=("x", "", "", "z"), dtype=F4),
+    C("resize_nearest_floor_sizes", "Resize", {"x": V(2, 3, 5, 7), "z": I([2, 3, 12, 13])},
+      attrs={"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+      order=("x", "", "", "z"), dtype=F4),
+    C("upsample9_nearest", "Upsample", {"x": V(2, 3, 4, 5), "s": F4_SCALES}, attrs={"mode": "nearest"}, opset=9,
+      dtype=F4),
     C("gather_1d_repeated_negative", "Gather", {"x": V(6), "i": I([[0, 5, 2], [2, 2, -1]])}),
     C("gather_1d_runtime_indices", "Gather", {"x": V(6), "i": In((4,), value=np.array([3, 3, 0, 5]))}),
     C("gather_axis1_const", "Gather", {"x": V(2, 5, 3), "i": I([4, 0, 4])}, attrs={"axis": 1}),

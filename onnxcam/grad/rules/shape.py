@@ -172,3 +172,76 @@ def gather(e: Emitter, node: Node, g: G) -> G:
     moved = e.op("Transpose", [gy], perm=perm)
     back = e.op("MatMul", [moved, e.const(sel, "gather_sel")])
     return [e.op("Transpose", [back], perm=inv), None]
+
+
+def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, ctm: str, nearest_mode: str) -> np.ndarray:
+    """(n_out, n_in) weights of ONNX Resize along one axis: y = R x (nearest or linear)."""
+    o = np.arange(n_out, dtype=np.float64)
+    if ctm == "align_corners":
+        pos = o * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros(n_out)
+    elif ctm == "asymmetric":
+        pos = o / scale
+    elif ctm == "pytorch_half_pixel":
+        pos = (o + 0.5) / scale - 0.5 if n_out > 1 else np.zeros(n_out)
+    elif ctm == "tf_half_pixel_for_nn":
+        pos = (o + 0.5) / scale
+    elif ctm == "half_pixel":
+        pos = (o + 0.5) / scale - 0.5
+    else:
+        raise NotImplementedError(f"coordinate_transformation_mode={ctm}")
+    r = np.zeros((n_out, n_in))
+    if mode == "nearest":
+        if nearest_mode == "floor":
+            idx = np.floor(pos)
+        elif nearest_mode == "ceil":
+            idx = np.ceil(pos)
+        elif nearest_mode == "round_prefer_ceil":
+            idx = np.floor(pos + 0.5)
+        else:  # round_prefer_floor
+            idx = np.ceil(pos - 0.5)
+        idx = np.clip(idx, 0, n_in - 1).astype(int)
+        r[np.arange(n_out), idx] = 1
+        return r
+    pos = np.clip(pos, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = pos - lo
+    np.add.at(r, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(r, (np.arange(n_out), hi), frac)
+    return r
+
+
+@register("Resize", "Upsample")
+def resize(e: Emitter, node: Node, g: G) -> G:
+    """Resize is linear in its input: y = R_h · x · R_wᵀ over the two last axes, with R built in
+    numpy from the mode (nearest / linear), coordinate_transformation_mode and nearest_mode; so
+    dx = R_hᵀ · g · R_w, two MatMuls with constants. N and C must not be resized."""
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = _static(e, node, x), _static(e, node, y)
+    if len(xs) != 4 or xs[1] != ys[1]:
+        raise UnsupportedOpError(node.op_type, node.name, "only the two spatial axes of a 4-D tensor may be resized")
+    mode = node.attr("mode", "nearest")
+    if mode not in ("nearest", "linear", "bilinear"):
+        raise UnsupportedOpError(node.op_type, node.name, f"mode={mode}")
+    if node.attr("antialias", 0):
+        raise UnsupportedOpError(node.op_type, node.name, "antialias=1")
+    if node.op_type == "Upsample" or e.opset < 11:
+        ctm, nearest = "asymmetric", "floor"
+    else:
+        ctm = node.attr("coordinate_transformation_mode", "half_pixel")
+        nearest = node.attr("nearest_mode", "round_prefer_floor")
+    scales = None
+    for i in (2, 1):  # Resize-11+: (X, roi, scales, sizes); Resize-10/Upsample: (X, scales)
+        if len(node.inputs) > i and node.inputs[i]:
+            v = e.value(node.inputs[i])
+            if v is not None and v.size == 4 and v.dtype.kind == "f":
+                scales = [float(a) for a in v]
+                break
+    sh = scales[2] if scales else ys[2] / xs[2]
+    sw = scales[3] if scales else ys[3] / xs[3]
+    m = "linear" if mode in ("linear", "bilinear") else "nearest"
+    dt = e.np_dtype(x)
+    rh = _resize_matrix(xs[2], ys[2], sh, m, ctm, nearest)
+    rw = _resize_matrix(xs[3], ys[3], sw, m, ctm, nearest)
+    t = e.op("MatMul", [g[0], e.const(rw.astype(dt), "resize_w")])  # (N, C, Ho, Wi)
+    return [e.op("MatMul", [e.const(np.ascontiguousarray(rh.T).astype(dt), "resize_hT"), t])] + [None] * (len(node.inputs) - 1)
