@@ -19,7 +19,6 @@ from .errors import OnnxcamError
 from .grad.engine import missing_rules
 from .graph.rewrite import GRAD_OUTPUT, SEED_INPUT, gradient_model, prepare
 from .graph.split import split_at
-from .layers import default_layer
 from .model import inspect_model, load_model
 from .runtime import session_for
 
@@ -147,7 +146,7 @@ def self_check(
     if quant:
         return CheckReport(path, quant, [])
     prep = prepare(model, info, None if info.fixed_size else (size or (224, 224)))
-    names = layers or [default_layer(prep.layers).name]
+    names = layers or [prep.layer(None).name]
     rng = np.random.default_rng(seed)
     out = []
     for name in names:

@@ -23,7 +23,6 @@ import onnx
 from .errors import ImageError, OnnxcamError, UsageError
 from .explainer import Explainer
 from .graph.rewrite import build_explain_model, prepare
-from .layers import default_layer
 from .model import inspect_model, load_model
 from .image import IMAGE_SUFFIXES, PRESETS, deprocess, load_image, overlay, preprocess, save_png
 from .methods import METHODS
@@ -55,13 +54,80 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
         raise click.BadParameter(f"{value!r} is not HxW, e.g. 224x224", param_hint="--size") from None
 
 
-def _parse_target(value: str) -> int | None:
-    if value.lower() in ("top1", "pred", "predicted"):
-        return None
+TARGET_HELP = (
+    "What to explain: top1 (default), a class index, a class label, topK (K maps per image), "
+    "softmax:C, counterfactual:C, index:I[,J...] (one element of the output, e.g. a regression "
+    "value), seg:C (the pixels predicted as C) or seg:C:x0,y0,x1,y1 (a region of the output map), "
+    "det:best | det:row=R | det:class=C | det:box=x0,y0,x1,y1 (one detection of a YOLO-style raw "
+    "output; det-scores:... for a (boxes, classes) scores output)."
+)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def _parse_target(value: str, labels: list[str] | None = None):
+    """A --target value → what Explainer.explain takes (None, an int, a Target or TopK)."""
+    from . import targets as T
+
+    v = value.strip()
+    low = v.lower()
     try:
-        return int(value)
+        if low in ("top1", "pred", "predicted"):
+            return None
+        if low.startswith("top") and low[3:].isdigit():
+            return T.TopK(int(low[3:]))
+        if v.lstrip("-").isdigit():
+            return int(v)
+        kind, _, rest = v.partition(":")
+        kind = kind.lower()
+        if kind == "softmax":
+            return T.SoftmaxTarget(int(rest) if rest else None)
+        if kind == "counterfactual":
+            return T.CounterfactualTarget(int(rest) if rest else None)
+        if kind == "index":
+            return T.OutputTarget(tuple(_ints(rest)))
+        if kind == "seg":
+            cls, _, box = rest.partition(":")
+            return T.SegmentationTarget(int(cls), box=_ints(box) if box else None)
+        if kind in ("det", "det-scores"):
+            fmt = "yolo" if kind == "det" else "scores"
+            key, _, val = rest.partition("=")
+            if key in ("", "best"):
+                return T.DetectionTarget(format=fmt)
+            if key == "row":
+                return T.DetectionTarget(index=int(val), format=fmt)
+            if key == "class":
+                return T.DetectionTarget(cls=int(val), format=fmt)
+            if key == "box":
+                return T.DetectionTarget(box=[float(b) for b in val.split(",")], format=fmt)
+            raise ValueError
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a class index or 'top1'", param_hint="--target") from None
+        raise click.BadParameter(f"{value!r} is not a target; {TARGET_HELP}", param_hint="--target") from None
+    if labels and v in labels:
+        return labels.index(v)
+    if labels:
+        close = [l for l in labels if low in l.lower()][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise click.BadParameter(f"{value!r} is neither a class index nor one of the model's labels{hint}", param_hint="--target")
+    raise click.BadParameter(f"{value!r} is not a target; {TARGET_HELP}", param_hint="--target")
+
+
+def _parse_inputs(values: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """--input NAME=VALUE: a number, a comma list, or a .npy file."""
+    out = {}
+    for item in values:
+        name, sep, val = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--input")
+        try:
+            out[name] = np.load(val) if val.endswith(".npy") else np.asarray([float(v) for v in val.split(",")])
+        except (OSError, ValueError):
+            raise click.BadParameter(f"{item!r}: VALUE must be numbers or a readable .npy file", param_hint="--input") from None
+        if out[name].size == 1 and not val.endswith(".npy"):
+            out[name] = out[name].reshape(())
+    return out
 
 
 def _providers(name: str) -> list[str] | None:
@@ -139,46 +205,78 @@ def _softmax(v: np.ndarray) -> np.ndarray:
 @click.option("--fuse", default="mean", show_default=True, type=click.Choice(["mean", "max"]), help="How several layers' maps are fused.")
 @click.option("--aug-smooth", is_flag=True, help="Test-time augmentation: flips × value scales, maps averaged.")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component of the weighted activations instead of their sum.")
-@click.option("--target", default="top1", show_default=True, help="Class index to explain, or top1.")
-@click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)), help="Preprocessing (default: the model's metadata, else imagenet).")
-@click.option("--size", default=None, help="Input size HxW for models with a dynamic size (default 224x224).")
+@click.option("--target", default="top1", show_default=True, help=TARGET_HELP)
+@click.option("--output", "output_name", default=None, help="The model output to explain (default: the first (batch, classes) output).")
+@click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)), help="Preprocessing (default: --config, the model's metadata, else imagenet).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="Preprocessing config (JSON or YAML): preset or mean/std/scale/bgr, size, letterbox, labels.")
+@click.option("--size", default=None, help="Input size HxW for models with a dynamic size, or 'native' (each image at its own size; default 224x224).")
+@click.option("--letterbox", is_flag=True, default=None, help="Fit images keeping their aspect ratio, padded (detectors); maps are mapped back.")
+@click.option("--input", "extra_inputs", multiple=True, help="Another model input, NAME=VALUE (numbers or a .npy file).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--labels", "labels_file", default=None, type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--backend", default="onnx", show_default=True, type=click.Choice(["onnx", "ort-training"]), help="Gradient backend.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout; no progress bar.")
 @click.option("--overwrite", is_flag=True, help="Replace result files that already exist in OUT.")
 def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, layers_opt: tuple[str, ...], fuse: str,
-            aug_smooth: bool, eigen_smooth: bool, target: str, preset: str | None, size: str | None, batch_size: int,
-            labels_file: str | None, device: str, as_json: bool, overwrite: bool) -> None:
+            aug_smooth: bool, eigen_smooth: bool, target: str, output_name: str | None, preset: str | None,
+            config_file: str | None, size: str | None, letterbox: bool | None, extra_inputs: tuple[str, ...],
+            batch_size: int, labels_file: str | None, device: str, backend: str, as_json: bool, overwrite: bool) -> None:
     """Explain images (files or folders) with a CAM method.
 
     Writes, per image, OUT/NAME.overlay.png (at the image's own size) and OUT/NAME.heatmap.npy
     (the map at the model's input size, in [0, 1]), and OUT/results.json with the model, layer,
-    method and provider and, per image, the target, label, score, top-5 and files. Methods with a
-    pixel-space result (guidedbackprop, guidedgradcam) also write OUT/NAME.guided.png.
+    method and provider and, per image, the target, label, score, top-5 and files. With --target
+    topK, one of each per class: NAME.top1.overlay.png ... Methods with a pixel-space result
+    (guidedbackprop, guidedgradcam) also write OUT/NAME.guided.png.
     """
+    from .image import letterbox as fit_letterbox, load_config, preset_from_config, unletterbox_map
+    from .targets import TopK
+
     try:
-        tgt = _parse_target(target)
-        hw = _parse_size(size)
+        extra = _parse_inputs(extra_inputs)
+        native = size is not None and size.lower() == "native"
+        hw = None if native else _parse_size(size)
         out = Path(out_dir)
         images = _collect_images(inputs, out)
         if not images:
             raise UsageError("no images to explain")
+        layer = list(layers_opt) if len(layers_opt) > 1 else (layers_opt[0] if layers_opt else None)
+        ex = Explainer(model, method=method, layer=layer, providers=_providers(device), fuse=fuse,
+                       aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, output=output_name, backend=backend,
+                       inputs=extra)
+        cfg: dict[str, Any] = {}
+        if ex.info.metadata.get("onnxcam.preprocess"):
+            cfg.update(load_config(text=ex.info.metadata["onnxcam.preprocess"]))
+        elif ex.info.metadata.get("onnxcam.preset") in PRESETS:
+            cfg["preset"] = ex.info.metadata["onnxcam.preset"]
+        if config_file:
+            cfg.update(load_config(config_file))
+        if preset:
+            cfg = {k: v for k, v in cfg.items() if k not in ("mean", "std", "scale", "bgr")}
+            cfg["preset"] = preset
+        pre = preset_from_config(cfg) if cfg else PRESETS["imagenet"]
+        if ex.input_size:
+            hw = ex.input_size
+        elif not native:
+            cfg_size = cfg.get("size")
+            native = isinstance(cfg_size, str) and cfg_size.lower() == "native"
+            hw = hw or (tuple(int(v) for v in cfg_size) if isinstance(cfg_size, list) else None) or (None if native else (224, 224))
+        multiple = int(cfg.get("multiple", 32))
+        use_letterbox = bool(cfg.get("letterbox", False)) if letterbox is None else letterbox
+        labels = ex.labels or (list(cfg["labels"]) if isinstance(cfg.get("labels"), list) else None)
+        if labels_file:
+            labels = Path(labels_file).read_text(encoding="utf-8").splitlines()
+        tgt = _parse_target(target, labels)
+        per_image = tgt.k if isinstance(tgt, TopK) else 1
         names = _file_names(images)
-        planned = [out / "results.json"] + [out / f"{n}.{k}" for n in names for k in ("overlay.png", "heatmap.npy", "guided.png")]
+        suffixes = [""] if per_image == 1 else [f".top{j + 1}" for j in range(per_image)]
+        planned = [out / "results.json"] + [
+            out / f"{n}{sfx}.{k}" for n in names for sfx in suffixes for k in ("overlay.png", "heatmap.npy", "guided.png")
+        ]
         clash = [p for p in planned if p.exists()]
         if clash and not overwrite:
             raise OnnxcamError(f"{clash[0]} exists; pass --overwrite or choose another -o")
-        layer = list(layers_opt) if len(layers_opt) > 1 else (layers_opt[0] if layers_opt else None)
-        ex = Explainer(model, method=method, layer=layer, providers=_providers(device), fuse=fuse,
-                       aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-        hw = ex.input_size or hw or (224, 224)
-        preset_name = preset or ex.info.metadata.get("onnxcam.preset") or "imagenet"
-        if preset_name not in PRESETS:
-            preset_name = "imagenet"
-        labels = ex.labels
-        if labels_file:
-            labels = Path(labels_file).read_text(encoding="utf-8").splitlines()
         channels = ex.info.channels if isinstance(ex.info.channels, int) else 3
         out.mkdir(parents=True, exist_ok=True)
     except click.BadParameter:
@@ -192,10 +290,11 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
     provider = layer_name = ""
     show_bar = not as_json and sys.stderr.isatty() and len(images) > 1
     items = list(zip(images, names))
+    step = 1 if native else batch_size  # native sizes differ: one image per batch
     try:
         with click.progressbar(length=len(items), label="explaining", file=sys.stderr) if show_bar else _NoBar() as bar:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
+            for start in range(0, len(items), step):
+                chunk = items[start : start + step]
                 loaded = []
                 for path, name in chunk:
                     try:
@@ -203,19 +302,39 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
                     except ImageError as exc:
                         click.echo(f"onnxcam: error: {exc}", err=True)
                         errors.append({"image": str(path), "error": str(exc)})
-                if loaded:
-                    batch = preprocess([im for _, _, im in loaded], hw, preset_name, ex.info.layout, channels)
-                    res = ex.explain(batch, targets=tgt)
-                    provider, layer_name = res.provider, res.layer
-                    for i, (path, name, img) in enumerate(loaded):
-                        ov, hm = out / f"{name}.overlay.png", out / f"{name}.heatmap.npy"
-                        save_png(ov, overlay(img, res.heatmaps[i]))
-                        np.save(hm, res.heatmaps[i])
-                        rec = _record(path, ov, hm, res.outputs[i], int(res.targets[i]), labels)
+                if not loaded:
+                    bar.update(len(chunk))
+                    continue
+                size_now = hw
+                if native:
+                    h0, w0 = loaded[0][2].shape[:2]
+                    size_now = (max(multiple, h0 // multiple * multiple), max(multiple, w0 // multiple * multiple))
+                fitted, boxes = [], []
+                for _, _, img in loaded:
+                    if use_letterbox:
+                        canvas, box = fit_letterbox(img, size_now)
+                        fitted.append(canvas)
+                        boxes.append(box)
+                    else:
+                        fitted.append(img)
+                        boxes.append(None)
+                batch = preprocess(fitted, size_now, pre, ex.info.layout, channels)
+                res = ex.explain(batch, targets=tgt)
+                provider, layer_name = res.provider, res.layer
+                for i, (path, name, img) in enumerate(loaded):
+                    for j, sfx in enumerate(suffixes):
+                        r = i * per_image + j
+                        heat = res.heatmaps[r]
+                        full = unletterbox_map(heat, boxes[i]) if boxes[i] is not None else heat
+                        ov, hm = out / f"{name}{sfx}.overlay.png", out / f"{name}{sfx}.heatmap.npy"
+                        save_png(ov, overlay(img, full))
+                        np.save(hm, full if boxes[i] is not None else heat)
+                        rec = _record(path, ov, hm, res.outputs[r], int(res.targets[r]), labels)
+                        rec["target_spec"] = target
                         pixel = res.extra.get("guided_gradcam", res.extra.get("guided_backprop"))
                         if pixel is not None:
-                            gp = out / f"{name}.guided.png"
-                            save_png(gp, deprocess(pixel[i], (img.shape[0], img.shape[1])))
+                            gp = out / f"{name}{sfx}.guided.png"
+                            save_png(gp, deprocess(pixel[r], (img.shape[0], img.shape[1])))
                             rec["guided"] = str(gp)
                         records.append(rec)
                 bar.update(len(chunk))
@@ -227,9 +346,11 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
         "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
         "method": ex.method.name,
         "layer": layer_name,
+        "output": output_name or ex.prepared(hw or None).output if not native else output_name,
         "provider": provider,
-        "preset": preset_name,
-        "input_size": list(hw),
+        "preset": pre.name,
+        "input_size": list(hw) if hw else "native",
+        "letterbox": use_letterbox,
         "images": records,
         "errors": errors,
     }
@@ -237,7 +358,7 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(f"explained {len(records)} image(s) with {ex.method.name} at {layer_name}; results in {out}", err=True)
+        click.echo(f"explained {len(records)} map(s) with {ex.method.name} at {layer_name}; results in {out}", err=True)
     if errors:
         sys.exit(1)
 
@@ -254,19 +375,17 @@ class _NoBar:
 
 
 def _record(path: Path, ov: Path, hm: Path, scores: np.ndarray, target: int, labels: list[str] | None) -> dict:
-    probs = _softmax(scores.astype(np.float64))
-    top = np.argsort(-scores)[:5]
     name = (lambda k: labels[k] if labels and 0 <= k < len(labels) else None)
-    return {
-        "image": str(path),
-        "target": target,
-        "label": name(target),
-        "score": float(scores[target]),
-        "probability": float(probs[target]),
-        "top5": [{"class": int(k), "label": name(int(k)), "score": float(scores[k]), "probability": float(probs[k])} for k in top],
-        "overlay": str(ov),
-        "heatmap": str(hm),
-    }
+    rec: dict[str, Any] = {"image": str(path), "target": target, "label": name(target) if target >= 0 else None}
+    if scores.ndim == 1:  # a classifier: scores and the top-5
+        probs = _softmax(scores.astype(np.float64))
+        top = np.argsort(-scores)[:5]
+        if target >= 0:
+            rec["score"] = float(scores[target])
+            rec["probability"] = float(probs[target])
+        rec["top5"] = [{"class": int(k), "label": name(int(k)), "score": float(scores[k]), "probability": float(probs[k])} for k in top]
+    rec["overlay"], rec["heatmap"] = str(ov), str(hm)
+    return rec
 
 
 # -- layers, info, export, methods ----------------------------------------------------------------
@@ -283,7 +402,7 @@ def layers(model: str, size: str | None, as_json: bool) -> None:
         size_used = info.fixed_size or hw or (224, 224)
         prep = prepare(m, info, None if info.fixed_size else size_used)
         cands = prep.layers
-        default = default_layer(cands).name if cands else None
+        default = prep.layer(None).name if cands else None
     except OnnxcamError as exc:
         _fail(exc)
         return
@@ -404,6 +523,12 @@ def methods() -> None:
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         kind = "gradient" if cls.needs_gradients else "forward-only"
         click.echo(f"{name:<20} [{kind}] {doc}")
+
+
+from .commands.eval_review import eval_, review as review_command  # noqa: E402  (registered below)
+
+cli.add_command(eval_)
+cli.add_command(review_command)
 
 
 def main() -> None:

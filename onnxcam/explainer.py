@@ -70,6 +70,8 @@ class Explainer:
     aug_smooth: test-time augmentation — average the heatmaps of the image flipped left-right ×
         its values scaled by 0.9, 1 and 1.1 (pytorch-grad-cam's aug_smooth), maps flipped back.
     eigen_smooth: replace Σ_k w_k A^k by its first principal component over locations (less noise).
+    inputs: values for the model's other inputs (besides the image), fed with every batch; an
+        array whose first axis is 1 is repeated over the batch where the model's batch is dynamic.
     backend: "onnx" (default: onnxcam's engine, plain ai.onnx ops) or "ort-training"
         (onnxruntime-training's gradient builder; needs that wheel in place of onnxruntime).
     """
@@ -86,6 +88,7 @@ class Explainer:
         eigen_smooth: bool = False,
         fuse: str = "mean",
         backend: str = "onnx",
+        inputs: dict[str, np.ndarray] | None = None,
     ) -> None:
         if isinstance(model, onnx.ModelProto):
             self.path = "<model>"
@@ -105,6 +108,17 @@ class Explainer:
         if backend not in ("onnx", "ort-training"):
             raise UsageError(f"backend must be 'onnx' (onnxcam's engine) or 'ort-training', got {backend!r}")
         self.backend = backend
+        self.extra_inputs = {k: np.asarray(v) for k, v in (inputs or {}).items()}
+        others = {i.name: i for i in self.info.inputs if i.name != self.info.image_input.name}
+        unknown = set(self.extra_inputs) - set(others)
+        if unknown:
+            raise UsageError(f"the model has no input(s) {sorted(unknown)}; its other inputs: {sorted(others) or 'none'}")
+        missing = set(others) - set(self.extra_inputs)
+        if missing:
+            desc = ", ".join(f"{n} {list(others[n].shape)} {others[n].dtype}" for n in sorted(missing))
+            raise UsageError(f"the model also needs input(s) {desc}: give them (inputs={{name: value}}, CLI --input NAME=VALUE)")
+        for name, v in self.extra_inputs.items():
+            self.extra_inputs[name] = v.astype(others[name].dtype, copy=False)
         self.aug_smooth = aug_smooth
         self.eigen_smooth = eigen_smooth
         self.providers = list(providers) if providers else None
@@ -207,11 +221,16 @@ class Explainer:
         """Run in chunks of the model's fixed batch size, if it has one."""
         fixed = self.info.batch if isinstance(self.info.batch, int) else None
         n = len(feeds[self.info.image_input.name])
+        feeds = dict(feeds)
+        for name, v in self.extra_inputs.items():
+            declared = next(i for i in self.info.inputs if i.name == name).shape
+            tile = v.ndim and v.shape[0] == 1 and declared and not isinstance(declared[0], int)
+            feeds.setdefault(name, np.repeat(v, n, axis=0) if tile and n > 1 else v)
         if not fixed or fixed == n:
             return sess.run(names, feeds)
         parts = []
         for s in range(0, n, fixed):
-            chunk = {k: v[s : s + fixed] for k, v in feeds.items()}
+            chunk = {k: (v[s : s + fixed] if v.ndim and len(v) == n else v) for k, v in feeds.items()}
             if len(chunk[self.info.image_input.name]) != fixed:
                 raise UsageError(f"the model takes batches of exactly {fixed}; got {n} images")
             parts.append(sess.run(names, chunk))
@@ -233,7 +252,7 @@ class Explainer:
                 )
             sp, head, tail_sess = self._extra[key]
             if n not in cache:
-                cache[n] = head.run(None, {self.info.image_input.name: x[n : n + 1]})
+                cache[n] = self._run_fixed(head, {self.info.image_input.name: x[n : n + 1]})
             externals = cache[n][1:]
             inv = [("NCHW".index(a)) for a in layer.layout]
             b = len(acts)

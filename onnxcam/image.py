@@ -62,18 +62,20 @@ def get_preset(name: str) -> Preset:
 def preprocess(
     images: list[np.ndarray] | np.ndarray,
     size: tuple[int, int],
-    preset: str = "imagenet",
+    preset: "str | Preset" = "imagenet",
     layout: str = "NCHW",
     channels: int = 3,
 ) -> np.ndarray:
-    """RGB uint8 images → one float32 batch at size=(H, W) in the model's layout."""
-    p = get_preset(preset)
+    """RGB uint8 images → one float32 batch at size=(H, W) in the model's layout (images already
+    at that size, e.g. letterboxed, are not resized)."""
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = [images]
     h, w = size
     batch = []
     for img in images:
-        x = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        x = img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        x = x.astype(np.float32)
         if p.bgr:
             x = x[..., ::-1]
         if channels == 1:
@@ -123,3 +125,101 @@ def deprocess(grad: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarr
     if size is not None and img.shape[:2] != tuple(size):
         img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return img
+
+
+# -- letterbox (detectors) ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was fitted into the model's input: scaled by `scale`, then padded."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    width: int  # the image's own size
+    height: int
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], pad_value: int = 114) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio and pad to size=(H, W), centred (as YOLO's letterbox)."""
+    h, w = image.shape[:2]
+    th, tw = size
+    scale = min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    canvas = np.full((th, tw, image.shape[2]), pad_value, dtype=image.dtype)
+    py, px = (th - nh) // 2, (tw - nw) // 2
+    canvas[py : py + nh, px : px + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return canvas, Letterbox(scale, px, py, w, h)
+
+
+def unletterbox_map(heatmap: np.ndarray, box: Letterbox) -> np.ndarray:
+    """A map over the letterboxed input → the map over the original image (padding cut off)."""
+    nh, nw = max(1, round(box.height * box.scale)), max(1, round(box.width * box.scale))
+    inner = heatmap[box.pad_y : box.pad_y + nh, box.pad_x : box.pad_x + nw]
+    return resize_map(inner, (box.height, box.width))
+
+
+# -- preprocessing configs ----------------------------------------------------------------------
+def _parse_flat_yaml(text: str) -> dict:
+    """The flat subset of YAML a preprocessing config needs: `key: value` lines, values being
+    numbers, true/false, quoted or bare strings, or [a, b, c] lists; # comments."""
+    import json as _json
+
+    out: dict = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #")[0].strip() if not raw.strip().startswith("#") else ""
+        if not line:
+            continue
+        if ":" not in line:
+            raise UsageError(f"config line {n}: expected 'key: value', got {raw.strip()!r}")
+        key, value = (p.strip() for p in line.split(":", 1))
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        elif value.startswith("[") or value.startswith('"') or value.replace(".", "", 1).lstrip("-").isdigit():
+            try:
+                out[key] = _json.loads(value.replace("'", '"'))
+            except ValueError:
+                raise UsageError(f"config line {n}: cannot read value {value!r}") from None
+        else:
+            out[key] = value.strip("'")
+    return out
+
+
+CONFIG_KEYS = {"preset", "mean", "std", "scale", "bgr", "size", "letterbox", "labels", "multiple"}
+
+
+def load_config(path: str | os.PathLike | None = None, text: str | None = None) -> dict:
+    """A preprocessing config from a JSON or YAML file (or text, e.g. the model's metadata
+    `onnxcam.preprocess`). Keys: preset, or mean/std/scale/bgr; size [H, W] or "native";
+    multiple (native sizes rounded down to it); letterbox; labels (a list)."""
+    import json as _json
+
+    if text is None:
+        p = os.fspath(path)
+        try:
+            text = open(p, encoding="utf-8").read()
+        except OSError as exc:
+            raise UsageError(f"cannot read config {p}: {exc.strerror}") from None
+    text = text.strip()
+    try:
+        cfg = _json.loads(text) if text.startswith("{") else _parse_flat_yaml(text)
+    except ValueError as exc:
+        raise UsageError(f"config is not valid JSON: {exc}") from None
+    unknown = set(cfg) - CONFIG_KEYS
+    if unknown:
+        raise UsageError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+    return cfg
+
+
+def preset_from_config(cfg: dict) -> Preset:
+    """The preset a config names, or a custom one from its mean/std/scale/bgr."""
+    if "preset" in cfg and not any(k in cfg for k in ("mean", "std", "scale")):
+        return get_preset(str(cfg["preset"]))
+    base = get_preset(str(cfg.get("preset", "unit")))
+    mean = tuple(float(v) for v in cfg.get("mean", base.mean))
+    std = tuple(float(v) for v in cfg.get("std", base.std))
+    if len(mean) == 1:
+        mean = mean * 3
+    if len(std) == 1:
+        std = std * 3
+    return Preset("custom", float(cfg.get("scale", base.scale)), mean, std, bool(cfg.get("bgr", base.bgr)))

@@ -86,11 +86,41 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
     return out
 
 
-def default_layer(layers: list[Layer]) -> Layer:
+def default_layer(layers: list[Layer], model: onnx.ModelProto | None = None, output: str | None = None,
+                  dense: bool = False) -> Layer:
+    """The default layer. Classifiers: the last candidate (the input of the final pooling, or of
+    the flatten). Dense outputs (segmentation maps, raw detections), `dense=True`: the input of the
+    head — the last candidate that a Conv consumes and that every path from the image to the
+    output passes through (the backbone's or the neck's output); where skip connections leave no
+    such tensor, the widest Conv-fed feature map (the backbone's deepest output)."""
     if not layers:
         raise UsageError("the model has no 4-D activation with spatial extent > 1 feeding its output; "
                          "name a layer with --layer")
+    if dense and model is not None and output is not None:
+        consumers: dict[str, set[str]] = {}
+        for node in model.graph.node:
+            for i in node.input:
+                consumers.setdefault(i, set()).add(node.op_type)
+        sources = [i.name for i in model.graph.input]
+        fed = [l for l in sorted(layers, key=lambda l: -l.index)
+               if l.name != output and "Conv" in consumers.get(l.name, set())]
+        for layer in fed:
+            if _dominates(model.graph, layer.name, sources, output):
+                return layer
+        if fed:  # skip connections from early layers (LR-ASPP, U-Nets): the widest feature map
+            return max(fed, key=lambda l: (l.channels if isinstance(l.channels, int) else 0, l.index))
     return max(layers, key=lambda l: l.index)
+
+
+def _dominates(graph: onnx.GraphProto, tensor: str, sources: list[str], output: str) -> bool:
+    """True when every path from the graph inputs to `output` passes through `tensor`."""
+    reach = set(sources)
+    for node in graph.node:
+        if tensor in node.output:
+            continue  # the only producer of `tensor`: cut
+        if any(i in reach for i in node.input if i and i != tensor):
+            reach.update(o for o in node.output if o)
+    return output not in reach
 
 
 def find_layer(layers: list[Layer], name: str) -> Layer:

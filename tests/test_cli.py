@@ -92,7 +92,7 @@ def test_existing_results_are_not_overwritten(images: Path, tmp_path: Path):
     [
         (["--layer", "nope"], 2, "layer 'nope' is not a 4-D spatial activation"),
         (["--target", "5000"], 2, "out of range"),
-        (["--target", "cat"], 2, "is not a class index"),
+        (["--target", "cat"], 2, "is neither a class index nor one of the model's labels"),
         (["--method", "nope"], 2, "Invalid value for '--method'"),
         (["--method", "cam", "--layer", "/features/features.17/conv/conv.2/Conv_output_0"], 1, "CAM needs layer"),
     ],

@@ -50,7 +50,10 @@ class Prepared:
     info: ModelInfo
 
     def layer(self, name: str | None) -> Layer:
-        return default_layer(self.layers) if name is None else find_layer(self.layers, name)
+        if name is not None:
+            return find_layer(self.layers, name)
+        dense = len(self.shapes[self.output].shape) != 2
+        return default_layer(self.layers, self.model, self.output, dense)
 
 
 @dataclass
