@@ -579,12 +579,19 @@ def _top_region(m: np.ndarray, percent: float) -> np.ndarray:
     v = np.asarray(m, dtype=np.float64).reshape(-1)
     k = max(1, int(math.ceil(percent / 100 * v.size)))
     thr = np.partition(v, v.size - k)[v.size - k]
-    return (v >= thr).reshape(np.shape(m))
+    ge, gt = v >= thr, v > thr
+    # ties at the threshold: all in or all out, whichever count is nearer k (a non-empty region)
+    use_gt = gt.any() and abs(int(gt.sum()) - k) < abs(int(ge.sum()) - k)
+    return (gt if use_gt else ge).reshape(np.shape(m))
 
 
 def top_k_iou(a: np.ndarray, b: np.ndarray, percent: float = 20.0) -> float:
-    """IoU of the two maps' top-``percent``% regions: each region is every pixel at or above the
-    map's ⌈percent·HW/100⌉-th largest value (ties at the threshold all included)."""
+    """IoU of the two maps' top-``percent``% regions.
+
+    A map's region: the pixels above its k-th largest value t (k = ⌈percent·HW/100⌉), plus all
+    those equal to t unless that takes the region further from k pixels than leaving them out
+    (so a map that is 0 on 90% of the image has its 10% positive pixels as its top-20% region,
+    not the whole image). Tie-breaking never depends on pixel order."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"maps must have the same shape, got {a.shape} and {b.shape}")

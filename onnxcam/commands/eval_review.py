@@ -119,8 +119,6 @@ def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | No
         sys.exit(1)
 
 
-eval_.name = "eval"
-evaluate_command = eval_
 
 
 @click.command()
