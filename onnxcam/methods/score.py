@@ -53,31 +53,34 @@ def _softmax(v: np.ndarray) -> np.ndarray:
 
 
 class _MaskedScoreMethod(CAMMethod):
-    """Shared loop: for each image, channel masks in batches of `batch_size`, one forward each."""
+    """Shared loop: for each image, its channel masks are made and scored `batch_size` at a time,
+    so memory stays bounded by one batch of masked images (never all C masks at once)."""
 
     needs_gradients = False
+    torchcam_masks = False  # mask convention: pytorch-grad-cam's (Score-CAM) or torchcam's
 
     def __init__(self, batch_size: int = 32) -> None:
         self.batch_size = batch_size
 
-    def channel_scores(self, inp: MethodInputs, n: int, masks: np.ndarray) -> np.ndarray:
+    def channel_scores(self, inp: MethodInputs, n: int) -> np.ndarray:
         raise NotImplementedError
 
-    def _run(self, inp: MethodInputs, n: int, masks: np.ndarray, make_inputs) -> np.ndarray:
-        """Scores y_t for each channel's masked inputs; make_inputs(mask_chunk) → batch."""
-        scores = np.empty(len(masks), np.float64)
-        for s in range(0, len(masks), self.batch_size):
-            out = inp.forward(make_inputs(masks[s : s + self.batch_size]))
-            scores[s : s + self.batch_size] = inp.score(n, out)
+    def _masks(self, inp: MethodInputs, n: int, sl: slice) -> np.ndarray:
+        acts = inp.activations[n][sl]
+        return torchcam_masks(acts, inp.input_size) if self.torchcam_masks else upsampled_masks(acts, inp.input_size)
+
+    def _run(self, inp: MethodInputs, n: int, transform=lambda m: m) -> np.ndarray:
+        """Item n's score on x ⊙ transform(M_k) for every channel k."""
+        c = inp.activations.shape[1]
+        scores = np.empty(c, np.float64)
+        for s in range(0, c, self.batch_size):
+            sl = slice(s, min(c, s + self.batch_size))
+            out = inp.forward(_apply(inp, n, transform(self._masks(inp, n, sl))))
+            scores[sl] = inp.score(n, out)
         return scores
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
-        n_img, c = inp.activations.shape[:2]
-        w = np.empty((n_img, c), np.float64)
-        for n in range(n_img):
-            masks = upsampled_masks(inp.activations[n], inp.input_size)
-            w[n] = self.channel_scores(inp, n, masks)
-        return w
+        return np.stack([self.channel_scores(inp, n) for n in range(inp.activations.shape[0])])
 
 
 def _apply(inp: MethodInputs, n: int, masks: np.ndarray) -> np.ndarray:
@@ -101,8 +104,8 @@ class ScoreCAM(_MaskedScoreMethod):
 
     name = "scorecam"
 
-    def channel_scores(self, inp: MethodInputs, n: int, masks: np.ndarray) -> np.ndarray:
-        return _softmax(self._run(inp, n, masks, lambda m: _apply(inp, n, m)))
+    def channel_scores(self, inp: MethodInputs, n: int) -> np.ndarray:
+        return _softmax(self._run(inp, n))
 
 
 @register
@@ -119,19 +122,17 @@ class SSCAM(_MaskedScoreMethod):
     """
 
     name = "sscam"
+    torchcam_masks = True
 
     def __init__(self, batch_size: int = 32, num_samples: int = 35, std: float = 2.0, seed: int = 0) -> None:
         super().__init__(batch_size)
         self.num_samples, self.std, self.seed = num_samples, std, seed
 
-    def channel_scores(self, inp: MethodInputs, n: int, masks: np.ndarray) -> np.ndarray:
-        masks = torchcam_masks(inp.activations[n], inp.input_size)
-        rng = np.random.default_rng(self.seed)
-        total = np.zeros(len(masks))
-        x = inp.inputs[n]
+    def channel_scores(self, inp: MethodInputs, n: int) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)  # noise drawn chunk by chunk: reproducible per batch_size
+        total = np.zeros(inp.activations.shape[1])
         for _ in range(self.num_samples):
-            noisy = masks + rng.normal(0.0, self.std, size=masks.shape).astype(masks.dtype)
-            total += self._run(inp, n, noisy, lambda m: _apply(inp, n, m))
+            total += self._run(inp, n, lambda m: m + rng.normal(0.0, self.std, size=m.shape).astype(m.dtype))
         return _softmax(total / self.num_samples)
 
 
@@ -148,18 +149,18 @@ class ISCAM(_MaskedScoreMethod):
     """
 
     name = "iscam"
+    torchcam_masks = True
 
     def __init__(self, batch_size: int = 32, num_samples: int = 10) -> None:
         super().__init__(batch_size)
         self.num_samples = num_samples
 
-    def channel_scores(self, inp: MethodInputs, n: int, masks: np.ndarray) -> np.ndarray:
-        masks = torchcam_masks(inp.activations[n], inp.input_size)
-        total = np.zeros(len(masks))
+    def channel_scores(self, inp: MethodInputs, n: int) -> np.ndarray:
+        total = np.zeros(inp.activations.shape[1])
         coeff = 0.0
         for i in range(1, self.num_samples + 1):
             coeff += i / self.num_samples
-            total += self._run(inp, n, masks, lambda m, c=coeff: _apply(inp, n, c * m))
+            total += self._run(inp, n, lambda m, c=coeff: c * m)
         return _softmax(total / self.num_samples)
 
 
