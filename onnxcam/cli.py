@@ -291,6 +291,7 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
     show_bar = not as_json and sys.stderr.isatty() and len(images) > 1
     items = list(zip(images, names))
     step = 1 if native else batch_size  # native sizes differ: one image per batch
+    last_size = None
     try:
         with click.progressbar(length=len(items), label="explaining", file=sys.stderr) if show_bar else _NoBar() as bar:
             for start in range(0, len(items), step):
@@ -319,6 +320,7 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
                         fitted.append(img)
                         boxes.append(None)
                 batch = preprocess(fitted, size_now, pre, ex.info.layout, channels)
+                last_size = size_now
                 res = ex.explain(batch, targets=tgt)
                 provider, layer_name = res.provider, res.layer
                 for i, (path, name, img) in enumerate(loaded):
@@ -341,12 +343,15 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
     except OnnxcamError as exc:
         _fail(exc)
         return
+    except Exception as exc:  # noqa: BLE001  (a bug or a runtime failure: one line, --debug for more)
+        _fail(OnnxcamError(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"))
+        return
     report = {
         "model": str(model),
         "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
         "method": ex.method.name,
         "layer": layer_name,
-        "output": output_name or ex.prepared(hw or None).output if not native else output_name,
+        "output": output_name or (ex.prepared(last_size).output if last_size else None),
         "provider": provider,
         "preset": pre.name,
         "input_size": list(hw) if hw else "native",

@@ -68,8 +68,10 @@ def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     dims: list[Dim] = []
     if tt.HasField("shape"):
         for d in tt.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value > 0:
                 dims.append(int(d.dim_value))
+            elif d.HasField("dim_value"):  # some exporters write -1 (or 0) for a dynamic axis
+                dims.append(None)
             elif d.HasField("dim_param"):
                 dims.append(d.dim_param)
             else:
@@ -250,7 +252,7 @@ def with_input_size(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int]
         sp = (2, 3) if info.layout == "NCHW" else (1, 2)
         if hw is not None:
             for axis, v in zip(sp, hw):
-                if not dims[axis].HasField("dim_value"):
+                if not dims[axis].HasField("dim_value") or dims[axis].dim_value <= 0:
                     dims[axis].Clear()
                     dims[axis].dim_value = int(v)
                 elif dims[axis].dim_value != int(v):
@@ -258,7 +260,7 @@ def with_input_size(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int]
                         f"the model's input {inp.name!r} is fixed at {info.size[0]}x{info.size[1]}; "
                         f"got {hw[0]}x{hw[1]}: resize the images to the model's size"
                     )
-        if not dims[0].HasField("dim_value"):
+        if not dims[0].HasField("dim_value") or dims[0].dim_value <= 0:
             dims[0].Clear()
             dims[0].dim_param = BATCH
     return m
