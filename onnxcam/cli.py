@@ -20,6 +20,7 @@ import click
 import numpy as np
 import onnx
 
+from .commands import parse_size as _parse_size
 from .errors import ImageError, OnnxcamError, UsageError
 from .explainer import Explainer
 from .graph.rewrite import build_explain_model, prepare
@@ -40,18 +41,6 @@ def _fail(exc: BaseException) -> None:
         traceback.print_exc()
     click.echo(f"onnxcam: error: {exc}", err=True)
     sys.exit(code)
-
-
-def _parse_size(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-        return h, w
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not HxW, e.g. 224x224", param_hint="--size") from None
 
 
 TARGET_HELP = (

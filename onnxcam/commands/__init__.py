@@ -25,3 +25,16 @@ def fail(exc: BaseException) -> None:
         traceback.print_exc()
     click.echo(f"onnxcam: error: {exc}", err=True)
     sys.exit(getattr(exc, "exit_code", 1))
+
+
+def parse_size(value: str | None) -> tuple[int, int] | None:
+    """--size HxW → (H, W); None stays None."""
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+        return h, w
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW, e.g. 224x224", param_hint="--size") from None

@@ -14,7 +14,7 @@ from ..errors import OnnxcamError, UsageError
 from ..image import IMAGE_SUFFIXES, PRESETS
 from ..methods import METHODS
 from ..review import ModelRun, evaluate, load_boxes, load_images, review as run_review, write_report
-from . import fail
+from . import parse_size, fail
 
 _DEVICES = {"auto": None, "cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -32,18 +32,6 @@ def _collect(inputs: tuple[str, ...], exclude: Path | None = None) -> list[Path]
         else:
             files.append(p)
     return files
-
-
-def _parse_size(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-        return h, w
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not HxW, e.g. 224x224", param_hint="--size") from None
 
 
 def _common(f):
@@ -78,7 +66,7 @@ def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | No
     insertion AUC (RISE), optionally ROAD (--road); with --boxes, the pointing game, the
     energy-based pointing game and the IoU of the CAM paper's box. Writes nothing.
     """
-    hw = _parse_size(size)
+    hw = parse_size(size)
     try:
         files = _collect(images)
         if not files:
@@ -142,7 +130,7 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     top-20% IoU of the maps at the image's own size). OUT/review.json holds all the numbers.
     Each model gets its own input size, layout and preset (metadata `onnxcam.preset`).
     """
-    hw = _parse_size(size)
+    hw = parse_size(size)
     try:
         if len(presets) not in (0, 1, len(models)):
             raise UsageError(f"give --preset once, or once per model ({len(models)}); got {len(presets)}")

@@ -32,39 +32,34 @@ def batch_norm(e: Emitter, node: Node, g: G) -> G:
     return [e.op("Mul", [g[0], f])]
 
 
-@register("LayerNormalization")
-def layer_norm(e: Emitter, node: Node, g: G) -> G:
-    """y = x̂·γ + β with x̂ = (x − μ)/σ over axes [axis, r):
-    dx = (ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂)) / σ, ĝ = g·γ (γ, β are constants here)."""
-    x, scale = node.inputs[0], node.inputs[1]
-    r = e.rank(x)
-    axes = list(range(int(node.attr("axis", -1)) % r, r))
-    eps = float(node.attr("epsilon", 1e-5))
+def _normalized_grad(e: Emitter, x: str, gamma: str, axes: list[int], eps: float, g: str) -> str:
+    """For y = x̂·γ + β, x̂ = (x − μ)/σ over `axes` (μ, σ recomputed here):
+    dx = (ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂)) / σ with ĝ = g·γ."""
     mu = e.reduce("ReduceMean", x, axes, True)
     xc = e.op("Sub", [x, mu])
     sigma = e.op("Sqrt", [e.op("Add", [e.reduce("ReduceMean", e.op("Mul", [xc, xc]), axes, True), e.scalar(eps, x)])])
     xhat = e.op("Div", [xc, sigma])
-    gh = e.op("Mul", [g[0], scale])
+    gh = e.op("Mul", [g, gamma])
     t = e.op("Sub", [gh, e.reduce("ReduceMean", gh, axes, True)])
     t = e.op("Sub", [t, e.op("Mul", [xhat, e.reduce("ReduceMean", e.op("Mul", [gh, xhat]), axes, True)])])
-    return [e.op("Div", [t, sigma])]
+    return e.op("Div", [t, sigma])
+
+
+@register("LayerNormalization")
+def layer_norm(e: Emitter, node: Node, g: G) -> G:
+    """LayerNorm over axes [axis, r), γ and β constants of those axes' shape."""
+    x, scale = node.inputs[0], node.inputs[1]
+    r = e.rank(x)
+    axes = list(range(int(node.attr("axis", -1)) % r, r))
+    return [_normalized_grad(e, x, scale, axes, float(node.attr("epsilon", 1e-5)), g[0])]
 
 
 @register("InstanceNormalization")
 def instance_norm(e: Emitter, node: Node, g: G) -> G:
-    """Per-sample, per-channel normalisation over the spatial axes; same formula as LayerNorm
-    with γ broadcast over channels."""
+    """Per-sample, per-channel normalisation over the spatial axes, γ broadcast over channels."""
     x, scale = node.inputs[0], node.inputs[1]
     r = e.rank(x)
-    axes = list(range(2, r))
-    eps = float(node.attr("epsilon", 1e-5))
     s = e.value(scale)
-    gamma = e.const(s.reshape([-1] + [1] * (r - 2)), "in_scale") if s is not None else e.op("Reshape", [scale, e.ints([-1] + [1] * (r - 2))])
-    mu = e.reduce("ReduceMean", x, axes, True)
-    xc = e.op("Sub", [x, mu])
-    sigma = e.op("Sqrt", [e.op("Add", [e.reduce("ReduceMean", e.op("Mul", [xc, xc]), axes, True), e.scalar(eps, x)])])
-    xhat = e.op("Div", [xc, sigma])
-    gh = e.op("Mul", [g[0], gamma])
-    t = e.op("Sub", [gh, e.reduce("ReduceMean", gh, axes, True)])
-    t = e.op("Sub", [t, e.op("Mul", [xhat, e.reduce("ReduceMean", e.op("Mul", [gh, xhat]), axes, True)])])
-    return [e.op("Div", [t, sigma])]
+    shape = [-1] + [1] * (r - 2)
+    gamma = e.const(s.reshape(shape), "in_scale") if s is not None else e.op("Reshape", [scale, e.ints(shape)])
+    return [_normalized_grad(e, x, gamma, list(range(2, r)), float(node.attr("epsilon", 1e-5)), g[0])]
