@@ -400,7 +400,12 @@ class Explainer:
         got = dict(zip(names, self._run_fixed(sess, feeds, names)))
         outputs = got[em.output]
         tg = got[TARGETS_OUTPUT].astype(np.int64) if plan is None else plan.classes
-        to_nchw = lambda a: np.ascontiguousarray(a.transpose([em.layer.layout.index(c) for c in "NCHW"])).astype(np.float32)  # noqa: E731
+        perm = [em.layer.layout.index(c) for c in "NCHW"]
+
+        def to_nchw(a: np.ndarray) -> np.ndarray:  # no copy when already NCHW float32
+            a = a if perm == [0, 1, 2, 3] else np.ascontiguousarray(a.transpose(perm))
+            return a.astype(np.float32, copy=False)
+
         acts = to_nchw(got[ACT_OUTPUT])
         grads = to_nchw(got[GRAD_OUTPUT]) if em.with_gradient else None
         input_grads = None

@@ -67,9 +67,10 @@ class CAMMethod:
         raise NotImplementedError
 
     def cam(self, inp: MethodInputs) -> np.ndarray:
-        w = self.weights(inp).astype(np.float64)
-        m = np.einsum("nc,nchw->nhw", w, inp.activations.astype(np.float64))
-        return np.maximum(m, 0).astype(np.float32)
+        w = self.weights(inp).astype(np.float32)
+        a = inp.activations
+        m = np.matmul(w[:, None, :], a.reshape(a.shape[0], a.shape[1], -1)).reshape(a.shape[0], *a.shape[2:])
+        return np.maximum(m, 0).astype(np.float32, copy=False)
 
     def weighted(self, inp: MethodInputs) -> np.ndarray:
         """The per-channel terms whose channel sum is the map (N, C, h, w): w_k A^k by default;

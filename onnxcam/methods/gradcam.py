@@ -20,7 +20,7 @@ class GradCAM(CAMMethod):
     name = "gradcam"
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
-        return inp.gradients.astype(np.float64).mean(axis=(2, 3))
+        return inp.gradients.mean(axis=(2, 3), dtype=np.float64)
 
 
 @register
