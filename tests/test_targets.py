@@ -174,3 +174,15 @@ def test_cli_targets(tmp_path: Path):
     assert r.exit_code == 2 and "segmentation class 9 is out of range" in r.stderr
     r = run("explain", MOBILENET, img, "-o", tmp_path / "f", "--output", "nope")
     assert r.exit_code == 2 and "output 'nope' is not one of the model's outputs" in r.stderr
+
+
+def test_cli_on_the_nhwc_grayscale_fer_model(tmp_path: Path):
+    """The real Keras FER model from the CLI: a colour photo is fed as one grayscale NHWC channel."""
+    img = tmp_path / "a.png"
+    img.write_bytes((EXAMPLES / "astronaut.png").read_bytes())
+    r = CliRunner().invoke(cli, ["explain", str(GOLDENS / "tf2onnx_fer.onnx"), str(img), "-o", str(tmp_path / "o"),
+                                 "--preset", "unit", "--target", "3", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)["images"][0]
+    assert rec["target"] == 3 and np.load(rec["heatmap"]).shape == (64, 64)
+    assert abs(sum(t["probability"] for t in rec["top5"]) - 1) < 0.2  # a softmax output, read as is
