@@ -15,9 +15,11 @@ def _minmax_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     n, c = maps.shape[:2]
     flat = normalize_maps(maps.reshape(n * c, *maps.shape[2:]))
     h, w = size
-    out = np.empty((n * c, h, w), np.float32)
-    for i, m in enumerate(flat):
-        out[i] = m if m.shape == (h, w) else cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    if flat.shape[1:] == (h, w):
+        return flat.reshape(n, c, h, w)
+    from .score import upsample  # separable bilinear, half-pixel centres: OpenCV's INTER_LINEAR
+
+    out = np.concatenate([upsample(flat[s : s + 256], (h, w), align_corners=False) for s in range(0, n * c, 256)])
     return out.reshape(n, c, h, w)
 
 

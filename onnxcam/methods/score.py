@@ -26,7 +26,8 @@ def upsample(acts: np.ndarray, size: tuple[int, int], align_corners: bool) -> np
     """(C, h, w) → (C, H, W), bilinear, separable (as torch's interpolate)."""
     ry = _interp_matrix(size[0], acts.shape[1], align_corners)
     rx = _interp_matrix(size[1], acts.shape[2], align_corners)
-    return np.einsum("Yy,cyx,Xx->cYX", ry, acts.astype(np.float64), rx).astype(np.float32)
+    t = np.matmul(acts.astype(np.float32), rx.T.astype(np.float32))  # (C, h, W)
+    return np.matmul(ry.astype(np.float32), t)  # (C, H, W), two BLAS products
 
 
 def _minmax(m: np.ndarray, eps: float) -> np.ndarray:
