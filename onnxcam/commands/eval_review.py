@@ -34,6 +34,19 @@ def _collect(inputs: tuple[str, ...], exclude: Path | None = None) -> list[Path]
     return files
 
 
+def _inputs(files: list, boxes_file: str | None, verb: str):
+    """The boxes and the readable images (each unreadable one reported in one line)."""
+    if not files:
+        raise UsageError(f"no images to {verb}")
+    boxes = load_boxes(boxes_file) if boxes_file else None
+    loaded, errors = load_images(files)
+    for err in errors:
+        click.echo(f"onnxcam: error: {err['error']}", err=True)
+    if not loaded:
+        raise OnnxcamError("no readable image")
+    return boxes, loaded, errors
+
+
 def _common(f):
     f = click.option("--method", "-m", default="gradcam", show_default=True,
                      type=click.Choice(sorted(METHODS), case_sensitive=False), help="CAM method.")(f)
@@ -68,15 +81,7 @@ def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | No
     """
     hw = parse_size(size)
     try:
-        files = _collect(images)
-        if not files:
-            raise UsageError("no images to evaluate")
-        boxes = load_boxes(boxes_file) if boxes_file else None
-        loaded, errors = load_images(files)
-        for err in errors:
-            click.echo(f"onnxcam: error: {err['error']}", err=True)
-        if not loaded:
-            raise OnnxcamError("no readable image")
+        boxes, loaded, errors = _inputs(_collect(images), boxes_file, "evaluate")
         run = ModelRun.load(model, method, preset, hw, providers=_DEVICES[device])
         ev = evaluate(run, loaded, boxes, steps, road, batch_size, tolerance)
     except OnnxcamError as exc:
@@ -142,15 +147,7 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
         for p in (out / "index.html", out / "review.json"):
             if p.exists() and not overwrite:
                 raise OnnxcamError(f"{p} exists; pass --overwrite or choose another -o")
-        files = _collect(images, exclude=out)
-        if not files:
-            raise UsageError("no images to review")
-        boxes = load_boxes(boxes_file) if boxes_file else None
-        loaded, errors = load_images(files)
-        for err in errors:
-            click.echo(f"onnxcam: error: {err['error']}", err=True)
-        if not loaded:
-            raise OnnxcamError("no readable image")
+        boxes, loaded, errors = _inputs(_collect(images, exclude=out), boxes_file, "review")
         from ..review import _unique_names
 
         names = _unique_names(models)
