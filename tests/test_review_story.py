@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from onnxcam.image import resize_map
 from onnxcam.metrics import pointing_game
 
 from .conftest import EXAMPLES, MOBILENET, ROOT
+from .test_review import CHROMIUM
 
 SPURIOUS = ROOT / "models" / "spurious"
 
@@ -38,6 +42,14 @@ def test_review_shows_the_biased_model_looks_at_the_mark(tmp_path: Path):
     assert energy["biased"] >= 2 * energy["unbiased"], energy
     html = (out / "index.html").read_text()
     assert "biased" in html and "unbiased" in html
+    if CHROMIUM:  # rendered by a real browser: both models' overlays of all 12 photos are there
+        flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        with tempfile.TemporaryDirectory() as profile:
+            dom = subprocess.run(flags + [f"--user-data-dir={profile}", "--dump-dom", (out / "index.html").as_uri()],
+                                 check=True, capture_output=True, timeout=60, text=True).stdout
+        srcs = re.findall(r'<img[^>]*src="(data:image/png;base64,[^"]+)"', dom)
+        assert len(srcs) == 12 * 3 and "energy" in dom.lower()
 
 
 def test_bundled_model_points_at_objects_on_composites():
