@@ -131,8 +131,8 @@ class Explainer:
             for name in self.layer_names:
                 if len(prep.shapes[prep.output].shape) == 2:
                     self._build(self.info.fixed_size, name)
-                else:  # a segmenter or detector: explained with targets, built on first use
-                    prep.layer(name) if name is None or any(l.name == name for l in prep.layers) else None
+                elif name is None or any(l.name == name for l in prep.layers):
+                    prep.layer(name)  # a segmenter or detector: check the layer now, build on first use
 
     # -- set-up per image size --------------------------------------------------------------
     def _prepare(self, hw: tuple[int, int], output: str | None = None) -> Prepared:
