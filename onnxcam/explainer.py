@@ -304,6 +304,13 @@ class Explainer:
             return all(isinstance(v, (int, np.integer)) for v in targets)
         raise UsageError(f"targets must be None, a class index, one per item, a Target or a seed array; got {type(targets).__name__}")
 
+    def _item_shape(self, hw: tuple[int, int], output: str, x: np.ndarray) -> tuple:
+        """One item's shape of `output`: from shape inference, or measured where it is dynamic."""
+        shape = self._prepare(hw, output).shapes[output].shape[1:]
+        if all(isinstance(d, int) for d in shape):
+            return tuple(shape)
+        return tuple(self._forward(hw, x[:1], output).shape[1:])
+
     def _seed_plan(self, targets, x: np.ndarray, hw: tuple[int, int]) -> tuple[_SeedPlan, np.ndarray]:
         """Turn Target objects or a seed array into cotangents (and expand the batch for TopK)."""
         if isinstance(targets, TopK):
@@ -315,7 +322,7 @@ class Explainer:
             return self._seed_plan([ClassTarget(int(c), out) for c in order.reshape(-1)], x, hw)
         if isinstance(targets, np.ndarray):
             out = self._prepare(hw).output
-            shape = self._forward(hw, x[:1], out).shape[1:]
+            shape = self._item_shape(hw, out, x)
             u = np.asarray(targets, np.float32)
             if u.shape == shape:
                 u = np.broadcast_to(u, (len(x),) + shape)
@@ -337,7 +344,7 @@ class Explainer:
         if any(t.needs_outputs for t in items):
             values = dict(zip(names, self._forward_all(hw, x, names)))
         else:
-            values = {out: self._forward(hw, x[:1], out).repeat(len(x), axis=0)}
+            values = {out: np.zeros((len(x),) + self._item_shape(hw, out, x), np.float32)}  # only shapes used
         seeds, classes = [], []
         for n, t in enumerate(items):
             item = {k: v[n] for k, v in values.items()}

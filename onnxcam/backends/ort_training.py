@@ -285,6 +285,7 @@ class OrtTrainingSession:
         plain.CopyFrom(make_compatible(model))
         self._forward = make_session(plain.SerializeToString(), providers)
         self._names = (image, output, ACT_OUTPUT, GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT)
+        self._k: int | None = None
 
     def get_providers(self) -> list[str]:
         return self._sess.get_providers()
@@ -295,9 +296,10 @@ class OrtTrainingSession:
         if (t < 0).any():
             y = self._forward.run([output], {image: x})[0]
             t = np.where(t < 0, y.reshape(len(x), -1).argmax(axis=1), t)
-        k = [o for o in self._sess.get_outputs() if o.name == output][0].shape[-1]
-        y_shape = (len(x), k if isinstance(k, int) else int(self._forward.run([output], {image: x[:1]})[0].shape[-1]))
-        seed = np.zeros(y_shape, np.float32)
+        if self._k is None:  # the number of classes, once (from the graph, else measured)
+            k = [o for o in self._sess.get_outputs() if o.name == output][0].shape[-1]
+            self._k = k if isinstance(k, int) else int(self._forward.run([output], {image: x[:1]})[0].shape[-1])
+        seed = np.zeros((len(x), self._k), np.float32)
         seed[np.arange(len(x)), t] = 1
         got = dict(zip([output, act, grad], self._sess.run([output, act, grad], {image: x, seed_in: seed})))
         got[targets_out] = t
