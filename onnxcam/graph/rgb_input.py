@@ -44,8 +44,11 @@ def add_rgb_input(model: onnx.ModelProto, info: ModelInfo, size: tuple[int, int]
     h, w = size
     x = e.op("Transpose", [e.op("Cast", [RGB_INPUT], to=TensorProto.FLOAT)], perm=[0, 3, 1, 2])  # (N, 3, h0, w0)
     sizes = e.op("Concat", [e.slice(e.runtime_shape(x), 0, 0, 2), e.ints([h, w])], axis=0)
-    empty = e.const(np.zeros(0, np.float32), "empty")
-    resize_in = [x, "", "", sizes] if opset >= 13 else [x, empty, empty, sizes]
+    if opset >= 13:
+        resize_in = [x, "", "", sizes]
+    else:  # roi and scales are required inputs before 13 (empty tensors)
+        empty = e.const(np.zeros(0, np.float32), "empty")
+        resize_in = [x, empty, empty, sizes]
     x = e.op("Resize", resize_in, mode="linear", coordinate_transformation_mode="half_pixel")
     x = e.op("Clip", [e.op("Round", [x]), e.const(np.array(0, np.float32)), e.const(np.array(255, np.float32))])
     if channels == 1:  # the gray value of the RGB image, whatever the preset's channel order

@@ -1,0 +1,256 @@
+"""The heatmap inside the exported model (onnxcam.export, graph/heatmap.py) in onnxruntime.
+
+References: pytorch-grad-cam 1.5.7's maps on the tiny torch models (tests/data/methods), maps made
+in numpy from the framework-autograd goldens' activation and gradient (tests/data/goldens), and
+the Python Explainer's maps (the in-graph map must equal what `onnxcam explain` writes to 1e-5).
+"""
+
+from __future__ import annotations
+
+import re
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from onnxcam import Explainer
+from onnxcam.errors import OnnxcamError, UsageError
+from onnxcam.export import export_model
+from onnxcam.graph.heatmap import GRAPH_MAPS, interpolation_matrix
+from onnxcam.graph.versions import lower_versions, lowest_opset
+from onnxcam.image import load_image, preprocess
+
+from .conftest import EXAMPLES, GOLDENS, MOBILENET, ROOT, load_golden
+
+REFS = ROOT / "tests" / "data" / "methods"
+METHODS = sorted(GRAPH_MAPS)
+GRADIENT_METHODS = [m for m in METHODS if m != "cam"]
+PYTORCH_GRAD_CAM = {
+    "gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM", "gradcam-elementwise": "GradCAMElementWise",
+}
+
+
+def run(exported, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(exported.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def scale_like_opencv(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """GUIDE.md's convention in plain numpy + cv2: normalise, cv2.resize, ReLU, normalise."""
+    def norm(m):
+        m = m - m.min(axis=(1, 2), keepdims=True)
+        return m / (m.max(axis=(1, 2), keepdims=True) + 1e-7)
+
+    up = np.stack([cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in norm(cams.astype(np.float32))])
+    return norm(np.maximum(up, 0))
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    return preprocess([load_image(EXAMPLES / "chelsea.png"), load_image(EXAMPLES / "coffee.png")], (224, 224))
+
+
+# -- against pytorch-grad-cam and the Python path, every method ----------------------------------
+@pytest.mark.parametrize("name", ["tinyresnet", "tinysqueeze", "tinymbv3"])
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_in_graph_heatmap_matches_pytorch_grad_cam_and_explainer(name: str, method: str):
+    with np.load(REFS / f"{name}.npz") as z:
+        x, targets, want = z["x"], z["targets"], z[PYTORCH_GRAD_CAM[method]]
+    path = GOLDENS / f"torchscript_{name}.onnx"
+    got = run(export_model(path, method=method, heatmap=True), {"input": x, "onnxcam_target": targets})
+    np.testing.assert_array_equal(got["onnxcam_targets"], targets)
+    assert np.abs(got["onnxcam_heatmap"] - want).max() <= 1e-3  # the reference library (test_methods' bound)
+    py = Explainer(path, method=method).explain(x, targets=targets).heatmaps
+    assert np.abs(got["onnxcam_heatmap"] - py).max() <= 1e-5
+
+
+def test_cam_in_graph_is_the_classifier_weights_times_the_golden_activation():
+    g = load_golden("torchscript_tinyresnet")
+    want = scale_like_opencv(np.maximum(np.einsum("nc,nchw->nhw", g["fc_weight"][g["targets"]], g["activation"]), 0), (64, 64))
+    got = run(export_model(GOLDENS / "torchscript_tinyresnet.onnx", method="cam", heatmap=True),
+              {"input": g["x"], "onnxcam_target": np.array([-1], np.int64)})
+    np.testing.assert_array_equal(got["onnxcam_targets"], g["targets"])
+    assert np.abs(got["onnxcam_heatmap"] - want).max() <= 1e-4
+
+
+# -- exporters and layouts: autograd goldens in numpy --------------------------------------------
+@pytest.mark.parametrize("stem", ["tf2onnx_fer", "tf2onnx_smallresnet", "paddle_mbv2", "dynamo_tinyresnet", "torchscript_tinysqueeze"])
+def test_gradcam_heatmap_matches_framework_autograd(stem: str):
+    """tf2onnx's NHWC models (FER's head is a 1×1 conv to 7 channels then GAP), paddle at opset 9,
+    the dynamo exporter at opset 18, SqueezeNet's 1×1-conv classifier."""
+    g = load_golden(stem)
+    a, d = g["activation"].astype(np.float64), g["gradient"].astype(np.float64)
+    cams = np.maximum((d.mean(axis=(2, 3))[:, :, None, None] * a).sum(1), 0)
+    x = g["x"]
+    size = x.shape[1:3] if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3) else x.shape[2:4]
+    ex = export_model(GOLDENS / f"{stem}.onnx", method="gradcam", heatmap=True, runtime="web")
+    got = run(ex, {ex.inputs[0]: x, "onnxcam_target": np.array([-1], np.int64)})
+    np.testing.assert_array_equal(got["onnxcam_targets"], g["targets"])
+    assert np.abs(got["onnxcam_heatmap"] - scale_like_opencv(cams, tuple(size))).max() <= 1e-3
+    py = Explainer(GOLDENS / f"{stem}.onnx", method="gradcam").explain(x).heatmaps
+    assert np.abs(got["onnxcam_heatmap"] - py).max() <= 1e-5
+    assert ex.ir_version <= 13 and ex.opset <= 26
+
+
+# -- the bundled model: default and middle layer, targets ----------------------------------------
+@pytest.mark.parametrize("layer", [None, "/features/features.14/conv/conv.0/conv.0.2/Clip_output_0"])
+def test_mobilenet_default_and_middle_layer_equal_explain(photos, layer):
+    ex = export_model(MOBILENET, method="gradcam", layer=layer, heatmap=True, runtime="node")
+    feeds = {"input": photos, "onnxcam_target": np.array([-1], np.int64)}
+    got = run(ex, feeds)
+    py = Explainer(MOBILENET, method="gradcam", layer=layer).explain(photos)
+    np.testing.assert_array_equal(got["onnxcam_targets"], py.targets)
+    np.testing.assert_allclose(got["logits"], py.outputs, atol=1e-4)
+    assert np.abs(got["onnxcam_heatmap"] - py.heatmaps).max() <= 1e-5
+    assert py.targets.tolist() == [285, 967]  # Egyptian cat, espresso
+
+
+def test_fed_target_is_honoured_per_image_and_for_all(photos):
+    ex = export_model(MOBILENET, method="gradcam", heatmap=True)
+    for t in ([281, 504], [504]):
+        got = run(ex, {"input": photos, "onnxcam_target": np.array(t, np.int64)})
+        py = Explainer(MOBILENET, method="gradcam").explain(photos, targets=np.broadcast_to(t, (2,)).copy())
+        assert got["onnxcam_targets"].tolist() == py.targets.tolist() == list(np.broadcast_to(t, (2,)))
+        assert np.abs(got["onnxcam_heatmap"] - py.heatmaps).max() <= 1e-5
+
+
+def test_target_contracts_have_no_defaulted_inputs(photos):
+    need = export_model(MOBILENET, method="gradcam", heatmap=True)
+    top1 = export_model(MOBILENET, method="gradcam", heatmap=True, target="predicted")
+    for ex in (need, top1):
+        assert not {i.name for i in ex.model.graph.input} & {t.name for t in ex.model.graph.initializer}
+    assert need.inputs == ["input", "onnxcam_target"] and top1.inputs == ["input"]
+    assert need.outputs == top1.outputs == ["logits", "onnxcam_targets", "onnxcam_heatmap"]
+    sess = ort.InferenceSession(need.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="onnxcam_target"):  # required: never silently the top-1
+        sess.run(None, {"input": photos})
+    a = run(top1, {"input": photos})
+    b = run(need, {"input": photos, "onnxcam_target": np.array([-1], np.int64)})
+    np.testing.assert_array_equal(a["onnxcam_heatmap"], b["onnxcam_heatmap"])
+
+
+def test_export_without_heatmap_keeps_activation_and_gradient_and_a_required_target(photos):
+    ex = export_model(MOBILENET, runtime="web")
+    assert ex.inputs == ["input", "onnxcam_target"]
+    got = run(ex, {"input": photos, "onnxcam_target": np.array([-1], np.int64)})
+    py = Explainer(MOBILENET, method="gradcam").explain(photos)
+    np.testing.assert_allclose(got["onnxcam_gradient"], py.gradients, atol=1e-6)
+
+
+def test_methods_without_a_graph_form_say_so():
+    for method in ("scorecam", "eigencam", "fullgrad", "smoothgradcam++"):
+        with pytest.raises(UsageError, match=re.escape(f"method '{method}' cannot be computed inside one ONNX graph") + r".*gradcam\+\+"):
+            export_model(GOLDENS / "torchscript_tinyresnet.onnx", method=method, heatmap=True)
+
+
+def test_cam_refuses_a_layer_without_a_gap_linear_head():
+    with pytest.raises(OnnxcamError, match="CAM needs layer"):
+        export_model(MOBILENET, method="cam", heatmap=True, layer="/features/features.14/conv/conv.0/conv.0.2/Clip_output_0")
+
+
+def test_interpolation_matrices_are_opencv_resize():
+    rng = np.random.default_rng(0)
+    for (h, w), (H, W) in (((7, 7), (224, 224)), ((5, 9), (48, 31)), ((16, 16), (8, 8))):
+        m = rng.random((h, w), dtype=np.float32)
+        want = cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(interpolation_matrix(h, H) @ m @ interpolation_matrix(w, W).T, want, atol=1e-6)
+
+
+# -- versions --------------------------------------------------------------------------------
+def _tiny(opset: int, ops: list[str]) -> onnx.ModelProto:
+    nodes, prev = [], "x"
+    for i, op in enumerate(ops):
+        nodes.append(helper.make_node(op, [prev], [f"t{i}"]))
+        prev = f"t{i}"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [2])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_lowering_declares_the_lowest_opset_and_ir_that_keep_every_schema():
+    m = _tiny(28, ["Relu", "Neg"])  # Relu's schema dates from 14, Neg's from 13
+    assert m.ir_version == onnx.IR_VERSION and lowest_opset(m) == 14
+    low = lower_versions(m, max_opset=26, max_ir=13)
+    assert (low.opset, low.ir_version, low.converted) == (14, 7, False)
+    x = np.array([-1.0, 2.0], np.float32)
+    sess = ort.InferenceSession(low.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], [0.0, -2.0])  # -relu(x)
+    assert m.opset_import[0].version == 28  # the input is untouched
+
+
+def test_a_cap_below_the_graph_converts_or_names_the_op():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)  # axes an input from 18
+    g = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                          [onnx.numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    low = lower_versions(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), max_opset=17)
+    assert low.converted and low.opset <= 17 and low.ir_version <= 8
+    sess = ort.InferenceSession(low.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)})[0], [1.0, 4.0])
+    with pytest.raises(OnnxcamError, match=r"Relu \(node .*\) needs opset 14.*No Adapter"):
+        lower_versions(_tiny(18, ["Relu"]), max_opset=13)
+    with pytest.raises(OnnxcamError, match=r"Gelu \(node .*\) needs opset 20"):
+        lower_versions(_tiny(20, ["Gelu"]), max_opset=19)
+    with pytest.raises(OnnxcamError, match="IR version 7, above the cap 6"):
+        lower_versions(_tiny(14, ["Relu"]), max_ir=6)
+
+
+@pytest.mark.parametrize("rgb_input", [False, True])
+def test_runtime_caps_the_export_and_the_model_runs_without_warnings(rgb_input, capfd):
+    ex = export_model(MOBILENET, method="gradcam++", heatmap=True, runtime="web", rgb_input=rgb_input)
+    assert ex.ir_version <= 13 and ex.opset <= 26
+    onnx.checker.check_model(ex.model, full_check=True)
+    so = ort.SessionOptions()
+    so.log_severity_level = 1  # warnings and above
+    capfd.readouterr()
+    ort.InferenceSession(ex.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    err = capfd.readouterr().err
+    assert "[W:" not in err and "W onnxruntime" not in err, err
+
+
+# -- uint8 RGB input ----------------------------------------------------------------------------
+def _with_image_output(ex, name: str) -> dict:
+    """The exported model with its (now internal) preprocessed image tensor as an extra output."""
+    m = onnx.ModelProto()
+    m.CopyFrom(ex.model)
+    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return m
+
+
+@pytest.mark.parametrize("stem, preset, layout, channels", [
+    ("torchscript_tinyresnet", "imagenet", "NCHW", 3),
+    ("torchscript_tinyresnet", "caffe", "NCHW", 3),  # BGR
+    ("tf2onnx_fer", "unit", "NHWC", 1),  # grayscale NHWC
+])
+def test_rgb_input_preprocesses_like_python(stem, preset, layout, channels):
+    g = load_golden(stem)
+    size = (64, 64)
+    ex = export_model(GOLDENS / f"{stem}.onnx", heatmap=True, rgb_input=True, preset=preset, runtime="web")
+    assert ex.inputs[0] == "onnxcam_rgb" and ex.preset == preset
+    name = onnx.load_model_from_string(export_model(GOLDENS / f"{stem}.onnx").model.SerializeToString()).graph.input[0].name
+    sess = ort.InferenceSession(_with_image_output(ex, name).SerializeToString(), providers=["CPUExecutionProvider"])
+    photo = load_image(EXAMPLES / "chelsea.png")
+    t = np.array([-1], np.int64)
+    for img in (cv2.resize(photo, (size[1], size[0]), interpolation=cv2.INTER_AREA), photo[:301, :257]):
+        want = preprocess(img, size, preset, layout, channels)
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"onnxcam_rgb": img[None], "onnxcam_target": t})))
+        step = np.float32(1 / 255 if preset != "caffe" else 1.0) / np.float32(0.225 if preset == "imagenet" else 1.0)
+        if img.shape[:2] == size:  # no resize: exactly preprocess(), and the same heatmap as explain
+            np.testing.assert_allclose(got[name], want, rtol=0, atol=0 if channels == 3 else 1e-6)  # gray: float sums
+            py = Explainer(GOLDENS / f"{stem}.onnx").explain(want)
+            assert np.abs(got["onnxcam_heatmap"] - py.heatmaps).max() <= 1e-5
+        else:  # OpenCV's fixed-point uint8 resize: within one grey level
+            assert np.abs(got[name] - want).max() <= 1.01 * step
+
+
+def test_rgb_input_mobilenet_photo_at_model_size(photos):
+    ex = export_model(MOBILENET, method="gradcam", heatmap=True, rgb_input=True, runtime="web")
+    img = np.stack([cv2.resize(load_image(EXAMPLES / f), (224, 224), interpolation=cv2.INTER_AREA) for f in ("chelsea.png", "coffee.png")])
+    got = run(ex, {"onnxcam_rgb": img, "onnxcam_target": np.array([-1], np.int64)})
+    py = Explainer(MOBILENET).explain(preprocess(list(img), (224, 224)))
+    assert got["onnxcam_targets"].tolist() == py.targets.tolist() == [285, 967]
+    assert np.abs(got["onnxcam_heatmap"] - py.heatmaps).max() <= 1e-5
