@@ -137,7 +137,7 @@ def export_model(
             out, name, ACT_OUTPUT, GRAD_OUTPUT if with_gradient else None, TARGETS_OUTPUT, lay.layout,
             (lay.height, lay.width), hw, prep.shapes[lay.name].elem_type, head, keep,
         ).model
-    out = set_target_contract(out, target, TARGET_INPUT)
+    out = set_target_contract(out, target, em.num_classes, TARGET_INPUT, TARGETS_OUTPUT)
     used = None
     if rgb_input:
         pre = model_preset(info.metadata, preset)

@@ -128,6 +128,8 @@ def test_target_contracts_have_no_defaulted_inputs(photos):
     sess = ort.InferenceSession(need.model.SerializeToString(), providers=["CPUExecutionProvider"])
     with pytest.raises(Exception, match="onnxcam_target"):  # required: never silently the top-1
         sess.run(None, {"input": photos})
+    with pytest.raises(Exception, match="idx=1000 must be within the inclusive range"):  # never an all-zero map
+        sess.run(None, {"input": photos, "onnxcam_target": np.array([1000], np.int64)})
     a = run(top1, {"input": photos})
     b = run(need, {"input": photos, "onnxcam_target": np.array([-1], np.int64)})
     np.testing.assert_array_equal(a["onnxcam_heatmap"], b["onnxcam_heatmap"])
