@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test test-ort-training bench clean
+.PHONY: demo test test-ort-training bench clean web-deps web-demo bench-export
 
 $(BIN)/onnxcam: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,16 @@ bench: $(BIN)/onnxcam
 
 clean:
 	rm -rf $(VENV) $(ORTT) results
+
+# Exported --heatmap models outside Python (web/README.md): onnxruntime-node and -web, pinned by
+# web/package-lock.json (no CUDA download), and Debian's chromium for the browser test.
+web-deps:
+	cd web && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+web-demo: $(BIN)/onnxcam
+	$(BIN)/python -c "from onnxcam.export import export_model; export_model('models/mobilenet_v2/mobilenet_v2.onnx', heatmap=True, rgb_input=True, runtime='web').save('web/demo/model.onnx')"
+	@echo "now: node web/serve.mjs, then open http://127.0.0.1:8000/web/demo/"
+
+bench-export: $(BIN)/onnxcam
+	$(BIN)/python bench/bench_export_heatmap.py
