@@ -78,20 +78,31 @@ def test_cam_in_graph_is_the_classifier_weights_times_the_golden_activation():
 
 
 # -- exporters and layouts: autograd goldens in numpy --------------------------------------------
-@pytest.mark.parametrize("stem", ["tf2onnx_fer", "tf2onnx_smallresnet", "paddle_mbv2", "dynamo_tinyresnet", "torchscript_tinysqueeze"])
+ARCH = ROOT / "tests" / "data" / "arch"
+
+
+@pytest.mark.parametrize("stem", ["tf2onnx_fer", "tf2onnx_smallresnet", "paddle_mbv2", "dynamo_tinyresnet",
+                                  "torchscript_tinysqueeze", "arch/jax_smallcnn"])
 def test_gradcam_heatmap_matches_framework_autograd(stem: str):
     """tf2onnx's NHWC models (FER's head is a 1×1 conv to 7 channels then GAP), paddle at opset 9,
-    the dynamo exporter at opset 18, SqueezeNet's 1×1-conv classifier."""
-    g = load_golden(stem)
+    the dynamo exporter at opset 18, SqueezeNet's 1×1-conv classifier, and a jax2onnx CNN whose
+    layer itself is NHWC."""
+    if stem.startswith("arch/"):
+        stem = stem[5:]
+        with np.load(ARCH / f"{stem}.npz") as z:
+            g = {k: z[k] for k in z.files}
+        path = ARCH / f"{stem}.onnx"
+    else:
+        g, path = load_golden(stem), GOLDENS / f"{stem}.onnx"
     a, d = g["activation"].astype(np.float64), g["gradient"].astype(np.float64)
     cams = np.maximum((d.mean(axis=(2, 3))[:, :, None, None] * a).sum(1), 0)
     x = g["x"]
     size = x.shape[1:3] if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3) else x.shape[2:4]
-    ex = export_model(GOLDENS / f"{stem}.onnx", method="gradcam", heatmap=True, runtime="web")
+    ex = export_model(path, method="gradcam", heatmap=True, runtime="web")
     got = run(ex, {ex.inputs[0]: x, "onnxcam_target": np.array([-1], np.int64)})
     np.testing.assert_array_equal(got["onnxcam_targets"], g["targets"])
     assert np.abs(got["onnxcam_heatmap"] - scale_like_opencv(cams, tuple(size))).max() <= 1e-3
-    py = Explainer(GOLDENS / f"{stem}.onnx", method="gradcam").explain(x).heatmaps
+    py = Explainer(path, method="gradcam").explain(x).heatmaps
     assert np.abs(got["onnxcam_heatmap"] - py).max() <= 1e-5
     assert ex.ir_version <= 13 and ex.opset <= 26
 

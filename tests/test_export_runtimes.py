@@ -104,19 +104,22 @@ def test_node_on_tf2onnx_paddle_and_conv_head_models(tmp_path, stem, method):
 
 
 # -- the demo page in headless Chromium ----------------------------------------------------------
+SITE_MODELS = {"mobilenet": MOBILENET, "tf2onnx": GOLDENS / "tf2onnx_smallresnet.onnx", "paddle": GOLDENS / "paddle_mbv2.onnx"}
+
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
     """web/serve.mjs over a root holding web/, models/ and the exported demo model."""
     root = tmp_path_factory.mktemp("site")
     (root / "web").symlink_to(WEB)
     (root / "models").symlink_to(ROOT / "models")
-    export_model(MOBILENET, method="gradcam", heatmap=True, rgb_input=True, runtime="web").save(root / "demo.onnx")
+    for name, path in SITE_MODELS.items():
+        export_model(path, method="gradcam", heatmap=True, rgb_input=True, runtime="web").save(root / f"{name}.onnx")
     proc = subprocess.Popen([NODE, str(WEB / "serve.mjs"), "--root", str(root), "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving"), line
-        yield line.split(" at ")[1].strip() + "web/demo/?model=/demo.onnx"
+        yield line.split(" at ")[1].strip() + "web/demo/?model=/{}.onnx"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -130,15 +133,21 @@ def page_result(url: str, image: Path, out: Path, target: int = -1) -> dict:
 
 
 @needs_chromium
-@pytest.mark.parametrize("photo, target", [("astronaut.png", -1), ("coffee.png", 504)])  # 504: coffee mug
-def test_demo_page_matches_explain_on_a_photo_at_its_own_size(demo_server, tmp_path, photo, target):
-    img = load_image(EXAMPLES / photo)  # 512×512 and 600×400: the graph resizes like cv2
-    res = page_result(demo_server, EXAMPLES / photo, tmp_path / "page.json", target)
-    py = Explainer(MOBILENET, method="gradcam").explain(preprocess(img, (224, 224)), targets=None if target < 0 else target)
+@pytest.mark.parametrize("model, photo, target", [
+    ("mobilenet", "astronaut.png", -1), ("mobilenet", "coffee.png", 504),  # 504: coffee mug
+    ("tf2onnx", "chelsea.png", -1), ("paddle", "coffee.png", 3),
+])
+def test_demo_page_matches_explain_on_a_photo_at_its_own_size(demo_server, tmp_path, model, photo, target):
+    """The photo goes in at its own size (512×512, 451×300, 600×400): the graph resizes it as cv2."""
+    ex = Explainer(SITE_MODELS[model], method="gradcam")
+    size = ex.input_size
+    res = page_result(demo_server.format(model), EXAMPLES / photo, tmp_path / "page.json", target)
+    x = preprocess(load_image(EXAMPLES / photo), size, "imagenet", ex.info.layout, ex.info.channels)
+    py = ex.explain(x, targets=None if target < 0 else target)
     assert res["consoleErrors"] == []
     assert res["predicted"] == int(np.argmax(py.outputs[0]))
     assert res["explained"] == int(py.targets[0]) == (res["predicted"] if target < 0 else target)
-    assert res["dims"] == [224, 224]
-    heat = np.asarray(res["heatmap"], np.float32).reshape(224, 224)
+    assert res["dims"] == list(size)
+    heat = np.asarray(res["heatmap"], np.float32).reshape(size)
     assert np.abs(heat - py.heatmaps[0]).max() <= 1e-4
     assert f"({res['explained']})" in res["text"]

@@ -25,11 +25,13 @@ from ..errors import UsageError
 from ..grad.builder import Emitter
 from ..image import Preset
 from ..model import ModelInfo, default_opset
+from .normalize import upgrade_opset
 
 RGB_INPUT = "onnxcam_rgb"
 _I64, _F64, _F32 = TensorProto.INT64, TensorProto.DOUBLE, TensorProto.FLOAT
 _COEF = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE (11 bits)
-GRAY = (0.299, 0.587, 0.114)  # OpenCV's RGB2GRAY
+GRAY = (0.299, 0.587, 0.114)
+MIN_OPSET = 13  # OpenCV's RGB2GRAY
 
 
 def add_rgb_input(model: onnx.ModelProto, info: ModelInfo, size: tuple[int, int], preset: Preset) -> onnx.ModelProto:
@@ -40,6 +42,7 @@ def add_rgb_input(model: onnx.ModelProto, info: ModelInfo, size: tuple[int, int]
         raise UsageError(f"--rgb-input needs a 1- or 3-channel image input; {x_name!r} has {channels}")
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    m = upgrade_opset(m, MIN_OPSET)  # Round (11), Min on int64 (12)
     opset = default_opset(m)
     e = Emitter({}, {}, opset, prefix="onnxcam_rgb/")
     e.set_info(RGB_INPUT, (None, None, None, 3), TensorProto.UINT8)
