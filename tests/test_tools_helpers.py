@@ -64,7 +64,8 @@ def test_report_keeps_other_stems_and_drops_deleted_files(tmp_path: Path):
 
 
 def test_tolerance_table():
-    assert (common.ATOL, common.RTOL, common.DIRECTIONAL_RTOL, common.CHECK_REL) == (1e-4, 1e-4, 1e-5, 1e-3)
+    assert (common.ATOL, common.RTOL, common.DIRECTIONAL_RTOL, common.CHECK_REL, common.REBUILD_ATOL) == (
+        1e-4, 1e-4, 1e-5, 1e-3, 1e-5)
     assert common.scaled_tol(np.array([0.5, -0.2])) == 1e-4
     assert common.scaled_tol(np.array([3.0, -20.0])) == pytest.approx(2e-3)
 

@@ -40,6 +40,7 @@ ATOL = 1e-4  # float32 export (onnxruntime) vs the framework's float64 model, ab
 RTOL = 1e-4  # relative part where np.allclose is used (torch exports)
 DIRECTIONAL_RTOL = 1e-5  # <input_gradient, v> vs central differences of the float64 model
 CHECK_REL = 1e-3  # onnxcam vs goldens (`--check`): max |ours − golden| / max |golden|
+REBUILD_ATOL = 1e-5  # a torch golden model rebuilt from its seed vs its stored golden (tools/methods)
 
 
 def scaled_tol(ref: np.ndarray, atol: float = ATOL) -> float:

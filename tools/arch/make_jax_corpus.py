@@ -7,8 +7,8 @@ jax.vjp with ``jax_enable_x64`` on a float64 copy of the parameters; the DEFAULT
 second ReLU's output (the input of the spatial mean), stored channels first like every golden.
 
 Environment:  python3 -m venv /work/venvs/jax && /work/venvs/jax/bin/pip install jax jax2onnx flax onnx onnxruntime numpy
-Build:        /work/venvs/jax/bin/python tools/arch/make_jax_corpus.py
-Check (dev):  /work/venvs/dev/bin/python tools/arch/make_jax_corpus.py --check
+Build:        /work/venvs/jax/bin/python -m tools.arch.make_jax_corpus
+Check (dev):  /work/venvs/dev/bin/python -m tools.arch.make_jax_corpus --check
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ Built by `tools/arch/make_jax_corpus.py` (rewrites only the text between its BEG
 
 ```
 python3 -m venv /work/venvs/jax && /work/venvs/jax/bin/pip install jax jax2onnx flax onnx onnxruntime numpy
-/work/venvs/jax/bin/python tools/arch/make_jax_corpus.py
-/work/venvs/dev/bin/python tools/arch/make_jax_corpus.py --check
+/work/venvs/jax/bin/python -m tools.arch.make_jax_corpus
+/work/venvs/dev/bin/python -m tools.arch.make_jax_corpus --check
 ```
 
 Provenance: jax {jax.__version__}, flax (nnx), jax2onnx {getattr(jax2onnx, '__version__', '?')}, onnx {onnx.__version__}, onnxruntime {ort.__version__}.

@@ -11,8 +11,8 @@ Goldens: tf.GradientTape on a float64 clone (same weights), format of tests/data
 (activation/gradient channels first). The helpers (BN calibration, float64 clone, tensor matching)
 come from tools/keras_helpers.py and tools/common.py.
 
-Build (tf venv):   /work/venvs/tf/bin/python tools/arch/make_keras_corpus.py [--only keras_vgg ...]
-Check (dev venv):  /work/venvs/dev/bin/python tools/arch/make_keras_corpus.py --check
+Build (tf venv):   /work/venvs/tf/bin/python -m tools.arch.make_keras_corpus [--only keras_vgg ...]
+Check (dev venv):  /work/venvs/dev/bin/python -m tools.arch.make_keras_corpus --check
 """
 
 from __future__ import annotations
@@ -406,8 +406,8 @@ def readme_body(report: dict) -> str:
 Built by `tools/arch/make_keras_corpus.py` (rewrites only the text between its BEGIN/END markers).
 
 ```
-/work/venvs/tf/bin/python tools/arch/make_keras_corpus.py            # or --only keras_vgg ...
-/work/venvs/dev/bin/python tools/arch/make_keras_corpus.py --check   # onnxcam coverage table
+/work/venvs/tf/bin/python -m tools.arch.make_keras_corpus            # or --only keras_vgg ...
+/work/venvs/dev/bin/python -m tools.arch.make_keras_corpus --check   # onnxcam coverage table
 ```
 
 Provenance: tensorflow {tf.__version__}, keras {keras.__version__}, tf2onnx {tf2onnx.__version__}, onnx {onnx.__version__},

@@ -10,8 +10,8 @@ op needs more) and, for two models, ``opset_version=13`` / ``17``.
 Goldens: paddle.grad on a float64 deep copy; the DEFAULT activation is the input of the final
 pooling layer (or of the Flatten for the VGG-like model), captured with a forward pre-hook.
 
-Build (paddle venv): /work/venvs/paddle/bin/python tools/arch/make_paddle_corpus.py [--only paddle_vgg ...]
-Check (dev venv):    /work/venvs/dev/bin/python tools/arch/make_paddle_corpus.py --check
+Build (paddle venv): /work/venvs/paddle/bin/python -m tools.arch.make_paddle_corpus [--only paddle_vgg ...]
+Check (dev venv):    /work/venvs/dev/bin/python -m tools.arch.make_paddle_corpus --check
 """
 
 from __future__ import annotations
@@ -274,8 +274,8 @@ def main(argv=None):
 Built by `tools/arch/make_paddle_corpus.py` (rewrites only the text between its BEGIN/END markers).
 
 ```
-/work/venvs/paddle/bin/python tools/arch/make_paddle_corpus.py            # or --only paddle_vgg ...
-/work/venvs/dev/bin/python tools/arch/make_paddle_corpus.py --check       # onnxcam coverage table
+/work/venvs/paddle/bin/python -m tools.arch.make_paddle_corpus            # or --only paddle_vgg ...
+/work/venvs/dev/bin/python -m tools.arch.make_paddle_corpus --check       # onnxcam coverage table
 ```
 
 Provenance: paddlepaddle {paddle.__version__}, paddle2onnx {paddle2onnx.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}.

@@ -18,8 +18,8 @@ affine layer so that the two batch items get different targets (as tools/goldens
 Run from the repository root::
 
     /work/venvs/tv/bin/pip install torch torchvision onnx onnxscript onnxruntime numpy
-    /work/venvs/tv/bin/python tools/arch/make_torchvision_corpus.py            # [--only ARCH ...]
-    /work/venvs/dev/bin/python tools/arch/make_torchvision_corpus.py --check   # onnxcam coverage table
+    /work/venvs/tv/bin/python -m tools.arch.make_torchvision_corpus            # [--only ARCH ...]
+    /work/venvs/dev/bin/python -m tools.arch.make_torchvision_corpus --check   # onnxcam coverage table
 
 ``--check`` imports onnxcam (and not torch): for every ``tv_*.onnx`` it runs
 ``onnxcam.Explainer(path, method="gradcam").explain(x)`` and compares activations and gradients with
@@ -43,10 +43,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "tests" / "data" / "arch"
+from tools import common
+from tools.common import ATOL, find_layer_tensor, op_types, run_ort
+
+OUT = common.ARCH_DIR
 OPSET, DYNAMO_OPSET = 17, 18
-ATOL = 1e-4
 MAX_BYTES = 2 * 1024 * 1024
 NUM_CLASSES = 10
 
@@ -469,40 +470,6 @@ def export(model: Any, x: Any, path: Path, dynamo: bool, opset: int) -> list[str
     return notes
 
 
-def run_ort(path: Path | bytes, x: np.ndarray, names: list[str] | None = None, optimise: bool = True) -> list[np.ndarray]:
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    if not optimise:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path) if isinstance(path, Path) else path, so, providers=["CPUExecutionProvider"])
-    return sess.run(names, {sess.get_inputs()[0].name: x})
-
-
-def find_layer_tensor(path: Path, x: np.ndarray, act: np.ndarray) -> tuple[str, list[str]]:
-    import onnx
-    m = onnx.load(str(path))
-    existing = {o.name for o in m.graph.output}
-    names = [o for n in m.graph.node for o in n.output if o and o not in existing]
-    for nme in names:
-        m.graph.output.append(onnx.ValueInfoProto(name=nme))
-    outs = run_ort(m.SerializeToString(), x, names, optimise=False)
-    hits = [nme for nme, v in zip(names, outs)
-            if getattr(v, "shape", None) == act.shape and np.allclose(v, act, atol=ATOL, rtol=1e-4)]
-    if not hits:
-        raise SystemExit(f"{path.name}: no ONNX tensor matches the golden activation {act.shape}")
-    return hits[-1], hits
-
-
-def op_types(path: Path) -> tuple[list[str], int]:
-    import onnx
-    m = onnx.load(str(path))
-    ops = sorted({(n.domain + "." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in m.graph.node})
-    if m.functions:
-        ops.append("functions:" + ",".join(f.name for f in m.functions))
-    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
-    return ops, opset
-
-
 # --------------------------------------------------------------------------- check (onnxcam)
 
 
@@ -596,8 +563,8 @@ Rebuild from the repository root:
 
 ```
 /work/venvs/tv/bin/pip install torch torchvision onnx onnxscript onnxruntime numpy
-/work/venvs/tv/bin/python tools/arch/make_torchvision_corpus.py            # or --only resnet ...
-/work/venvs/dev/bin/python tools/arch/make_torchvision_corpus.py --check   # onnxcam vs goldens
+/work/venvs/tv/bin/python -m tools.arch.make_torchvision_corpus            # or --only resnet ...
+/work/venvs/dev/bin/python -m tools.arch.make_torchvision_corpus --check   # onnxcam vs goldens
 ```
 
 Provenance: {prov}.
@@ -649,15 +616,7 @@ def write_readme(out_dir: Path, report: dict[str, dict], prov: str, arch_notes: 
     check_md = out_dir / "tv_onnxcam_check.md"
     if check_md.exists():
         lines += ["", "### onnxcam coverage (from `--check`)", "", check_md.read_text().strip()]
-    block = BEGIN + "\n" + "\n".join(lines).rstrip() + "\n" + END + "\n"
-    path = out_dir / "README.md"
-    text = path.read_text() if path.exists() else "# Architecture corpus\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
+    common.write_readme_section(out_dir / "README.md", BEGIN, END, "\n".join(lines), title="# Architecture corpus")
 
 
 def refresh_readme(out_dir: Path) -> None:

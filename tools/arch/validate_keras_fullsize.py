@@ -6,8 +6,8 @@ exports it with tf2onnx (``model.export(format="onnx", opset_version=13)``) to
 tests/data/arch), then ``--check`` runs onnxcam Grad-CAM on each file and prints the coverage table.
 BatchNorm statistics are mildly randomised (no layer-by-layer calibration: too slow at full size).
 
-    /work/venvs/tf/bin/python tools/arch/validate_keras_fullsize.py [--only ResNet50 ...]
-    /work/venvs/dev/bin/python tools/arch/validate_keras_fullsize.py --check
+    /work/venvs/tf/bin/python -m tools.arch.validate_keras_fullsize [--only ResNet50 ...]
+    /work/venvs/dev/bin/python -m tools.arch.validate_keras_fullsize --check
 """
 
 from __future__ import annotations

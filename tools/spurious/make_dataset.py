@@ -22,7 +22,7 @@ Boxes are exact (we pasted them): ``box`` is the object's paste rectangle clippe
 
 Run as a script to write a few test images and their boxes to ``examples/spurious/``::
 
-    /work/venvs/tv/bin/python tools/spurious/make_dataset.py
+    /work/venvs/tv/bin/python -m tools.spurious.make_dataset
 """
 
 from __future__ import annotations
