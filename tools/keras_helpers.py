@@ -7,6 +7,7 @@ their own TF_* environment variables (which must precede the first tensorflow im
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -86,3 +87,34 @@ def export_onnx(model: keras.Model, path: Path, opset: int, dynamic_hw: bool = F
 def pick_input(model: keras.Model, draw: Callable[[np.random.Generator], np.ndarray], seed: int) -> np.ndarray:
     """common.pick_input with the Keras model in inference mode."""
     return common.pick_input(lambda x: np.asarray(model(x, training=False)), draw, seed)
+
+
+@dataclass(frozen=True)
+class TapeGoldens:
+    """tf.GradientTape results on the float64 model: the float64 input, the activation a, the
+    first output y, its argmax targets, and d(Σ_n y[n, targets[n]]) / d a and / d x."""
+
+    x64: tf.Tensor
+    a: tf.Tensor
+    y: tf.Tensor
+    targets: tf.Tensor
+    g_act: tf.Tensor
+    g_x: tf.Tensor
+
+
+def tape_goldens(m64: keras.Model, act: keras.KerasTensor, x: np.ndarray) -> TapeGoldens:
+    """Split the float64 model at the symbolic tensor `act` (front: inputs → act, head: act →
+    outputs) and take the gradient of the summed target logits w.r.t. the activation and the input."""
+    front = keras.Model(m64.inputs, act)
+    head = keras.Model(act, m64.outputs)
+    x64 = tf.constant(x.astype(np.float64))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x64)
+        a = front(x64, training=False)
+        y = head(a, training=False)
+        if isinstance(y, (list, tuple)):
+            y = y[0]
+        targets = tf.argmax(y, axis=1)
+        score = tf.reduce_sum(tf.gather(y, targets, axis=1, batch_dims=1))
+    g_act, g_x = tape.gradient(score, [a, x64])
+    return TapeGoldens(x64, a, y, targets, g_act, g_x)

@@ -321,19 +321,8 @@ def build_one(stem: str, out_dir: Path, max_bytes: int | None, seed: int, batch:
 
     m64 = K.clone_float64(model)
     pool64 = m64.get_layer(pool.name)
-    act_in = pool64.input
-    front = keras.Model(m64.inputs, act_in)
-    head = keras.Model(act_in, m64.outputs)
-    x64 = tf.constant(x.astype(np.float64))
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x64)
-        a = front(x64, training=False)
-        y = head(a, training=False)
-        if isinstance(y, (list, tuple)):
-            y = y[0]
-        targets = tf.argmax(y, axis=1)
-        score = tf.reduce_sum(tf.gather(y, targets, axis=1, batch_dims=1))
-    g_act, g_x = tape.gradient(score, [a, x64])
+    t = K.tape_goldens(m64, pool64.input, x)
+    x64, a, y, targets, g_act, g_x = t.x64, t.a, t.y, t.targets, t.g_act, t.g_x
     out64 = y.numpy()
     out32 = np.asarray(model(x, training=False))
     full64 = np.asarray(m64(x64, training=False))

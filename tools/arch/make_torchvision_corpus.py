@@ -311,43 +311,20 @@ def randomise(model: Any, shape: tuple[int, ...], seed: int, head: str, n_stats:
     import torch.nn as nn
     from torchvision.models.convnext import CNBlock
 
+    from tools.torch_helpers import calibrate_batchnorm_, he_normal_, standardise_head_
+
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                he_normal_(m, g)
             elif isinstance(m, nn.LayerNorm):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
             elif isinstance(m, CNBlock):
                 m.layer_scale.copy_(torch.rand(m.layer_scale.shape, generator=g) * 0.8 + 0.2)
-        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        model(torch.randn(n_stats, *shape[1:], generator=g))
-        for m in bns:
-            c = m.num_features
-            m.running_mean.add_(torch.randn(c, generator=g) * 0.3 * m.running_var.sqrt())
-            m.running_var.mul_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-            m.momentum = 0.1
-        model.eval()
-        hm = model.get_submodule(head)
-        seen: list[torch.Tensor] = []
-        h = hm.register_forward_hook(lambda _m, _i, o: seen.append(o.clone()))  # clone: an inplace ReLU may follow
-        model(torch.randn(n_cal, *shape[1:], generator=g))
-        h.remove()
-        o = seen[0].transpose(0, 1).reshape(seen[0].shape[1], -1)
-        mean, std = o.mean(1), o.std(1)
-        view = (-1,) + (1,) * (hm.weight.dim() - 1)
-        hm.weight.div_(std.view(view))
-        hm.bias.copy_((hm.bias - mean) / std)
-    return model.eval()
+        calibrate_batchnorm_(model, torch.randn(n_stats, *shape[1:], generator=g), g)
+        return standardise_head_(model, head, torch.randn(n_cal, *shape[1:], generator=g))
 
 
 def make_input(model: Any, shape: tuple[int, ...], seed: int, name: str, tries: int = 1000, strict: bool = True) -> Any:
@@ -412,6 +389,8 @@ class _Capture:
 
 
 def goldens(model: Any, spec: dict, x32: Any) -> dict[str, np.ndarray]:
+    from tools.torch_helpers import backward_goldens
+
     md = copy.deepcopy(model).double().eval()
     x = x32.double().clone().requires_grad_(True)
     with _Capture(md, spec["capture"]) as cap:
@@ -419,28 +398,7 @@ def goldens(model: Any, spec: dict, x32: Any) -> dict[str, np.ndarray]:
     act = cap.value
     if act is None or act.dim() != 4:
         raise SystemExit("default layer not captured")
-    targets = out.argmax(1)
-    top2 = out.topk(2, 1).values
-    if (top2[:, 0] - top2[:, 1]).min() < 1e-3:
-        raise SystemExit("argmax margin too small")
-    out.gather(1, targets[:, None]).sum().backward()
-    g = {
-        "x": x32.numpy().astype(np.float32),
-        "outputs": out.detach().numpy().astype(np.float32),
-        "targets": targets.numpy().astype(np.int64),
-        "activation": act.detach().numpy().astype(np.float32),
-        "gradient": act.grad.numpy().astype(np.float32),
-        "input_gradient": x.grad.numpy().astype(np.float32),
-        "layer_desc": np.array(spec["desc"]),
-    }
-    if spec.get("fc"):
-        fc = md.get_submodule(spec["fc"])
-        g["fc_weight"] = fc.weight.detach().numpy().astype(np.float32)
-        g["fc_bias"] = fc.bias.detach().numpy().astype(np.float32)
-    for k in ("activation", "gradient", "input_gradient"):
-        if not np.isfinite(g[k]).all() or not np.abs(g[k]).max() > 0:
-            raise SystemExit(f"degenerate golden {k}")
-    return g
+    return backward_goldens(md, out, act, x, x32, spec["desc"], spec.get("fc"))
 
 
 # --------------------------------------------------------------------------- export / inspection

@@ -40,7 +40,7 @@ from keras import layers  # noqa: E402
 from tools import common  # noqa: E402
 from tools.common import ATOL, check_directional_derivative  # noqa: E402
 from tools.keras_helpers import (  # noqa: E402
-    clone_float64, export_onnx, load_fer, pick_input, randomise_batchnorm, randomise_dense_bias,
+    clone_float64, export_onnx, load_fer, pick_input, randomise_batchnorm, randomise_dense_bias, tape_goldens,
 )
 
 OPSET = 13
@@ -119,18 +119,8 @@ def make_golden(
     out32 = np.asarray(model(x, training=False))
 
     m64 = clone_float64(model)
-    front = keras.Model(m64.inputs, m64.get_layer(act_layer).output)
-    head = keras.Model(m64.get_layer(act_layer).output, m64.outputs)
-    x64 = tf.constant(x.astype(np.float64))
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x64)
-        a = front(x64, training=False)
-        y = head(a, training=False)
-        if isinstance(y, (list, tuple)):
-            y = y[0]
-        targets = tf.argmax(y, axis=1)
-        score = tf.reduce_sum(tf.gather(y, targets, axis=1, batch_dims=1))
-    g_act, g_x = tape.gradient(score, [a, x64])
+    t = tape_goldens(m64, m64.get_layer(act_layer).output, x)
+    x64, a, y, targets, g_act, g_x = t.x64, t.a, t.y, t.targets, t.g_act, t.g_x
     out64 = y.numpy()
     full64 = np.asarray(m64(x64, training=False))
     assert np.abs(full64 - out64).max() < 1e-10, "front/head split differs from the full model"

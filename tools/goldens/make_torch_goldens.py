@@ -42,6 +42,7 @@ import torch.nn as nn
 
 from tools import common
 from tools.common import ATOL, find_layer_tensor, op_types
+from tools.torch_helpers import backward_goldens, calibrate_batchnorm_, he_normal_, standardise_head_
 
 OPSET = 17          # TorchScript exporter
 DYNAMO_OPSET = 18   # the dynamo exporter implements opset >= 18 only; its down-conversion to 17
@@ -230,40 +231,10 @@ def build(name: str) -> nn.Module:
     g = torch.Generator().manual_seed(SEEDS[name] + 7)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):  # He-normal, fan-in
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-        # BN running stats: measured on random data (so BN keeps activations O(1)), then perturbed
-        # so that no BN is the identity or an exact normaliser; affine weight/bias random.
-        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-        model.train()
-        model(torch.randn(8, *model.input_shape[1:], generator=g))
-        for m in bns:
-            c = m.num_features
-            m.running_mean.add_(torch.randn(c, generator=g) * 0.3 * m.running_var.sqrt())
-            m.running_var.mul_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-            m.momentum = 0.1
-        # Random nets map random inputs to nearly the same logits (pooling averages the noise out),
-        # so every image gets the same argmax. Standardise the last affine layer's output per class
-        # over a calibration batch: logits then differ per image and are O(1).
-        model.eval()
-        head = model.get_submodule(model.head_module)
-        seen: list[torch.Tensor] = []
-        h = head.register_forward_hook(lambda _m, _i, o: seen.append(o))
-        model(torch.randn(64, *model.input_shape[1:], generator=g))
-        h.remove()
-        o = seen[0].transpose(0, 1).reshape(seen[0].shape[1], -1)  # (K, N*spatial)
-        mean, std = o.mean(1), o.std(1)
-        shape = (-1,) + (1,) * (head.weight.dim() - 1)
-        head.weight.div_(std.view(shape))
-        head.bias.copy_((head.bias - mean) / std)
-    return model.eval()
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                he_normal_(m, g)
+        calibrate_batchnorm_(model, torch.randn(8, *model.input_shape[1:], generator=g), g)
+        return standardise_head_(model, model.head_module, torch.randn(64, *model.input_shape[1:], generator=g))
 
 
 def make_input(model: nn.Module, name: str) -> torch.Tensor:
@@ -337,29 +308,7 @@ def goldens(model: nn.Module, x32: torch.Tensor) -> dict[str, np.ndarray]:
     x = x32.double().clone().requires_grad_(True)
     out = md(x)
     h.remove()
-    targets = out.argmax(1)
-    top2 = out.topk(2, 1).values
-    if (top2[:, 0] - top2[:, 1]).min() < 1e-3:
-        raise SystemExit("argmax margin too small; change the seed")
-    out.gather(1, targets[:, None]).sum().backward()
-    act = store["act"]
-    g: dict[str, np.ndarray] = {
-        "x": x32.numpy().astype(np.float32),
-        "outputs": out.detach().numpy().astype(np.float32),
-        "targets": targets.numpy().astype(np.int64),
-        "activation": act.detach().numpy().astype(np.float32),
-        "gradient": act.grad.numpy().astype(np.float32),
-        "input_gradient": x.grad.numpy().astype(np.float32),
-        "layer_desc": np.array(md.cam_desc),
-    }
-    if getattr(md, "fc_module", None):
-        fc = md.get_submodule(md.fc_module)
-        g["fc_weight"] = fc.weight.detach().numpy().astype(np.float32)
-        g["fc_bias"] = fc.bias.detach().numpy().astype(np.float32)
-    for k in ("activation", "gradient", "input_gradient"):
-        if not np.isfinite(g[k]).all() or not np.abs(g[k]).max() > 0:
-            raise SystemExit(f"degenerate golden {k}")
-    return g
+    return backward_goldens(md, out, store["act"], x, x32, md.cam_desc, getattr(md, "fc_module", None))
 
 
 def build_double(model: nn.Module) -> nn.Module:
