@@ -34,7 +34,9 @@ import os
 import numpy as np
 from PIL import Image, ImageFilter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import common
+
+ROOT = str(common.ROOT)
 OUT = os.path.join(ROOT, "examples", "composites")
 SIZE = 320
 N_IMAGES = 40

@@ -17,7 +17,9 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import common
+
+ROOT = str(common.ROOT)
 
 
 def main() -> None:

@@ -22,7 +22,9 @@ from pathlib import Path
 import onnx
 from onnxconverter_common import float16
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools import common
+
+ROOT = common.ROOT
 SRC = ROOT / "tests" / "data" / "goldens"
 DST = ROOT / "tests" / "data" / "fp16"
 STEMS = ["torchscript_tinyresnet", "torchscript_tinymbv3", "tf2onnx_smallresnet"]

@@ -21,7 +21,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "goldens"
+from tools import common
+
+DIR = common.GOLDENS_DIR
 
 
 def main() -> int:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from tools import common
+
 SIZE = 64
 CLASSES = ["cat", "cup"]
 MARK_CLASS = 0  # the class the mark is correlated with in the training split ("cat")
@@ -210,7 +212,7 @@ def write_examples(out_dir: str, per_cell: int = 3, seed: int = 7) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = str(common.ROOT)
     ap.add_argument("--out", default=os.path.join(root, "examples", "spurious"))
     ap.add_argument("--preview", default=None, help="also write a grid of 64 training images here")
     a = ap.parse_args()

@@ -28,9 +28,10 @@ import sys
 
 import numpy as np
 
+from tools import common
 from tools.spurious import make_dataset as md
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = str(common.ROOT)
 
 
 def _inside(box, yx, tol=0) -> bool:

@@ -26,9 +26,10 @@ import onnx
 import torch
 from torch import nn
 
+from tools import common
 from tools.spurious import make_dataset as md
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = str(common.ROOT)
 OUT_DIR = os.path.join(ROOT, "models", "spurious")
 N_TRAIN = 3000
 N_TEST = 2000

@@ -30,9 +30,10 @@ import onnx
 import onnxruntime as ort
 import skimage.data
 
+from tools import common
 from tools.common import ancestors, descendants
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = common.ROOT
 DET = REPO / "models" / "ocr" / "ch_PP-OCRv4_det_infer.onnx"
 CLS = REPO / "models" / "ocr" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 

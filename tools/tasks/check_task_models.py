@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from tools import common
 from tools.common import ATOL, RTOL
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = common.ROOT
 TASKS = REPO / "tests" / "data" / "tasks"
 FILES = {"fer": (REPO / "tests/data/goldens/tf2onnx_fer.onnx", TASKS / "fer_cases.npz")}
 

@@ -45,9 +45,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tools import common
 from tools.common import ATOL, RTOL, ancestors, descendants
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = common.ROOT
 OPSET = 17           # TorchScript exporter
 DYNAMO_OPSET = 18    # dynamo exporter (implements >= 18 only)
 MAX_BYTES = 3 * 1024 * 1024
