@@ -7,6 +7,6 @@ Run a script as a module from the repository root, e.g.
 scripts import their shared helpers (``from tools import common``), with no sys.path edits.
 
 Shared helpers: common.py (framework-free: tolerances, README sections, JSON tables, directional
-check, seed search, ONNX inspection, onnxcam coverage check), keras_helpers.py and
-paddle_helpers.py (framework-specific, imported only by the scripts of that framework).
+check, seed search, ONNX inspection, onnxcam coverage check); keras_helpers.py, paddle_helpers.py
+and torch_helpers.py (framework-specific, imported only by the scripts of that framework).
 """

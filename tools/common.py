@@ -4,8 +4,8 @@ onnxruntime imported inside the functions that need them).
 Run every script as a module from the repository root, e.g.
 ``/work/venvs/tf/bin/python -m tools.arch.make_keras_corpus``, so that ``from tools import common``
 works without touching sys.path (see tools/__init__.py). Framework-specific helpers live in
-tools/keras_helpers.py and tools/paddle_helpers.py; they import their framework, this module never
-does.
+tools/keras_helpers.py, tools/paddle_helpers.py and tools/torch_helpers.py; they import their
+framework, this module never does.
 
 What is here:
 - paths and the tolerance table every generator checks its exports against;
