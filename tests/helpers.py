@@ -49,7 +49,8 @@ def golden_of(model_path: Path) -> dict[str, np.ndarray]:
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a − b| / max |b|: the relative error of `a` against the reference `b`."""
+    """max |a − b| / max |b|: the relative error of `a` against the reference `b` (same shapes)."""
+    assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
