@@ -342,8 +342,8 @@ def parse_target(text: str, labels: Sequence[str] | None = None) -> "int | Targe
             return TopK(int(low[3:]))
         if v.lstrip("-").isdigit():
             return int(v)
-        kind, sep, rest = v.partition(":")
-        parsed = _parse_kind(kind.lower(), rest) if sep else None
+        kind, _, rest = v.partition(":")
+        parsed = _parse_kind(kind.lower(), rest)
     except ValueError:
         raise UsageError(f"target {text!r} is malformed. {TARGET_HELP}") from None
     if parsed is not None:
