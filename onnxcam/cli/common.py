@@ -3,6 +3,7 @@ progress bar and the prepared model of the inspection commands."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -103,17 +104,14 @@ class _NoBar:
         pass
 
 
-class progress:  # noqa: N801  (a context manager used like a function)
-    """A progress bar on stderr when `show`, else nothing."""
-
-    def __init__(self, length: int, show: bool) -> None:
-        self._bar = click.progressbar(length=length, label="explaining", file=sys.stderr) if show else None
-
-    def __enter__(self) -> Any:
-        return self._bar.__enter__() if self._bar is not None else _NoBar()
-
-    def __exit__(self, *exc: Any) -> bool:
-        return bool(self._bar.__exit__(*exc)) if self._bar is not None else False
+@contextlib.contextmanager
+def progress(length: int, show: bool) -> Iterator[Any]:
+    """A progress bar on stderr when `show`, else a bar that shows nothing."""
+    if not show:
+        yield _NoBar()
+        return
+    with click.progressbar(length=length, label="explaining", file=sys.stderr) as bar:
+        yield bar
 
 
 def prepared_model(model: str, size: tuple[int, int] | None) -> tuple[Any, Any]:
