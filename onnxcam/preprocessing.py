@@ -242,7 +242,8 @@ def resolve_policy(info: Any, model_labels: list[str] | None = None, config_file
     """
     cfg = merged_config(info.metadata, config_file, preset)
     pre = preset_from_config(cfg) if cfg else PRESETS["imagenet"]
-    hw = info.fixed_size or _size_from(cfg, size)
+    requested = _size_from(cfg, size)  # parsed (and checked) even where the model's own size wins
+    hw = info.fixed_size or requested
     try:
         multiple = int(cfg.get("multiple", 32))
     except (TypeError, ValueError):

@@ -185,3 +185,26 @@ def test_methods_on_the_bundled_model_point_at_the_cat(method: str, boxes: dict)
     y, x = np.unravel_index(int(m.argmax()), m.shape)
     x0, y0, x1, y1 = boxes["chelsea.png"]["box"]
     assert x0 <= x < x1 and y0 <= y < y1
+
+
+def test_one_error_path_for_unexpected_failures(images: Path, tmp_path: Path, monkeypatch):
+    from onnxcam.explainer import Explainer
+
+    def boom(self, *a, **k):
+        raise RuntimeError("runtime\nfailure")
+
+    monkeypatch.setattr(Explainer, "explain", boom)
+    r = run("explain", MOBILENET, images, "-o", tmp_path / "o")
+    assert r.exit_code == 1
+    assert r.stderr == "onnxcam: error: unexpected RuntimeError: runtime failure (run with --debug for the traceback)\n"
+    assert not (tmp_path / "o" / "results.json").exists()  # no summary: an incomplete run
+    r = run("--debug", "explain", MOBILENET, images, "-o", tmp_path / "o2")
+    assert r.exit_code == 1 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["explain", "layers", "export", "check", "eval"])
+def test_bad_size_is_a_one_line_usage_error(command: str, images: Path, tmp_path: Path):
+    extra = {"explain": [images, "-o", tmp_path / "o"], "export": ["-o", tmp_path / "m.onnx"], "eval": [images]}
+    r = run(command, GOLDENS / "paddle_resnet.onnx" if command != "eval" else MOBILENET, *extra.get(command, []),
+            "--size", "12x")
+    assert r.exit_code == 2 and "is not HxW" in r.stderr and r.stderr.count("\n") == 1
