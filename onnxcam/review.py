@@ -252,7 +252,8 @@ def agreement(maps_a: Sequence[np.ndarray], maps_b: Sequence[np.ndarray], percen
     return [{"spearman": M.spearman(a, b), "top_iou": M.top_k_iou(a, b, percent)} for a, b in zip(maps_a, maps_b)]
 
 
-def _pairs(runs: Sequence[ModelRun], evals: Sequence[Evaluation], n: int, percent: float):
+def _pairs(runs: Sequence[ModelRun], evals: Sequence[Evaluation], n: int, percent: float
+           ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
     """Pairwise agreement: (pair records, ρ matrix, IoU matrix, per-image pair records)."""
     m = len(runs)
     pairs = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -14,7 +15,8 @@ from . import options as opt
 from .common import fail, guarded, prepared_model
 
 
-def _print_layers(rep) -> None:
+def _print_layers(rep: Any) -> None:
+    """One line per checked layer: ok/FAIL and why."""
     for l in rep.layers:
         if l.missing:
             click.echo(f"FAIL {l.layer}: no gradient rule for {', '.join(l.missing)}")

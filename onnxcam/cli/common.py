@@ -125,5 +125,6 @@ def prepared_model(model: str, size: tuple[int, int] | None) -> tuple[Any, Any]:
 
 
 def chunks(items: list, step: int) -> Iterator[list]:
+    """`items` in consecutive slices of `step`."""
     for start in range(0, len(items), step):
         yield items[start : start + step]

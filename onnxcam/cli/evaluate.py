@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import click
+import numpy as np
 
 from ..errors import OnnxcamError, UsageError
 from ..output import OutputDir, dumps, unique_names
-from ..review import METRIC_COLUMNS, ModelRun, evaluate, load_boxes, load_images, review as run_review, write_report
+from ..review import METRIC_COLUMNS, Evaluation, ModelRun, evaluate, load_boxes, load_images, review as run_review, write_report
 from . import options as opt
 from .common import collect_images, guarded, report_error
 
 
-def _inputs(inputs: tuple[str, ...], boxes_file: str | None, verb: str, exclude: Path | None = None):
+Images = list[tuple[str, np.ndarray]]
+
+
+def _inputs(inputs: tuple[str, ...], boxes_file: str | None, verb: str,
+            exclude: Path | None = None) -> tuple[dict | None, Images, list[dict[str, str]]]:
     """The boxes and the readable images (each unreadable one reported in one line)."""
     files = [p for p, _ in collect_images(inputs, exclude)]
     if not files:
@@ -31,7 +36,8 @@ def _inputs(inputs: tuple[str, ...], boxes_file: str | None, verb: str, exclude:
     return boxes, loaded, errors
 
 
-def _metric_options(f):
+def _metric_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options eval and review share: method, boxes, steps, ROAD, tolerance, batch, device."""
     return opt.stack(
         opt.method_option,
         click.option("--boxes", "boxes_file", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -46,7 +52,7 @@ def _metric_options(f):
     )(f)
 
 
-def _print_eval(model: str, run: ModelRun, ev: Any) -> None:
+def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
     s = ev.summary
     click.echo(f"{model}: {ev.model['method']} at {ev.layer}, preset {run.preset}, {s['images']} image(s)")
     for r in ev.images:
