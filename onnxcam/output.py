@@ -67,7 +67,13 @@ class OutputDir:
         return self.given / Path(name)
 
     def check_free(self, names: Iterable[str | os.PathLike]) -> None:
-        """Refuse before writing anything: existing files without overwrite, links, inputs."""
+        """Refuse before writing anything: two outputs with one name, existing files without
+        overwrite, links, inputs."""
+        names = list(names)
+        folded = [str(n).casefold() for n in names]
+        if len(set(folded)) != len(folded):
+            dup = next(n for n, f in zip(names, folded) if folded.count(f) > 1)
+            raise OnnxcamError(f"two outputs would be written to {self.shown(dup)}; rename one of their inputs")
         for name in names:
             p = self.path(name)
             self._check_not_input(p, name)
@@ -191,18 +197,19 @@ def dumps(obj: Any) -> str:
 # -- names ----------------------------------------------------------------------------------------
 def unique_names(keys: Sequence[str]) -> list[str]:
     """`keys` made unique: the first of each keeps its name, later ones get -2, -3, ... chosen so
-    that the suffixed name is neither another key nor an earlier result."""
-    taken = set(keys)
+    that the suffixed name is neither another key nor an earlier result. Names that differ only in
+    case count as equal (they are one file on macOS and Windows)."""
+    taken = {k.casefold() for k in keys}
     seen: set[str] = set()
     out: list[str] = []
     for key in keys:
         name = key
-        if name in seen:
+        if name.casefold() in seen:
             n = 2
-            while f"{key}-{n}" in taken or f"{key}-{n}" in seen:
+            while f"{key}-{n}".casefold() in taken | seen:
                 n += 1
             name = f"{key}-{n}"
-        seen.add(name)
+        seen.add(name.casefold())
         out.append(name)
     return out
 

@@ -36,6 +36,9 @@ def explain(*args):
 def test_unique_names_never_collide_with_real_names():
     assert unique_names(["x", "x", "x-2"]) == ["x", "x-3", "x-2"]
     assert unique_names(["a", "a", "a"]) == ["a", "a-2", "a-3"]
+    assert unique_names(["Cat", "cat", "cat-2"]) == ["Cat", "cat-3", "cat-2"]  # one file on macOS/Windows
+    with pytest.raises(OnnxcamError, match="two outputs would be written to"):
+        OutputDir(Path("/nonexistent-out")).check_free(["a.png", "b.png", "A.png"])
     got = output_names([(Path("in/a/x.png"), Path("in")), (Path("in/b/x.png"), Path("in")),
                         (Path("in/a/x.jpg"), Path("in")), (Path("one/x.png"), None), (Path("two/x.png"), None),
                         (Path("x-2.png"), None)])
