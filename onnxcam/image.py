@@ -41,12 +41,18 @@ PRESETS: dict[str, Preset] = {
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H, W, 3); ImageError if it cannot be read."""
+    """Decode an image file to RGB uint8 (H, W, 3); ImageError if it cannot be read or decoded
+    (also when OpenCV fails or runs out of memory), so a command can report it and go on."""
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise ImageError(f"image not found: {p}")
-    data = np.fromfile(p, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except OSError as exc:
+        raise ImageError(f"cannot read image {p}: {exc.strerror or exc}") from None
+    except (cv2.error, MemoryError) as exc:
+        raise ImageError(f"cannot decode image: {p} ({type(exc).__name__})") from None
     if img is None:
         raise ImageError(f"cannot decode image: {p}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

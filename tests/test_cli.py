@@ -208,3 +208,24 @@ def test_bad_size_is_a_one_line_usage_error(command: str, images: Path, tmp_path
     r = run(command, GOLDENS / "paddle_resnet.onnx" if command != "eval" else MOBILENET, *extra.get(command, []),
             "--size", "12x")
     assert r.exit_code == 2 and "is not HxW" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_an_image_opencv_chokes_on_is_one_error_and_the_rest_go_on(images: Path, tmp_path: Path, monkeypatch):
+    import cv2
+
+    import onnxcam.image as oi
+
+    real = cv2.imdecode
+
+    def imdecode(data, flags):
+        if data.size == (images / "coffee.png").stat().st_size:
+            raise cv2.error("OpenCV(4.x) error: (-4:Insufficient memory)\n multi-line")
+        return real(data, flags)
+
+    monkeypatch.setattr(oi.cv2, "imdecode", imdecode)
+    r = run("explain", MOBILENET, images, "-o", tmp_path / "o", "--json")
+    assert r.exit_code == 1
+    report = json.loads(r.stdout)
+    assert [Path(e["image"]).name for e in report["errors"]] == ["coffee.png"]
+    assert [Path(i["image"]).name for i in report["images"]] == ["chelsea.png"]
+    assert r.stderr.count("\n") == 1 and "cannot decode image" in r.stderr
