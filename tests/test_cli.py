@@ -229,3 +229,22 @@ def test_an_image_opencv_chokes_on_is_one_error_and_the_rest_go_on(images: Path,
     assert [Path(e["image"]).name for e in report["errors"]] == ["coffee.png"]
     assert [Path(i["image"]).name for i in report["images"]] == ["chelsea.png"]
     assert r.stderr.count("\n") == 1 and "cannot decode image" in r.stderr
+
+
+def test_non_finite_maps_are_errors_not_results(images: Path, tmp_path: Path, monkeypatch):
+    from onnxcam.explainer import Explainer
+
+    real = Explainer.explain
+
+    def nan_for_the_first(self, x, *a, **k):
+        res = real(self, x, *a, **k)
+        res.heatmaps[0] = np.nan
+        return res
+
+    monkeypatch.setattr(Explainer, "explain", nan_for_the_first)
+    r = run("explain", MOBILENET, images, "-o", tmp_path / "o", "--json", "--batch-size", "1")
+    assert r.exit_code == 1
+    report = json.loads(r.stdout)
+    assert len(report["errors"]) == 2 and report["images"] == []
+    assert all("not finite" in e["error"] for e in report["errors"])
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["results.json"]

@@ -69,6 +69,9 @@ def _write_item(job: Job, res: Result, batch: Batch, policy: InputPolicy, i: int
     for j, sfx in enumerate(job.suffixes):
         r = i * len(job.suffixes) + j
         heat = res.heatmaps[r]
+        if not (np.isfinite(heat).all() and np.isfinite(res.outputs[r]).all()):
+            _error(job, path, f"{path}: the model's outputs or the map are not finite (NaN or Inf); no map written")
+            continue
         rec = _record(path, res.outputs[r], int(res.targets[r]), policy)
         rec["target_spec"] = job.target_spec
         rec["overlay"] = str(job.out.write_png(f"{name}{sfx}.overlay.png", overlay(img, batch.image_map(i, heat))))
@@ -78,6 +81,12 @@ def _write_item(job: Job, res: Result, batch: Batch, policy: InputPolicy, i: int
         job.records.append(rec)
 
 
+def _error(job: Job, path: Path, message: str) -> None:
+    """An image that could not be explained: one line on stderr, one error record, exit code 1."""
+    report_error(message)
+    job.errors.append({"image": str(path), "error": message})
+
+
 def _load(job: Job, chunk: Sequence[tuple[Path, str]]) -> list[tuple[Path, str, np.ndarray]]:
     """Decode a chunk's images; each unreadable one is one line on stderr and one error record."""
     loaded = []
@@ -85,8 +94,7 @@ def _load(job: Job, chunk: Sequence[tuple[Path, str]]) -> list[tuple[Path, str, 
         try:
             loaded.append((path, name, load_image(path)))
         except ImageError as exc:
-            report_error(str(exc))
-            job.errors.append({"image": str(path), "error": str(exc)})
+            _error(job, path, str(exc))
     return loaded
 
 
