@@ -191,12 +191,12 @@ def test_one_error_path_for_unexpected_failures(images: Path, tmp_path: Path, mo
     from onnxcam.explainer import Explainer
 
     def boom(self, *a, **k):
-        raise RuntimeError("runtime\nfailure")
+        raise RuntimeError("runtime\n\x1b[31mfailure")
 
     monkeypatch.setattr(Explainer, "explain", boom)
     r = run("explain", MOBILENET, images, "-o", tmp_path / "o")
     assert r.exit_code == 1
-    assert r.stderr == "onnxcam: error: unexpected RuntimeError: runtime failure (run with --debug for the traceback)\n"
+    assert r.stderr == "onnxcam: error: unexpected RuntimeError: runtime \\x1b[31mfailure (run with --debug for the traceback)\n"
     assert not (tmp_path / "o" / "results.json").exists()  # no summary: an incomplete run
     r = run("--debug", "explain", MOBILENET, images, "-o", tmp_path / "o2")
     assert r.exit_code == 1 and "Traceback" in r.stderr

@@ -28,12 +28,18 @@ def debug_requested() -> bool:
     return bool(ctx and ctx.find_root().params.get("debug"))
 
 
+def one_line(text: str) -> str:
+    """`text` as one printable line: whitespace runs collapsed, control characters (ANSI colours,
+    carriage returns in file names or labels) escaped."""
+    flat = " ".join(text.split())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
+
+
 def fail(exc: BaseException) -> None:
     """One line on stderr and the error's exit code (1 unless it says otherwise; usage errors 2)."""
     if debug_requested():
         traceback.print_exc()
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    click.echo(f"onnxcam: error: {message}", err=True)
+    click.echo(f"onnxcam: error: {one_line(str(exc)) or type(exc).__name__}", err=True)
     sys.exit(getattr(exc, "exit_code", 1))
 
 
@@ -59,7 +65,7 @@ def guarded(command: F) -> F:
 
 def report_error(message: str) -> None:
     """One line on stderr for an error that does not stop the command (e.g. one bad image)."""
-    click.echo(f"onnxcam: error: {' '.join(message.split())}", err=True)
+    click.echo(f"onnxcam: error: {one_line(message)}", err=True)
 
 
 def collect_images(inputs: tuple[str, ...], exclude: Path | None = None) -> list[tuple[Path, Path | None]]:
