@@ -6,6 +6,7 @@ from .image import PRESETS, load_image, overlay, preprocess
 from .layers import Layer
 from .methods import CAM, METHODS, CAMMethod, GradCAM, HiResCAM
 from .model import ModelInfo, inspect_model, load_model
+from .targets import parse_target
 
 __version__ = "0.1.0"
 
@@ -13,5 +14,5 @@ __all__ = [
     "CAM", "CAMMethod", "Explainer", "GradCAM", "HeadError", "HiResCAM", "ImageError", "Layer",
     "METHODS", "ModelInfo", "ModelLoadError", "OnnxcamError", "PRESETS", "Result",
     "UnsupportedOpError", "UsageError", "inspect_model", "load_image", "load_model", "overlay",
-    "preprocess",
+    "parse_target", "preprocess",
 ]
