@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from .errors import OnnxcamError
 from .grad.engine import missing_rules
@@ -95,8 +96,6 @@ def _fd_check(prep, layer: str, directions: int, rng: np.random.Generator) -> tu
     feeds = {info.image_input.name: x}
     acts, *externals = head.run(None, feeds)
     try:
-        from onnx.reference import ReferenceEvaluator
-
         ref = ReferenceEvaluator(to_float64(sp.tail))
         tail = lambda a: np.asarray(ref.run(None, {layer: a, **ext})[0], np.float64)  # noqa: E731
         ext = {n: (v.astype(np.float64) if v.dtype == np.float32 else v) for n, v in zip(sp.externals, externals)}

@@ -31,9 +31,11 @@ import onnx
 from onnx import helper
 
 from ..errors import OnnxcamError, UnsupportedOpError, UsageError
-from ..graph.normalize import upgrade_opset
-from ..graph.rewrite import GRAD_OUTPUT, SEED_INPUT
-from ..model import default_opset, infer_shapes
+from ..graph.passes import upgrade_opset
+from ..graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT
+from ..model import default_opset
+from ..runtime import make_session
+from ..shapes import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,7 @@ def make_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
         m.CopyFrom(model)
         m.ir_version = MAX_IR_VERSION
     if opset < MIN_OPSET:
-        m = upgrade_opset(m, 13)
+        m = upgrade_opset(m, 13).model
     return m
 
 
@@ -272,9 +274,6 @@ class OrtTrainingSession:
     activation and gradient out), with the gradient from onnxruntime-training's builder."""
 
     def __init__(self, model: onnx.ModelProto, image: str, layer: str, output: str, providers=None) -> None:
-        from ..graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT
-        from ..runtime import make_session
-
         m = onnx.ModelProto()
         m.CopyFrom(model)
         m.graph.node.append(onnx.helper.make_node("Identity", [layer], [ACT_OUTPUT], name="onnxcam/activation"))

@@ -25,14 +25,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..model import Shape, TensorInfo
+from ..types import HALF_TYPES, Shape, TensorInfo
 
-HALF_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 # ops whose half-precision kernels onnxruntime's CPU provider lacks (checked with onnxruntime
 # 1.31: ScatterElements refuses MLFloat16 when reduction="add"; every other op the rules emit runs)
 _NO_HALF_KERNEL = {"ScatterElements"}
 # ops that read only the shape of a tensor: never worth a Cast
 _SHAPE_ONLY = {"Shape", "Size"}
+
 
 
 class Node:

@@ -11,7 +11,8 @@ import onnx
 from onnx import helper
 
 from ..errors import OnnxcamError
-from ..model import TensorInfo
+from ..types import TensorInfo
+from .index import GraphIndex
 
 
 @dataclass
@@ -22,28 +23,14 @@ class Split:
     externals: list[str]  # tensors the tail needs that do not depend on the layer
 
 
-def split_at(model: onnx.ModelProto, shapes: dict[str, TensorInfo], layer: str, output: str) -> Split:
-    graph = model.graph
+def _tail_inputs(graph: onnx.GraphProto, tail_nodes: list[onnx.NodeProto], layer: str) -> tuple[list[str], list[onnx.NodeProto]]:
+    """What the tail reads besides the layer and initializers: tensors computed before it
+    (externals, fed from the head) and Constant nodes (copied into the tail)."""
     inits = {i.name for i in graph.initializer}
-    # tail: every node needed for `output` that depends on `layer`
-    active = {layer}
-    for node in graph.node:
-        if any(i in active for i in node.input if i):
-            active.update(o for o in node.output if o)
-    need = {output}
-    tail_nodes = []
-    for node in reversed(graph.node):
-        if any(o in need for o in node.output):
-            need.update(i for i in node.input if i)
-            if any(i in active for i in node.input if i):
-                tail_nodes.append(node)
-    tail_nodes.reverse()
-    if not tail_nodes:
-        raise OnnxcamError(f"output {output!r} does not depend on layer {layer!r}")
     produced = {o for n in tail_nodes for o in n.output}
     constant_nodes = {o: n for n in graph.node if n.op_type == "Constant" for o in n.output}
     externals: list[str] = []
-    used_consts = []
+    used_consts: list[onnx.NodeProto] = []
     for n in tail_nodes:
         for i in n.input:
             if not i or i in produced or i in inits or i == layer or i in externals:
@@ -53,6 +40,16 @@ def split_at(model: onnx.ModelProto, shapes: dict[str, TensorInfo], layer: str, 
                     used_consts.append(constant_nodes[i])
                 continue
             externals.append(i)
+    return externals, used_consts
+
+
+def split_at(model: onnx.ModelProto, shapes: dict[str, TensorInfo], layer: str, output: str) -> Split:
+    """The head (image → layer and the externals) and the tail (layer and externals → output)."""
+    graph = model.graph
+    tail_nodes, _ = GraphIndex(graph).path(layer, [output])  # every node between layer and output
+    if not tail_nodes:
+        raise OnnxcamError(f"output {output!r} does not depend on layer {layer!r}")
+    externals, used_consts = _tail_inputs(graph, tail_nodes, layer)
 
     def vi(name: str) -> onnx.ValueInfoProto:
         info = shapes.get(name)
@@ -60,7 +57,7 @@ def split_at(model: onnx.ModelProto, shapes: dict[str, TensorInfo], layer: str, 
             raise OnnxcamError(f"no type known for tensor {name!r}; cannot split the model there")
         return helper.make_tensor_value_info(name, info.elem_type, list(info.shape))
 
-    used_inits = {i for n in tail_nodes for i in n.input if i in inits}
+    used_inits = {i for n in tail_nodes for i in n.input}
     tail_graph = helper.make_graph(
         used_consts + tail_nodes, "onnxcam_tail", [vi(layer)] + [vi(e) for e in externals], [vi(output)],
         [i for i in graph.initializer if i.name in used_inits],
