@@ -34,6 +34,10 @@ _NO_HALF_KERNEL = {"ScatterElements"}
 _SHAPE_ONLY = {"Shape", "Size"}
 
 
+class UnknownTensorError(NotImplementedError):
+    """A rule needs a tensor's static shape or type, and neither shape inference nor a run found
+    it: a limit of the rule (the engine reports it as UnsupportedOpError), not a bug."""
+
 
 class Node:
     """A read-only view of one forward node for a rule: inputs, outputs, attributes, needs."""
@@ -85,7 +89,7 @@ class Emitter:
         """Static shape of a tensor (ints, symbolic names or None per axis)."""
         info = self.shapes.get(name)
         if info is None:
-            raise KeyError(f"no shape known for tensor {name!r}")
+            raise UnknownTensorError(f"no shape known for tensor {name!r}")
         return info.shape
 
     def rank(self, name: str) -> int:
@@ -93,7 +97,10 @@ class Emitter:
 
     def elem_type(self, name: str) -> int:
         """The tensor's element type as the gradient sees it (compute_type for half tensors)."""
-        t = self.shapes[name].elem_type
+        info = self.shapes.get(name)
+        if info is None:
+            raise UnknownTensorError(f"no type known for tensor {name!r}")
+        t = info.elem_type
         return self.compute_type if self.compute_type and t in HALF_TYPES else t
 
     def np_dtype(self, name: str) -> np.dtype:

@@ -5,8 +5,11 @@ in reverse topological order; for each it sums the gradient contributions of its
 asks the op's registered rule for its inputs' gradients, sums broadcast gradients down to each
 input's shape, and finally returns the name of ∂(⟨seed, y⟩)/∂x.
 
-A missing rule raises
-UnsupportedOpError naming the op, the node and what to do instead.
+Errors: an op with no registered rule, or a rule that refuses the node (it raises
+UnsupportedOpError, or NotImplementedError for a case it does not handle, such as a tensor of
+unknown shape), is UnsupportedOpError naming the op, the node and what to do instead. Anything
+else a rule raises is a bug in that rule: GradientRuleError naming the op and the node, with the
+original exception chained.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..errors import OnnxcamError, UnsupportedOpError
+from ..errors import GradientRuleError, OnnxcamError, UnsupportedOpError
 from ..graph.index import GraphIndex
 from ..types import FLOAT_TYPES, TensorInfo
 from .builder import Emitter, Node
@@ -83,13 +86,16 @@ def rule_for(proto: onnx.NodeProto, guided: bool = False) -> Rule:
 
 
 def apply_rule(rule: Rule, e: Emitter, node: Node, g_out: list) -> list:
-    """Run one rule; its errors are reported as UnsupportedOpError naming the node."""
+    """Run one rule. Its refusals (UnsupportedOpError, NotImplementedError) are UnsupportedOpError;
+    any other exception is a bug in the rule: GradientRuleError, the cause chained."""
     try:
         return rule.fn(e, node, g_out)
     except UnsupportedOpError:
         raise
-    except (KeyError, ValueError, NotImplementedError) as exc:
+    except NotImplementedError as exc:
         raise UnsupportedOpError(node.op_type, node.name, str(exc)) from None
+    except Exception as exc:
+        raise GradientRuleError(node.op_type, node.name, exc) from exc
 
 
 class _Cotangents:
