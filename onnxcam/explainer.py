@@ -19,7 +19,8 @@ from .graph.rewrite import (
     build_explain_model, prepare,
 )
 from .layers import CamHead, Layer, cam_head
-from .methods import CAMMethod, MethodInputs, get_method, normalize_maps, scale_maps
+from .methods import CAMMethod, MethodInputs, get_method
+from .methods.maps import normalize_maps, scale_maps
 from .model import ModelInfo, inspect_model, load_model
 from .runtime import provider_of, session_for
 from .targets import ClassTarget, Target, TopK
@@ -447,5 +448,5 @@ class Explainer:
             layer=em.layer.name,
             method=self.method.name,
             provider=provider_of(sess),
-            extra=inp.extra,
+            extra=inp.pixel_maps,
         )
