@@ -21,6 +21,7 @@ from .grad.engine import missing_rules
 from .graph.rewrite import GRAD_OUTPUT, SEED_INPUT, gradient_model, prepare
 from .graph.split import split_at
 from .model import inspect_model, load_model
+from .protos import copy_model
 from .runtime import session_for
 
 QUANTISED_OPS = {
@@ -60,8 +61,7 @@ class CheckReport:
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with float32 initializers, constants, casts and graph values made float64, for
     onnx's numpy reference evaluator (onnxruntime has no float64 Conv)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     f32, f64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
     for init in m.graph.initializer:
         if init.data_type == f32:

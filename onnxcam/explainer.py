@@ -29,6 +29,7 @@ from .layers import CamHead, Layer, cam_head
 from .methods import CAMMethod, MethodInputs, get_method
 from .methods.maps import normalize_maps, scale_maps
 from .model import ModelInfo, inspect_model, load_model
+from .protos import copy_model
 from .runtime import provider_of, session_for
 from .targets import ClassTarget, Target, TopK
 
@@ -273,8 +274,7 @@ class Explainer:
     def _forward_all(self, hw: Size, batch: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
         """The plain model's outputs (all, or `names`) on a batch."""
         if hw not in self._forward_sessions:
-            m = onnx.ModelProto()
-            m.CopyFrom(self._prepare(hw).model)
+            m = copy_model(self._prepare(hw).model)
             self._forward_sessions[hw] = session_for(m, self.providers, self.threads)
         return self._run_fixed(self._forward_sessions[hw], {self.info.image_input.name: batch}, names)
 

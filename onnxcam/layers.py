@@ -17,6 +17,7 @@ import onnx
 from .errors import HeadError, UsageError
 from .graph.index import GraphIndex
 from .layouts import tensor_layouts
+from .protos import node_attrs
 from .types import FLOAT_TYPES, LAYOUTS, TensorInfo
 
 
@@ -162,7 +163,7 @@ def _check_global_pooling(walk: _HeadWalk, node: onnx.NodeProto | None, constant
     if node is None:
         raise walk.fail("the layer feeds more than one branch")
     t = walk.step(node)
-    attrs = attrs_of(node)
+    attrs = node_attrs(node)
     if node.op_type == "GlobalAveragePool":
         return t
     if node.op_type == "ReduceMean":
@@ -182,7 +183,7 @@ def _check_global_pooling(walk: _HeadWalk, node: onnx.NodeProto | None, constant
 
 def _gemm_weights(walk: _HeadWalk, node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(K, C) weight and (K,) bias of y = alpha·x·B' + beta·C with constant B and C."""
-    a = attrs_of(node)
+    a = node_attrs(node)
     b = constants.get(node.input[1])
     if b is None or a.get("transA", 0):
         raise walk.fail("Gemm with run-time weights")
@@ -246,7 +247,3 @@ def cam_head(
         raise walk.fail(f"linear layer takes {w.shape[1]} features, the layer has {layer.channels} channels")
     return CamHead(np.asarray(w, np.float32), np.asarray(bias, np.float32), " → ".join(walk.seen))
 
-
-def attrs_of(node: onnx.NodeProto) -> dict:
-    """A node's attributes as a dict of Python values."""
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

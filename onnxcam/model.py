@@ -16,6 +16,7 @@ import onnx
 
 from .errors import ModelLoadError, UsageError
 from .layouts import tensor_layouts
+from .protos import copy_model
 from .types import BATCH, FLOAT_TYPES, Dim, TensorInfo, tensor_info
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,7 @@ def inspect_model(model: onnx.ModelProto, path: str = "") -> ModelInfo:
 
 def with_input_size(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None) -> onnx.ModelProto:
     """A copy whose image input has spatial size `hw` (where dynamic) and a symbolic batch."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     for inp in m.graph.input:
         if inp.name != info.image_input.name:
             continue

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..protos import node_attr
 from ..types import HALF_TYPES, Shape, TensorInfo
 
 # ops whose half-precision kernels onnxruntime's CPU provider lacks (checked with onnxruntime
@@ -51,11 +52,8 @@ class Node:
         self.needs = needs  # needs[i]: input i depends on the differentiated tensor
 
     def attr(self, name: str, default: Any = None) -> Any:
-        for a in self.proto.attribute:
-            if a.name == name:
-                v = helper.get_attribute_value(a)
-                return v.decode() if isinstance(v, bytes) else v
-        return default
+        v = node_attr(self.proto, name, default)
+        return v.decode() if isinstance(v, bytes) else v
 
 
 class Emitter:

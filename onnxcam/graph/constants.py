@@ -10,6 +10,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ..model import default_opset
+from ..protos import node_attr
 from ..types import Dim, TensorInfo
 
 Constants = dict[str, np.ndarray]
@@ -35,13 +36,9 @@ def constant_values(model: onnx.ModelProto) -> Constants:
     return vals
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def _shape_dims(node: onnx.NodeProto, shapes: dict[str, TensorInfo]) -> list[Dim]:
     """What Shape(x)[start:end] holds: ints where fixed, names or None where not."""
-    return list(shapes[node.input[0]].shape[_attr(node, "start", 0):_attr(node, "end", None)])
+    return list(shapes[node.input[0]].shape[node_attr(node, "start", 0):node_attr(node, "end", None)])
 
 
 def _evaluate(node: onnx.NodeProto, constants: Constants, opset: int) -> list[np.ndarray] | None:

@@ -25,6 +25,7 @@ from onnx import helper, version_converter
 
 from ..errors import OnnxcamError
 from ..model import ModelInfo, default_opset, with_input_size
+from ..protos import copy_model, node_attr
 from ..shapes import Shapes, fill_runtime_shapes, infer_shapes
 from .constants import Constants, constant_values, fold_constants
 
@@ -40,16 +41,6 @@ class PassResult:
 
     model: onnx.ModelProto
     changed: int
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    return m
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
@@ -69,7 +60,7 @@ def same_pads(size: int, kernel: int, stride: int, dilation: int, upper: bool) -
 
 
 def _auto_pad_mode(node: onnx.NodeProto) -> str:
-    mode = _attr(node, "auto_pad", b"NOTSET")
+    mode = node_attr(node, "auto_pad", b"NOTSET")
     return mode.decode() if isinstance(mode, bytes) else mode
 
 
@@ -83,7 +74,7 @@ def _explicit_pads(node: onnx.NodeProto, mode: str, shapes: Shapes) -> list[int]
         )
     spatial = [int(d) for d in x.shape[2:]]
     nd = len(spatial)
-    kernel = _attr(node, "kernel_shape")
+    kernel = node_attr(node, "kernel_shape")
     if kernel is None:  # Conv: from the weight
         w = shapes.get(node.input[1])
         kernel = list(w.shape[2:]) if w is not None else None
@@ -91,8 +82,8 @@ def _explicit_pads(node: onnx.NodeProto, mode: str, shapes: Shapes) -> list[int]
         raise OnnxcamError(f"node {node.name!r}: cannot resolve auto_pad without kernel_shape")
     if mode == "VALID":
         return [0] * (2 * nd)
-    strides = list(_attr(node, "strides", [1] * nd))
-    dil = list(_attr(node, "dilations", [1] * nd))
+    strides = list(node_attr(node, "strides", [1] * nd))
+    dil = list(node_attr(node, "dilations", [1] * nd))
     pairs = [same_pads(s, k, st, d, mode == "SAME_UPPER") for s, k, st, d in zip(spatial, kernel, strides, dil)]
     return [p[0] for p in pairs] + [p[1] for p in pairs]
 
@@ -104,7 +95,7 @@ def resolve_auto_pad(model: onnx.ModelProto, shapes: Shapes) -> PassResult:
     if not todo:
         return PassResult(model, 0)
     pads = {i: _explicit_pads(model.graph.node[i], _auto_pad_mode(model.graph.node[i]), shapes) for i in todo}
-    m = _copy(model)
+    m = copy_model(model)
     for i, p in pads.items():
         _set_attr(m.graph.node[i], "auto_pad", "NOTSET")
         _set_attr(m.graph.node[i], "pads", p)
@@ -145,7 +136,7 @@ def normalize(
     dynamic, with a symbolic batch (with `info` and `resize`); shapes inferred; auto_pad made
     explicit; shapes that inference lost measured by a run (with `info`: a model without an image
     input is not run); constants folded."""
-    m = with_input_size(model, info, hw) if info is not None and resize else _copy(model)
+    m = with_input_size(model, info, hw) if info is not None and resize else copy_model(model)
     shapes = infer_shapes(m)
     applied = []
     pads = resolve_auto_pad(m, shapes)

@@ -24,6 +24,7 @@ from ..grad.engine import append_gradient, required_opset
 from ..layers import Layer, candidate_layers, default_layer, find_layer
 from ..layouts import tensor_layouts
 from ..model import ModelInfo, default_opset, inspect_model
+from ..protos import copy_model
 from ..shapes import Shapes
 from ..storage import PROTOBUF_LIMIT, proto_size
 from ..types import FLOAT_TYPES, LAYOUTS, TensorInfo
@@ -230,8 +231,7 @@ def build_explain_model(
     y, image = prep.output, prep.info.image_input.name
     k = _classes(prep, seed_input)
     taps = bias_taps(prep) if with_bias_taps else []
-    m, shapes = onnx.ModelProto(), prep.shapes
-    m.CopyFrom(prep.model)
+    m, shapes = copy_model(prep.model), prep.shapes
     if with_gradient or input_gradient:
         need = max(required_opset(m.graph, target.name, y), required_opset(m.graph, image, y) if input_gradient else 1)
         m, shapes = with_opset(m, shapes, need)

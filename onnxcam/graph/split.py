@@ -11,6 +11,7 @@ import onnx
 from onnx import helper
 
 from ..errors import OnnxcamError
+from ..protos import copy_model
 from ..types import TensorInfo
 from .index import GraphIndex
 
@@ -63,8 +64,7 @@ def split_at(model: onnx.ModelProto, shapes: dict[str, TensorInfo], layer: str, 
         [i for i in graph.initializer if i.name in used_inits],
     )
     tail = helper.make_model(tail_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    head = onnx.ModelProto()
-    head.CopyFrom(model)
+    head = copy_model(model)
     del head.graph.output[:]
     head.graph.output.extend([vi(layer)] + [vi(e) for e in externals])
     return Split(head, tail, layer, externals)
