@@ -41,7 +41,8 @@ class Layer:
         }
 
 
-def _spatial(shape: tuple, layout: str) -> tuple:
+def spatial_dims(shape: tuple, layout: str) -> tuple:
+    """(C, H, W) of a 4-D shape read in `layout`."""
     return (shape[layout.index("C")], shape[layout.index("H")], shape[layout.index("W")])
 
 
@@ -68,12 +69,12 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
             if lay is None:
                 # unknown layout: a candidate only if spatial under both readings, so that a
                 # pooled (N, 1, 1, C) tensor is never taken for a 1×C map
-                if any(_extent(_spatial(info.shape, l)) <= 1 for l in ("NCHW", "NHWC")):
+                if any(_extent(spatial_dims(info.shape, l)) <= 1 for l in ("NCHW", "NHWC")):
                     continue
                 lay = "NCHW"
             if lay not in LAYOUTS:
                 continue
-            c, h, w = _spatial(info.shape, lay)
+            c, h, w = spatial_dims(info.shape, lay)
             if _extent((c, h, w)) <= 1:
                 continue
             out.append(Layer(t, node.op_type, node.name, lay, c, h, w, idx))

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import OnnxcamError, UsageError
 from ..grad.engine import append_gradient, required_opset
-from ..layers import Layer, candidate_layers, default_layer, find_layer
+from ..layers import Layer, candidate_layers, default_layer, find_layer, spatial_dims
 from ..layouts import tensor_layouts
 from ..model import ModelInfo, default_opset, inspect_model
 from ..protos import copy_model
@@ -293,8 +293,7 @@ def _any_tensor(prep: Prepared, name: str) -> Layer:
     lay = prep.info.layout if name == prep.info.image_input.name else tensor_layouts(prep.model, ranks).get(name, "NCHW")
     if lay not in LAYOUTS:
         lay = "NCHW"
-    s = info.shape
-    c, h, w = s[lay.index("C")], s[lay.index("H")], s[lay.index("W")]
+    c, h, w = spatial_dims(info.shape, lay)
     producer = GraphIndex(prep.model.graph).producer(name)
     return Layer(name, producer.op_type if producer else "input", producer.name if producer else "", lay, c, h, w, -1)
 

@@ -8,10 +8,8 @@ import numpy as np
 
 
 def normalize_maps(cams: np.ndarray) -> np.ndarray:
-    """Per image: (m − min) / (max(m − min) + 1e-7), as pytorch-grad-cam's scale_cam_image."""
-    m = cams.astype(np.float32)
-    m = m - m.min(axis=(1, 2), keepdims=True)
-    return m / (1e-7 + m.max(axis=(1, 2), keepdims=True))
+    """Per image: (m − min) / (max − min + 1e-7) in float32, as pytorch-grad-cam's scale_cam_image."""
+    return minmax_channels(cams.astype(np.float32), 1e-7)
 
 
 def scale_maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
