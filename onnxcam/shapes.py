@@ -100,22 +100,21 @@ def _measured(name: str, runs: list[dict[str, np.ndarray]]) -> TensorInfo:
     return TensorInfo(name, tuple(dims), helper.np_dtype_to_tensor_dtype(vals[0].dtype))
 
 
-def fill_runtime_shapes(model: onnx.ModelProto, info: ModelInfo, shapes: Shapes) -> int:
+def fill_runtime_shapes(model: onnx.ModelProto, info: ModelInfo, shapes: Shapes) -> Shapes:
     """Where ONNX shape inference lost a float tensor's shape, measure it: run the model at batch
-    1 and 2 with those tensors as outputs; axes that follow the batch become symbolic. Updates
-    `shapes` in place (the model is not changed) and returns how many shapes it filled."""
+    1 and 2 with those tensors as outputs; axes that follow the batch become symbolic. Returns
+    `shapes` with the measured ones (a new dict where any was measured; neither `shapes` nor the
+    model is changed)."""
     missing = _unknown_shapes(model, shapes)
     if not missing:
-        return 0
+        return shapes
     try:
         sess = _measuring_session(model, shapes, missing)
     except Exception:  # onnxruntime refused a guessed (float) type: measure only typed tensors
         missing = [n for n in missing if n in shapes and shapes[n].elem_type]
         if not missing:
-            return 0
+            return shapes
         sess = _measuring_session(model, shapes, missing)
     runs = _run_at_batches(sess, info, shapes)
-    for name in missing:
-        shapes[name] = _measured(name, runs)
     log.debug("measured %d shapes that shape inference lost", len(missing))
-    return len(missing)
+    return {**shapes, **{name: _measured(name, runs) for name in missing}}

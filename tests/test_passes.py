@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcam.graph.constants import constant_values, fold_constants
 from onnxcam.graph.passes import normalize, resolve_auto_pad, same_pads, upgrade_opset
 from onnxcam.model import inspect_model
-from onnxcam.shapes import infer_shapes
+from onnxcam.shapes import fill_runtime_shapes, infer_shapes
 
 
 def _shape_model() -> onnx.ModelProto:
@@ -101,3 +101,25 @@ def test_pipeline_leaves_the_model_alone() -> None:
     assert m.SerializeToString() == before
     assert norm.shapes["y"].shape == ("N", 2, 3, 3)
     assert [name for name, _ in norm.applied] == ["resolve_auto_pad"]
+
+
+def test_shapes_inference_loses_are_measured_without_changing_the_given_shapes() -> None:
+    """Reshape to Abs(Shape(x)): ONNX's data propagation stops at Abs, so y's shape is unknown
+    until a run at batch 1 and 2 measures them."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Abs", ["s"], ["si"]),
+        helper.make_node("Reshape", ["x", "si"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    inferred = infer_shapes(m)
+    assert inferred["y"].shape == ()  # not even the rank
+    filled = fill_runtime_shapes(m, inspect_model(m), inferred)
+    assert filled["y"].shape == ("N", 4, 6, 6) and filled["r"].shape == ("N", 4, 6, 6)
+    assert inferred["y"].shape == ()  # the given dict is unchanged
+    norm = normalize(m, inspect_model(m), None)
+    assert norm.shapes["y"].shape == ("N", 4, 6, 6)
+    assert ("fill_runtime_shapes", 2) in norm.applied

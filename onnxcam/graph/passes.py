@@ -145,7 +145,8 @@ def normalize(
         applied.append(("resolve_auto_pad", pads.changed))
     if info is not None:
         measured = fill_runtime_shapes(m, info, shapes)
-        applied += [("fill_runtime_shapes", measured)] if measured else []
+        changed = sum(1 for k, v in measured.items() if shapes.get(k) != v)
+        shapes, applied = measured, applied + ([("fill_runtime_shapes", changed)] if changed else [])
     constants = fold_constants(m, shapes, constant_values(m))
     return Normalized(m, shapes, constants, applied)
 

@@ -24,21 +24,22 @@ class Split:
     externals: list[str]  # tensors the tail needs that do not depend on the layer
 
 
-def _tail_inputs(graph: onnx.GraphProto, tail_nodes: list[onnx.NodeProto], layer: str) -> tuple[list[str], list[onnx.NodeProto]]:
+def _tail_inputs(graph: onnx.GraphProto, index: GraphIndex, tail_nodes: list[onnx.NodeProto],
+                 layer: str) -> tuple[list[str], list[onnx.NodeProto]]:
     """What the tail reads besides the layer and initializers: tensors computed before it
     (externals, fed from the head) and Constant nodes (copied into the tail)."""
     inits = {i.name for i in graph.initializer}
     produced = {o for n in tail_nodes for o in n.output}
-    constant_nodes = {o: n for n in graph.node if n.op_type == "Constant" for o in n.output}
     externals: list[str] = []
     used_consts: list[onnx.NodeProto] = []
     for n in tail_nodes:
         for i in n.input:
             if not i or i in produced or i in inits or i == layer or i in externals:
                 continue
-            if i in constant_nodes:
-                if constant_nodes[i] not in used_consts:
-                    used_consts.append(constant_nodes[i])
+            producer = index.producer(i)
+            if producer is not None and producer.op_type == "Constant":
+                if producer not in used_consts:
+                    used_consts.append(producer)
                 continue
             externals.append(i)
     return externals, used_consts
@@ -47,10 +48,11 @@ def _tail_inputs(graph: onnx.GraphProto, tail_nodes: list[onnx.NodeProto], layer
 def split_at(model: onnx.ModelProto, shapes: dict[str, TensorInfo], layer: str, output: str) -> Split:
     """The head (image → layer and the externals) and the tail (layer and externals → output)."""
     graph = model.graph
-    tail_nodes, _ = GraphIndex(graph).path(layer, [output])  # every node between layer and output
+    index = GraphIndex(graph)
+    tail_nodes, _ = index.path(layer, [output])  # every node between layer and output
     if not tail_nodes:
         raise OnnxcamError(f"output {output!r} does not depend on layer {layer!r}")
-    externals, used_consts = _tail_inputs(graph, tail_nodes, layer)
+    externals, used_consts = _tail_inputs(graph, index, tail_nodes, layer)
 
     def vi(name: str) -> onnx.ValueInfoProto:
         info = shapes.get(name)
