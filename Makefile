@@ -49,7 +49,7 @@ web-deps:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 web-demo: $(BIN)/onnxcam
-	$(BIN)/python -c "from onnxcam.export import export_model; export_model('models/mobilenet_v2/mobilenet_v2.onnx', heatmap=True, rgb_input=True, runtime='web').save('web/demo/model.onnx')"
+	$(BIN)/onnxcam export models/mobilenet_v2/mobilenet_v2.onnx -o web/demo/model.onnx --heatmap --rgb-input --target-runtime web --overwrite
 	@echo "now: node web/serve.mjs, then open http://127.0.0.1:8000/web/demo/"
 
 bench-export: $(BIN)/onnxcam

@@ -4,6 +4,7 @@ from .errors import (
     GradientRuleError, HeadError, ImageError, ModelLoadError, OnnxcamError, UnsupportedOpError, UsageError,
 )
 from .explainer import Explainer, Result
+from .export import Exported, export_model
 from .image import PRESETS, load_image, overlay, preprocess
 from .layers import Layer
 from .methods import CAM, METHODS, CAMMethod, GradCAM, HiResCAM
@@ -13,8 +14,8 @@ from .targets import parse_target
 __version__ = "0.1.0"
 
 __all__ = [
-    "CAM", "CAMMethod", "Explainer", "GradCAM", "GradientRuleError", "HeadError", "HiResCAM", "ImageError", "Layer",
+    "CAM", "CAMMethod", "Explainer", "Exported", "GradCAM", "GradientRuleError", "HeadError", "HiResCAM", "ImageError", "Layer",
     "METHODS", "ModelInfo", "ModelLoadError", "OnnxcamError", "PRESETS", "Result",
-    "UnsupportedOpError", "UsageError", "inspect_model", "load_image", "load_model", "overlay",
+    "UnsupportedOpError", "UsageError", "export_model", "inspect_model", "load_image", "load_model", "overlay",
     "parse_target", "preprocess",
 ]

@@ -29,10 +29,11 @@ from .graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, TARGETS_OUTPUT, build_explai
 from .graph.rgb_input import RGB_INPUT, add_rgb_input
 from .graph.target_input import CONTRACTS, TARGET_INPUT, set_target_contract
 from .graph.versions import RUNTIME_LIMITS, lower_versions
-from .image import PRESETS, Preset, get_preset, load_config, preset_from_config
+from .image import Preset
 from .layers import cam_head
 from .methods import get_method
 from .model import inspect_model, load_model
+from .preprocessing import DEFAULT_SIZE, resolve_policy
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +74,6 @@ class Exported:
         onnx.save(self.model, os.fspath(path))
 
 
-def model_preset(metadata: dict[str, str], preset: str | Preset | None = None) -> Preset:
-    """The preprocessing a model was trained with: `preset` if given, else the model's metadata
-    (`onnxcam.preprocess` config or `onnxcam.preset` name), else imagenet."""
-    if isinstance(preset, Preset):
-        return preset
-    if preset is not None:
-        return get_preset(preset)
-    if metadata.get("onnxcam.preprocess"):
-        return preset_from_config(load_config(text=metadata["onnxcam.preprocess"]))
-    return PRESETS.get(metadata.get("onnxcam.preset", ""), PRESETS["imagenet"])
-
-
 def export_model(
     model: str | os.PathLike | onnx.ModelProto,
     method: str = "gradcam",
@@ -94,6 +83,7 @@ def export_model(
     target: str = "input",
     rgb_input: bool = False,
     preset: str | Preset | None = None,
+    config: str | os.PathLike | None = None,
     size: tuple[int, int] | None = None,
     output: str | None = None,
     runtime: str | None = None,
@@ -107,8 +97,10 @@ def export_model(
     layercam, gradcam-elementwise); without it the model returns `onnxcam_activation` and
     `onnxcam_gradient` (with `gradient`). keep_tensors: keep those two next to the heatmap.
     target: "input" (a required int64 `onnxcam_target`, (1,) or (N,), −1 = predicted class) or
-    "predicted" (no input: the top-1). size: (H, W) for models whose input size is dynamic
-    (default 224×224). runtime: "web" or "node" set the caps (IR ≤ 13, opset ≤ 26)."""
+    "predicted" (no input: the top-1). rgb_input: the preprocessing is the model's input policy
+    (`preset` or a `config` file, else the model's metadata, else imagenet; a Preset object is used
+    as is). size: (H, W) for models whose input size is dynamic
+    (default DEFAULT_SIZE, 224×224). runtime: "web" or "node" set the caps (IR ≤ 13, opset ≤ 26)."""
     if target not in CONTRACTS:
         raise UsageError(f"target must be one of {CONTRACTS}, got {target!r}")
     if runtime is not None:
@@ -121,9 +113,9 @@ def export_model(
     info = inspect_model(m, "<model>" if isinstance(model, onnx.ModelProto) else os.fspath(model))
     name = check_method(get_method(method).name) if heatmap else None
     with_gradient = NEEDS_GRADIENT[name] if name else gradient
-    prep = prepare(m, info, None if info.fixed_size else (size or (224, 224)), output)
+    prep = prepare(m, info, None if info.fixed_size else (size or DEFAULT_SIZE), output)
     em = build_explain_model(prep, layer, with_gradient)
-    hw = info.fixed_size or (size or (224, 224))
+    hw = info.fixed_size or (size or DEFAULT_SIZE)
     out = em.model
     if name is not None:
         lay = em.layer
@@ -140,7 +132,13 @@ def export_model(
     out = set_target_contract(out, target, em.num_classes, TARGET_INPUT, TARGETS_OUTPUT)
     used = None
     if rgb_input:
-        pre = model_preset(info.metadata, preset)
+        if isinstance(preset, Preset):
+            pre = preset
+        else:
+            policy = resolve_policy(info, config_file=config, preset=preset)
+            if policy.letterbox:
+                raise UsageError("--rgb-input resizes without letterboxing; the model's config asks for a letterbox")
+            pre = policy.preset
         out = add_rgb_input(out, info, hw, pre)
         used = pre.name
     low = lower_versions(out, max_opset, max_ir)

@@ -145,9 +145,14 @@ def test_export_writes_a_model_that_runs_alone(tmp_path: Path):
     from .helpers import load_golden
 
     g = load_golden("torchscript_tinyresnet")
-    got = dict(zip(names, sess.run(None, {"input": g["x"]} if sess.get_inputs()[0].name == "input" else {sess.get_inputs()[0].name: g["x"]})))
+    assert [i.name for i in sess.get_inputs()] == ["input", "onnxcam_target"]  # required: no default value
+    got = dict(zip(names, sess.run(None, {"input": g["x"], "onnxcam_target": np.array([-1], np.int64)})))
     np.testing.assert_allclose(got["onnxcam_gradient"], g["gradient"], rtol=1e-4, atol=1e-6)
     assert run("export", GOLDENS / "torchscript_tinyresnet.onnx", "-o", out).exit_code == 1  # no overwrite
+    r = run("export", GOLDENS / "torchscript_tinyresnet.onnx", "-o", out, "--no-target-input", "--overwrite")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = dict(zip(names, sess.run(None, {"input": g["x"]})))  # the image alone: the top-1
+    np.testing.assert_allclose(got["onnxcam_gradient"], g["gradient"], rtol=1e-4, atol=1e-6)
 
 
 def test_methods_lists_the_registry():

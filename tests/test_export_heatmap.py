@@ -23,7 +23,7 @@ from onnxcam.graph.heatmap import GRAPH_MAPS, interpolation_matrix
 from onnxcam.graph.versions import lower_versions, lowest_opset
 from onnxcam.image import load_image, preprocess
 
-from .conftest import EXAMPLES, GOLDENS, MOBILENET, ROOT, load_golden
+from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT, load_golden
 
 REFS = ROOT / "tests" / "data" / "methods"
 METHODS = sorted(GRAPH_MAPS)
@@ -263,3 +263,31 @@ def test_rgb_input_mobilenet_photo_at_model_size(photos):
     py = Explainer(MOBILENET).explain(preprocess(list(img), (224, 224)))
     assert got["onnxcam_targets"].tolist() == py.targets.tolist() == [285, 967]
     assert np.abs(got["onnxcam_heatmap"] - py.heatmaps).max() <= 1e-5
+
+
+# -- the command -----------------------------------------------------------------------------------
+def test_cli_export_heatmap_rgb_input_for_the_web(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from onnxcam.cli import cli
+
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(cli, ["export", str(MOBILENET), "-o", str(out), "--heatmap", "--method", "gradcam++",
+                                 "--rgb-input", "--target-runtime", "web", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["method"] == "gradcam++" and d["preset"] == "imagenet" and d["ir_version"] <= 13 and d["opset"] <= 26
+    assert d["inputs"] == ["onnxcam_rgb", "onnxcam_target"] and d["outputs"] == ["logits", "onnxcam_targets", "onnxcam_heatmap"]
+    m = onnx.load(str(out))
+    assert m.ir_version == d["ir_version"] and not {t.name for t in m.graph.initializer} & {i.name for i in m.graph.input}
+    img = cv2.resize(load_image(EXAMPLES / "chelsea.png"), (224, 224), interpolation=cv2.INTER_AREA)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"onnxcam_rgb": img[None], "onnxcam_target": np.array([-1], np.int64)})
+    py = Explainer(MOBILENET, method="gradcam++").explain(preprocess(img, (224, 224)))
+    assert np.abs(got[2] - py.heatmaps).max() <= 1e-5
+    bad = CliRunner().invoke(cli, ["export", str(MOBILENET), "-o", str(tmp_path / "b.onnx"), "--heatmap", "--method", "scorecam"])
+    assert bad.exit_code == 2 and "scorecam" in bad.stderr  # not a choice: a usage error
+    low = CliRunner().invoke(cli, ["export", str(MOBILENET), "-o", str(tmp_path / "c.onnx"), "--heatmap", "--max-opset", "12"])
+    assert low.exit_code == 1 and "cannot lower the model to opset 12" in low.stderr and low.stderr.count("\n") == 1

@@ -20,7 +20,7 @@ from onnxcam import Explainer
 from onnxcam.export import export_model
 from onnxcam.image import load_image, preprocess
 
-from .conftest import EXAMPLES, GOLDENS, MOBILENET, ROOT, load_golden
+from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT, load_golden
 
 WEB = ROOT / "web"
 NODE = shutil.which("node")

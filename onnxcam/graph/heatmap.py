@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 
 from ..errors import UsageError
 from ..grad.builder import Emitter
-from ..model import TensorInfo, default_opset
+from ..model import default_opset
 
 HEATMAP_OUTPUT = "onnxcam_heatmap"
 _F32 = TensorProto.FLOAT

@@ -17,24 +17,35 @@ bit for bit at any image size (checked against cv2.resize on photos of several s
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from ..errors import UsageError
 from ..grad.builder import Emitter
-from ..image import Preset
 from ..model import ModelInfo, default_opset
-from .normalize import upgrade_opset
+from .passes import upgrade_opset
 
 RGB_INPUT = "onnxcam_rgb"
+
+
+class PresetLike(Protocol):
+    """What the graph needs of an `image.Preset`: x ↦ (x · scale − mean) / std, channel order."""
+
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    bgr: bool
+
 _I64, _F64, _F32 = TensorProto.INT64, TensorProto.DOUBLE, TensorProto.FLOAT
 _COEF = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE (11 bits)
 GRAY = (0.299, 0.587, 0.114)
 MIN_OPSET = 13  # OpenCV's RGB2GRAY
 
 
-def add_rgb_input(model: onnx.ModelProto, info: ModelInfo, size: tuple[int, int], preset: Preset) -> onnx.ModelProto:
+def add_rgb_input(model: onnx.ModelProto, info: ModelInfo, size: tuple[int, int], preset: PresetLike) -> onnx.ModelProto:
     """A copy of `model` whose image input is `onnxcam_rgb` (uint8, N × height × width × 3)."""
     x_name = info.image_input.name
     channels = info.channels
@@ -42,7 +53,7 @@ def add_rgb_input(model: onnx.ModelProto, info: ModelInfo, size: tuple[int, int]
         raise UsageError(f"--rgb-input needs a 1- or 3-channel image input; {x_name!r} has {channels}")
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    m = upgrade_opset(m, MIN_OPSET)  # Round (11), Min on int64 (12)
+    m = upgrade_opset(m, MIN_OPSET).model  # Round (11), Min on int64 (12)
     opset = default_opset(m)
     e = Emitter({}, {}, opset, prefix="onnxcam_rgb/")
     e.set_info(RGB_INPUT, (None, None, None, 3), TensorProto.UINT8)
