@@ -2,7 +2,7 @@
 
 `append_heatmap` takes a model that already computes the layer's activation A and its gradient
 g = ∂y_c/∂A (the explain model of `graph.rewrite`), and adds what the Python path does in numpy
-after the run (`methods.base.CAMMethod.cam` then `methods.base.scale_maps`):
+after the run (`methods.base.CAMMethod.cam` then `methods.maps.scale_maps`):
 
 1. A and g to channels-first float32 (a Transpose from the layer's layout, a Cast from half types);
 2. the method's map at the layer's resolution, ReLU included — one small registered function per
@@ -151,7 +151,7 @@ def interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _normalise(e: Emitter, m: str) -> str:
-    """Per image over axes (1, 2): (m − min) / (max(m − min) + 1e-7) (methods.base.normalize_maps)."""
+    """Per image over axes (1, 2): (m − min) / (max(m − min) + 1e-7) (methods.maps.normalize_maps)."""
     shifted = e.op("Sub", [m, e.reduce("ReduceMin", m, [1, 2], keepdims=True)])
     top = e.op("Add", [e.reduce("ReduceMax", shifted, [1, 2], keepdims=True), e.scalar(1e-7, m)])
     return e.op("Div", [shifted, top])
