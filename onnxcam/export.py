@@ -33,7 +33,8 @@ from .image import Preset
 from .layers import cam_head
 from .methods import get_method
 from .model import inspect_model, load_model
-from .preprocessing import DEFAULT_SIZE, resolve_policy
+from .preprocessing import resolve_policy
+from .types import DEFAULT_SIZE
 
 log = logging.getLogger(__name__)
 
