@@ -291,3 +291,16 @@ def test_cli_export_heatmap_rgb_input_for_the_web(tmp_path):
     assert bad.exit_code == 2 and "scorecam" in bad.stderr  # not a choice: a usage error
     low = CliRunner().invoke(cli, ["export", str(MOBILENET), "-o", str(tmp_path / "c.onnx"), "--heatmap", "--max-opset", "12"])
     assert low.exit_code == 1 and "cannot lower the model to opset 12" in low.stderr and low.stderr.count("\n") == 1
+
+
+def test_rgb_input_refuses_a_letterbox_config_and_keep_tensors_keeps_a_and_g(tmp_path, photos):
+    cfg = tmp_path / "pre.json"
+    cfg.write_text('{"preset": "imagenet", "letterbox": true}')
+    with pytest.raises(UsageError, match="without letterboxing"):
+        export_model(MOBILENET, heatmap=True, rgb_input=True, config=cfg)
+    ex = export_model(MOBILENET, heatmap=True, keep_tensors=True)
+    assert ex.outputs == ["logits", "onnxcam_targets", "onnxcam_activation", "onnxcam_gradient", "onnxcam_heatmap"]
+    got = run(ex, {"input": photos, "onnxcam_target": np.array([-1], np.int64)})
+    py = Explainer(MOBILENET).explain(photos)
+    np.testing.assert_allclose(got["onnxcam_gradient"], py.gradients, atol=1e-6)
+    assert np.abs(got["onnxcam_heatmap"] - py.heatmaps).max() <= 1e-5
