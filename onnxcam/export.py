@@ -113,6 +113,8 @@ def export_model(
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
     info = inspect_model(m, "<model>" if isinstance(model, onnx.ModelProto) else os.fspath(model))
     name = check_method(get_method(method).name) if heatmap else None
+    if name and NEEDS_GRADIENT[name] and not gradient:
+        raise UsageError(f"method {name} needs the gradient: drop --no-gradient (gradient=False), or use --method cam")
     with_gradient = NEEDS_GRADIENT[name] if name else gradient
     prep = prepare(m, info, None if info.fixed_size else (size or DEFAULT_SIZE), output)
     em = build_explain_model(prep, layer, with_gradient)

@@ -160,6 +160,13 @@ def test_methods_without_a_graph_form_say_so():
             export_model(GOLDENS / "torchscript_tinyresnet.onnx", method=method, heatmap=True)
 
 
+def test_a_heatmap_without_the_gradient_it_needs_is_refused():
+    with pytest.raises(UsageError, match="method gradcam needs the gradient"):
+        export_model(MOBILENET, method="gradcam", heatmap=True, gradient=False)
+    ex = export_model(GOLDENS / "torchscript_tinyresnet.onnx", method="cam", heatmap=True, gradient=False)
+    assert not any(n.name.startswith("onnxcam_grad") for n in ex.model.graph.node)  # CAM: no backward pass
+
+
 def test_cam_refuses_a_layer_without_a_gap_linear_head():
     with pytest.raises(OnnxcamError, match="CAM needs layer"):
         export_model(MOBILENET, method="cam", heatmap=True, layer="/features/features.14/conv/conv.0/conv.0.2/Clip_output_0")
