@@ -7,7 +7,6 @@ import json
 import click
 
 from ..export import export_model
-from ..graph.heatmap import GRAPH_MAPS
 from ..graph.versions import RUNTIME_LIMITS
 from ..output import write_file
 from ..preprocessing import parse_size
@@ -20,8 +19,7 @@ from .common import guarded
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Rewritten .onnx file.")
 @opt.layer_option
 @click.option("--heatmap", is_flag=True, help="Compute the method's heatmap in the graph: output onnxcam_heatmap (N, H, W).")
-@click.option("--method", "-m", default="gradcam", show_default=True, type=click.Choice(sorted(GRAPH_MAPS), case_sensitive=False),
-              help="The in-graph heatmap's method (with --heatmap).")
+@opt.method_option
 @click.option("--gradient/--no-gradient", default=True, show_default=True,
               help="Without --heatmap: append the gradient of the target score.")
 @click.option("--target-input/--no-target-input", default=True, show_default=True,
