@@ -145,6 +145,9 @@ def test_demo_page_matches_explain_on_a_photo_at_its_own_size(demo_server, tmp_p
     x = preprocess(load_image(EXAMPLES / photo), size, "imagenet", ex.info.layout, ex.info.channels)
     py = ex.explain(x, targets=None if target < 0 else target)
     assert res["consoleErrors"] == []
+    origin = demo_server.split("/web/")[0]
+    assert all(u.startswith(origin) for u in res["requests"]), res["requests"]  # offline: nothing else fetched
+    assert any(u.endswith(".wasm") for u in res["requests"])
     assert res["predicted"] == int(np.argmax(py.outputs[0]))
     assert res["explained"] == int(py.targets[0]) == (res["predicted"] if target < 0 else target)
     assert res["dims"] == list(size)

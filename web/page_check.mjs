@@ -3,8 +3,8 @@
 //
 //   node web/page_check.mjs PAGE_URL IMAGE OUT.json [--target N] [--screenshot PNG]
 //
-// Chromium: $CHROMIUM or /usr/bin/chromium (Debian's package). Writes window.onnxcamResult, plus
-// the page's console errors, to OUT.json; exit 1 if the page reports an error.
+// Chromium: $CHROMIUM or /usr/bin/chromium (Debian's package). Writes window.onnxcamResult, the
+// page's console errors and every URL it requested to OUT.json; exit 1 if the page reports an error.
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -29,6 +29,8 @@ try {
   const page = context.pages()[0] || (await context.newPage());
   page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
   page.on("pageerror", (e) => errors.push(String(e)));
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
   await page.goto(url);
   await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: 60000 });
   await page.fill("#target", arg("--target", "-1"));
@@ -37,7 +39,7 @@ try {
   const result = await page.evaluate(() => ({ ...(window.onnxcamResult || {}), text: document.getElementById("result").textContent }));
   const shot = arg("--screenshot", null);
   if (shot) await page.screenshot({ path: shot, fullPage: true });
-  writeFileSync(outPath, JSON.stringify({ ...result, consoleErrors: errors }));
+  writeFileSync(outPath, JSON.stringify({ ...result, consoleErrors: errors, requests }));
   code = result.error ? 1 : 0;
 } finally {
   await context.close();
