@@ -41,23 +41,13 @@ from .errors import UsageError
 GATE_FAILED_EXIT_CODE = 3
 """The exit code of a command whose gates failed (0 ok, 1 error, 2 usage error)."""
 
-PerImage = Callable[[dict[str, Any]], "float | None"]
-
-
-def _share(key: str, scale: float = 1.0) -> PerImage:
-    """An image record's number (bool → 1/0) at `key`, divided by `scale`; None when absent."""
-
-    def get(rec: dict[str, Any]) -> float | None:
-        v = rec.get(key)
-        if v is None:
-            return None
-        if isinstance(v, list):  # ROAD curves: their mean
-            v = sum(v) / len(v) if v else None
-            if v is None:
-                return None
-        return float(v) / scale
-
-    return get
+def _image_value(v: Any, scale: float) -> float | None:
+    """An image record's value as gates read it: bool → 1/0, a ROAD curve → its mean, / scale."""
+    if v is None:
+        return None
+    if isinstance(v, list):
+        return sum(float(x) for x in v) / len(v) / scale if v else None
+    return float(v) / scale
 
 
 @dataclass(frozen=True)
@@ -69,42 +59,43 @@ class Metric:
     percent: bool = False  # stored in percent in the report; gates read it as a share
     low: float = 0.0  # range of the value as gates read it
     high: float = 1.0
-    per_image: PerImage | None = None
+    per_image: str | None = None  # the key of its per-image value in an image record
+    image_scale: float = 1.0  # the per-image value is divided by it (percent → share)
     needs: str = ""  # what provides it (for the usage error when it is missing)
     antisymmetric: bool = False  # pair metrics: (B, A) = −(A, B)
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("pointing_game", "share of images whose map maximum lies on a ground-truth box (within the "
-           "tolerance)", True, per_image=_share("pointing_hit"), needs="--boxes"),
+           "tolerance)", True, per_image="pointing_hit", needs="--boxes"),
     Metric("energy_pointing_game", "mean share of the map's energy inside the ground-truth boxes",
-           per_image=_share("energy"), needs="--boxes"),
+           per_image="energy", needs="--boxes"),
     Metric("localisation_iou", "mean IoU of the CAM paper's box with the ground-truth box",
-           per_image=_share("localisation_iou"), needs="--boxes"),
+           per_image="localisation_iou", needs="--boxes"),
     Metric("energy_in_forbidden", "mean share of the map's energy inside the forbidden regions "
-           "(images that have some)", per_image=_share("energy_in_forbidden"), needs="--forbidden"),
+           "(images that have some)", per_image="energy_in_forbidden", needs="--forbidden"),
     Metric("accuracy", "share of labelled images whose predicted label is the true one", True,
-           per_image=_share("correct"), needs="--truth"),
+           per_image="correct", needs="--truth"),
     Metric("average_drop", "mean drop of the target's probability on the map-masked image", True,
-           per_image=_share("drop", 100.0)),
+           per_image="drop", image_scale=100.0),
     Metric("increase_in_confidence", "share of images whose probability rises on the masked image", True,
-           per_image=_share("increase")),
-    Metric("deletion_auc", "mean area under the deletion curve", per_image=_share("deletion_auc")),
-    Metric("insertion_auc", "mean area under the insertion curve", per_image=_share("insertion_auc")),
-    Metric("road_morf", "mean ROAD most-relevant-first curve", per_image=_share("road_morf"), needs="--road"),
-    Metric("road_lerf", "mean ROAD least-relevant-first curve", per_image=_share("road_lerf"), needs="--road"),
+           per_image="increase"),
+    Metric("deletion_auc", "mean area under the deletion curve", per_image="deletion_auc"),
+    Metric("insertion_auc", "mean area under the insertion curve", per_image="insertion_auc"),
+    Metric("road_morf", "mean ROAD most-relevant-first curve", per_image="road_morf", needs="--road"),
+    Metric("road_lerf", "mean ROAD least-relevant-first curve", per_image="road_lerf", needs="--road"),
     Metric("images", "number of images evaluated", low=0.0, high=math.inf),
 )}
 """Per-model metrics (the keys of a model's ``metrics`` in eval/review JSON)."""
 
 PAIR_METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("spearman", "mean Spearman ρ between the two models' maps", low=-1.0, per_image=_share("spearman"),
+    Metric("spearman", "mean Spearman ρ between the two models' maps", low=-1.0, per_image="spearman",
            needs="two models"),
-    Metric("top_iou", "mean IoU of the two maps' top-20% regions", per_image=_share("top_iou"), needs="two models"),
-    Metric("label_agreement", "share of images both models give the same label", per_image=_share("same_label"),
+    Metric("top_iou", "mean IoU of the two maps' top-20% regions", per_image="top_iou", needs="two models"),
+    Metric("label_agreement", "share of images both models give the same label", per_image="same_label",
            needs="two models"),
     Metric("energy_moved_to_forbidden", "mean of B's minus A's energy_in_forbidden", low=-1.0,
-           per_image=_share("energy_moved_to_forbidden"), needs="--forbidden and two models", antisymmetric=True),
+           per_image="energy_moved_to_forbidden", needs="--forbidden and two models", antisymmetric=True),
 )}
 """Per-pair metrics (``agreement.pairs`` of review JSON)."""
 
@@ -215,13 +206,10 @@ def _model_values(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 def _per_image(records: Sequence[tuple[str, dict[str, Any]]], table: dict[str, Metric]
                ) -> dict[str, list[tuple[str, float | None]]]:
-    out: dict[str, list[tuple[str, float | None]]] = {}
-    for name, metric in table.items():
-        if metric.per_image is None:
-            continue
-        vals = [(image, metric.per_image(rec)) for image, rec in records]
-        out[name] = [(image, v) for image, v in vals if v is not None]
-    return out
+    """metric → [(image, value)] over the records that have the metric (a null value: undefined)."""
+    return {name: [(image, _image_value(rec[m.per_image], m.image_scale)) for image, rec in records
+                   if m.per_image in rec]
+            for name, m in table.items() if m.per_image is not None}
 
 
 def facts_from_report(report: dict[str, Any]) -> Facts:

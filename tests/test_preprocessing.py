@@ -96,12 +96,17 @@ def test_bad_configs_are_usage_errors(tmp_path: Path):
         resolve_policy(info)
 
 
-@pytest.mark.parametrize("use_letterbox", [False, True])
-def test_review_maps_equal_explain_maps(tmp_path: Path, cls_with_metadata: Path, use_letterbox: bool):
+@pytest.mark.parametrize("use_letterbox, layer, target", [
+    (False, None, None), (True, None, None),
+    (False, "hardswish_17.tmp_0", "1"),  # a layer and a target of its own (class 1, labelled "180")
+])
+def test_review_maps_equal_explain_maps(tmp_path: Path, cls_with_metadata: Path, use_letterbox: bool,
+                                        layer: str | None, target: str | None):
     """The OCR classifier (preprocessing in cls.json, or in the model's metadata): eval/review's maps
-    at the photo's size equal explain's saved heatmaps put onto the photo."""
+    at the photo's size equal explain's saved heatmaps put onto the photo, also for a chosen layer
+    and target."""
     img = load_image(TEXT)
-    extra = ["--letterbox"] if use_letterbox else []
+    extra = (["--letterbox"] if use_letterbox else []) + (["--layer", layer, "--target", target] if layer else [])
     r = run("explain", CLS, TEXT, "-o", tmp_path / "ex", "--config", CLS_CONFIG, "--json", *extra)
     assert r.exit_code == 0, r.output
     rec = json.loads(r.stdout)["images"][0]
@@ -109,10 +114,13 @@ def test_review_maps_equal_explain_maps(tmp_path: Path, cls_with_metadata: Path,
     expected = saved if use_letterbox else np.clip(resize_map(saved, img.shape[:2]), 0, 1)
     assert saved.shape == (img.shape[:2] if use_letterbox else (48, 192))
     for model, config in ((CLS, CLS_CONFIG), (cls_with_metadata, None)):
-        ev = evaluate(ModelRun.load(str(model), config=config, letterbox=use_letterbox or None),
-                      [("text.png", img)], steps=2)
+        ev = evaluate(ModelRun.load(str(model), config=config, letterbox=use_letterbox or None, layer=layer,
+                                    target=target), [("text.png", img)], steps=2)
         np.testing.assert_allclose(ev.maps[0], np.clip(expected, 0, 1), atol=1e-5)
         assert ev.images[0]["label"] == rec["label"] and ev.images[0]["target"] == rec["target"]
+        assert ev.layer == json.loads(r.stdout)["layer"]
+    if target:
+        assert rec["target"] == 1 and rec["label"] == "180"
 
 
 def test_review_and_eval_read_config_and_metadata(tmp_path: Path, cls_with_metadata: Path):

@@ -65,6 +65,10 @@ def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
         if "pointing_hit" in r:
             line += (f"  pointing {'hit' if r['pointing_hit'] else 'miss'}  energy {r['energy']:.3f}  "
                      f"box IoU {r['localisation_iou']:.3f}")
+        if "energy_in_forbidden" in r:
+            line += f"  forbidden {r['energy_in_forbidden']:.3f}"
+        if "correct" in r:
+            line += f"  {'right' if r['correct'] else 'wrong'} (true {r['true_label']})"
         click.echo(line)
     for key, title, _ in METRIC_COLUMNS:
         if s.get(key) is not None:
