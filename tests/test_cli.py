@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from onnxcam.cli import cli
 from onnxcam.image import load_image
 
-from .conftest import EXAMPLES, GOLDENS, MOBILENET
+from .helpers import EXAMPLES, GOLDENS, MOBILENET
 
 
 def run(*args: str):
@@ -142,7 +142,7 @@ def test_export_writes_a_model_that_runs_alone(tmp_path: Path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     assert {"onnxcam_activation", "onnxcam_gradient", "onnxcam_targets"} <= set(names)
-    from .conftest import load_golden
+    from .helpers import load_golden
 
     g = load_golden("torchscript_tinyresnet")
     got = dict(zip(names, sess.run(None, {"input": g["x"]} if sess.get_inputs()[0].name == "input" else {sess.get_inputs()[0].name: g["x"]})))

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from onnxcam.cli import cli
 
-from .conftest import EXAMPLES, ROOT
+from .helpers import EXAMPLES, ROOT
 
 SPURIOUS = ROOT / "models" / "spurious"
 IMAGES = EXAMPLES / "spurious"

@@ -16,7 +16,7 @@ from onnxcam import OnnxcamError, UsageError
 from onnxcam.cli import cli
 from onnxcam.output import OutputDir, output_names, unique_names
 
-from .conftest import EXAMPLES, GOLDENS
+from .helpers import EXAMPLES, GOLDENS
 
 TINY = GOLDENS / "torchscript_tinyresnet.onnx"
 

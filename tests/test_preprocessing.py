@@ -21,7 +21,7 @@ from onnxcam.image import letterbox, load_image, resize_map
 from onnxcam.preprocessing import DEFAULT_SIZE, load_config, parse_size, policy_for, resolve_policy
 from onnxcam.review import ModelRun, evaluate
 
-from .conftest import EXAMPLES, GOLDENS, MOBILENET, ROOT
+from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT
 
 OCR = ROOT / "models" / "ocr"
 CLS = OCR / "ch_ppocr_mobile_v2.0_cls_infer.onnx"

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from onnxcam.cli.evaluate import eval_, review
 
-from .conftest import EXAMPLES, GOLDENS, MOBILENET, ROOT
+from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT
 
 TINY = GOLDENS / "torchscript_tinyresnet.onnx"
 BOXES = ROOT / "tests" / "data" / "boxes.json"

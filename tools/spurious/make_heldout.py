@@ -6,7 +6,7 @@ The gate example (README, examples/spurious_heldout/README.md) sets its threshol
 ``--per-cell`` images per (class, mark) cell. Writes the images, ``boxes.json`` (label, object box,
 mark box per file) and ``marks.json`` (the mark boxes only: the forbidden regions)::
 
-    /tmp/gates-venv/bin/python tools/spurious/make_heldout.py      # any Python with scikit-image + Pillow
+    python -m tools.spurious.make_heldout      # from the repo root; any Python with scikit-image + Pillow
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_dataset import write_examples  # noqa: E402
+from tools import common
+from tools.spurious.make_dataset import write_examples
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = str(common.ROOT)
 
 
 def main() -> None:
