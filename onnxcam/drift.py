@@ -44,7 +44,8 @@ def _pair_record(image: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     if "energy_in_forbidden" in ro and "energy_in_forbidden" in rn:
         rec["energy_in_forbidden_old"] = ro["energy_in_forbidden"]
         rec["energy_in_forbidden_new"] = rn["energy_in_forbidden"]
-        rec["energy_moved_to_forbidden"] = rn["energy_in_forbidden"] - ro["energy_in_forbidden"]
+        eo, en = ro["energy_in_forbidden"], rn["energy_in_forbidden"]
+        rec["energy_moved_to_forbidden"] = None if eo is None or en is None else en - eo
     return rec
 
 

@@ -24,7 +24,8 @@ Outcomes: a condition holds or fails on the model's (pair's) mean over the image
 metric; where the metric has a per-image value, the images whose own value breaks the condition
 are listed with it (``failing_images``). A metric the report lacks (``pointing_game`` without
 boxes, an unknown name or model) is a usage error (exit code 2); a metric the report has but with
-no value (``null``: e.g. Spearman's ρ of constant maps) fails. A failed gate exits with
+no value (``null``: e.g. Spearman's ρ of constant maps), as a mean or on any one image, fails: a
+map that cannot be measured cannot be shown to satisfy the condition. A failed gate exits with
 GATE_FAILED_EXIT_CODE (3), one stderr line per failed condition.
 """
 
@@ -285,6 +286,9 @@ class Outcome:
         c = self.condition
         text = (f"gate failed: {c.text}: {self.subject} {c.metric} = {self.value_text()}, "
                 f"required {c.op} {c.threshold:g}")
+        undefined = sum(1 for _, x in self.failing_images if x is None)
+        if undefined:
+            text += f"; undefined on {undefined} image(s)"
         if self.failing_images:
             shown = ", ".join(i for i, _ in self.failing_images[:5])
             more = f" and {len(self.failing_images) - 5} more" if len(self.failing_images) > 5 else ""
@@ -332,7 +336,9 @@ def evaluate_gates(conditions: Sequence[Condition], facts: Facts) -> list[Outcom
             failing = sorted(((i, x) for i, x in images if x is None or not c.holds(x)),
                              key=lambda ix: (ix[1] is not None, -ix[1] if ix[1] is not None and worst_first
                                              else (ix[1] or 0.0)))
-            passed = v is not None and math.isfinite(v) and c.holds(v)
+            # an image where the metric is undefined (a constant or all-zero map) cannot be shown
+            # to satisfy the condition: the gate fails, whatever the mean over the others
+            passed = v is not None and math.isfinite(v) and c.holds(v) and all(x is not None for _, x in images)
             outcomes.append(Outcome(c, subject, v, passed, failing if not passed else [], len(images)))
     return outcomes
 

@@ -257,7 +257,8 @@ def _annotate(rec: dict[str, Any], run: ModelRun, name: str, big: np.ndarray, pr
     bad = regions_for(notes.forbidden, name)
     if bad is not None:
         rec["forbidden"] = bad
-        rec["energy_in_forbidden"] = M.energy_pointing_game(big, np.asarray(bad))
+        # a map without energy (all zero) says nothing about where the model looks: undefined, not 0
+        rec["energy_in_forbidden"] = M.energy_pointing_game(big, np.asarray(bad)) if float(big.sum()) > 0 else None
     truth = notes.label_of(name)
     if truth is not None:
         pred = int(np.argmax(probs))
@@ -367,7 +368,8 @@ def _pairs(runs: Sequence[ModelRun], evals: Sequence[Evaluation], n: int, percen
             ra, rb = evals[a].images[i], evals[b].images[i]
             g["same_label"] = ra["label"] == rb["label"]
             if "energy_in_forbidden" in ra and "energy_in_forbidden" in rb:
-                g["energy_moved_to_forbidden"] = rb["energy_in_forbidden"] - ra["energy_in_forbidden"]
+                ea, eb = ra["energy_in_forbidden"], rb["energy_in_forbidden"]
+                g["energy_moved_to_forbidden"] = None if ea is None or eb is None else eb - ea
             per_image[i].append({"a": runs[a].name, "b": runs[b].name, **g})
         ms = _nanmean([g["spearman"] for g in ag])
         mi = _nanmean([g["top_iou"] for g in ag])
@@ -582,7 +584,7 @@ def _caption(name: str, r: dict[str, Any]) -> str:
         lines.append(f"pointing <span class={hit}>{hit}</span> <span class=p>· energy {r['energy']:.2f} · "
                      f"box IoU {r['localisation_iou']:.2f}</span>")
     if "energy_in_forbidden" in r:
-        lines.append(f"<span class=p>energy in forbidden regions {r['energy_in_forbidden']:.3f}</span>")
+        lines.append(f"<span class=p>energy in forbidden regions {_fmt(r['energy_in_forbidden'])}</span>")
     return "<br>".join(lines)
 
 

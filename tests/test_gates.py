@@ -116,15 +116,19 @@ def test_percent_metrics_are_read_as_shares():
 
 
 def test_pair_gates_and_their_order():
-    rho, moved, moved_back = _outcomes("agreement(old,new).spearman>=0.4", "energy_moved_to_forbidden<=0.1",
+    iou, moved, moved_back = _outcomes("agreement(old,new).top_iou>=0.3", "energy_moved_to_forbidden<=0.1",
                                        "agreement(new,old).energy_moved_to_forbidden<=0")
-    assert rho.passed and rho.value == 0.5 and rho.subject == "old vs new"
+    assert iou.passed and iou.value == 0.5 and iou.subject == "old vs new" and iou.images == 3
     assert not moved.passed and moved.value == pytest.approx(0.19)
     assert [i for i, _ in moved.failing_images] == ["b.png"]
     assert moved_back.passed and moved_back.value == pytest.approx(-0.19)  # B − A, the other way round
     low = _outcomes("spearman>=0.6")[0]
     # x.png's ρ is undefined (a constant map): it breaks the gate and comes first
     assert not low.passed and low.failing_images == [("x.png", None), ("b.png", 0.1)]
+    # the mean (0.5) and every defined image hold, but x.png's map cannot be measured: the gate fails
+    lenient = _outcomes("agreement(old,new).spearman>=0.05")[0]
+    assert lenient.value == 0.5 and not lenient.passed and lenient.failing_images == [("x.png", None)]
+    assert "= 0.5, required >= 0.05; undefined on 1 image(s); 1 of 3 image(s) break it: x.png" in lenient.line()
 
 
 def test_undefined_values_fail_and_missing_metrics_are_usage_errors():
@@ -185,7 +189,7 @@ JUNIT_SUITE_REQUIRED = ("name", "tests", "failures", "errors", "time", "timestam
 
 
 def test_junit_xml_parses_and_has_the_schema_required_attributes():
-    out = _outcomes("energy_in_forbidden<=0.05", "agreement(old,new).spearman>=0.4")
+    out = _outcomes("energy_in_forbidden<=0.05", "agreement(old,new).top_iou>=0.3")
     data = junit_xml(out, properties={"models": "old, new"}, timestamp=dt.datetime(2026, 1, 2, 3, 4, 5),
                      hostname="ci")
     assert data.startswith(b'<?xml version="1.0" encoding="UTF-8"?>')

@@ -150,3 +150,25 @@ def test_letterbox_batch_matches_the_letterboxed_canvas():
     np.testing.assert_allclose(pol.batch([img]).x, _by_hand(canvas), atol=1e-5)
     b = pol.batch([img])
     assert b.fits[0] == box and b.image_map(0, np.ones((48, 192), np.float32)).shape == img.shape[:2]
+
+
+@pytest.mark.parametrize("model", [
+    MOBILENET,  # bundled, ImageNet labels in its metadata
+    ROOT / "models" / "spurious" / "biased.onnx",  # bundled, preset and labels in its metadata, fixed 64×64
+    GOLDENS / "tf2onnx_smallresnet_dynhw.onnx",  # NHWC, dynamic size
+    GOLDENS / "tf2onnx_fer.onnx",  # NHWC, one channel
+    GOLDENS / "paddle_resnet.onnx",
+    GOLDENS / "dynamo_tinyresnet.onnx",
+], ids=lambda p: p.stem)
+def test_review_maps_equal_explain_maps_for_bundled_and_test_models(tmp_path: Path, model: Path):
+    """Every kind of model with its defaults: eval/review's map of a non-square photo equals
+    explain's saved heatmap put onto the photo, for the same target and label."""
+    photo = EXAMPLES / "chelsea.png"
+    img = load_image(photo)
+    r = run("explain", model, photo, "-o", tmp_path / "ex", "--json")
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)["images"][0]
+    expected = np.clip(resize_map(np.load(rec["heatmap"]), img.shape[:2]), 0, 1)
+    ev = evaluate(ModelRun.load(str(model)), [("chelsea.png", img)], steps=2)
+    np.testing.assert_allclose(ev.maps[0], expected, atol=1e-5)
+    assert ev.images[0]["target"] == rec["target"] and ev.images[0]["label"] == (rec["label"] or f"class {rec['target']}")

@@ -144,7 +144,7 @@ def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:
 @click.option("--target", "targets", multiple=True,
               help="What to explain (explain's --target, not topK): once, or once per model ('-' = top1).")
 @gating.gate_options
-@click.option("--overwrite", is_flag=True, help="Replace index.html / review.json in OUT.")
+@click.option("--overwrite", is_flag=True, help="Replace index.html, review.json and the CI files in OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Also print review.json on stdout.")
 @guarded
 def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, method: str, boxes_file: str | None,

@@ -109,6 +109,8 @@ def finish(p: GatePlan, errors: Sequence[dict[str, str]]) -> None:
     failed = [o for o in p.outcomes if not o.passed]
     for o in failed:
         click.echo(f"onnxcam: {one_line(o.line())}", err=True)
+    if p.outcomes and not failed:
+        click.echo(f"onnxcam: gates passed: {len(p.outcomes)} condition(s)", err=True)
     if errors:
         sys.exit(1)
     if failed:
