@@ -27,6 +27,8 @@ import numpy as np
 from .gates import GATE_FAILED_EXIT_CODE, Outcome
 
 THUMB_WIDTH = 96
+MAX_IMAGES = 20
+"""Images listed (with thumbnails) per failed condition in the Markdown summary; JUnit lists all."""
 
 
 # -- JUnit ----------------------------------------------------------------------------------------
@@ -149,7 +151,9 @@ def markdown_summary(report: dict[str, Any], outcomes: Sequence[Outcome], thumbs
                        f"{md_escape(o.value_text())} | {c.op} {c.threshold:g} | {broken} |")
         out.append("")
     out += _metrics_rows(models) + _drift_rows(report)
-    rows = [(o, image, v) for o in failed for image, v in o.failing_images]
+    rows = [(o, image, v) for o in failed for image, v in o.failing_images[:MAX_IMAGES]]
+    more = {o.condition.text + o.subject: len(o.failing_images) - MAX_IMAGES for o in failed
+            if len(o.failing_images) > MAX_IMAGES}
     if rows:
         out += ["## Images breaking a gate", "", "| image | subject | metric | value | overlay |", "|---|---|---|---:|---|"]
         for o, image, v in rows:
@@ -158,6 +162,9 @@ def markdown_summary(report: dict[str, Any], outcomes: Sequence[Outcome], thumbs
             out.append(f"| {md_escape(image)} | {md_escape(o.subject)} | {o.condition.metric} | "
                        f"{md_escape(o.value_text(v))} | {pics} |")
         out.append("")
+        out += [f"{md_escape(o.subject)} `{o.condition.text.replace('`', '')}`: {more[o.condition.text + o.subject]} "
+                f"more image(s) break it (the worst {MAX_IMAGES} are shown; the JUnit file and the JSON list all)."
+                for o in failed if o.condition.text + o.subject in more]
     return "\n".join(out)
 
 
@@ -173,7 +180,8 @@ def _subject_models(o: Outcome) -> list[str]:
 
 def thumbnails(outcomes: Sequence[Outcome]) -> set[tuple[str, str]]:
     """(model, image) pairs whose overlay the Markdown summary shows."""
-    return {(n, image) for o in outcomes if not o.passed for image, _ in o.failing_images for n in _subject_models(o)}
+    return {(n, image) for o in outcomes if not o.passed for image, _ in o.failing_images[:MAX_IMAGES]
+            for n in _subject_models(o)}
 
 
 def thumbnail(rgb: np.ndarray, heatmap: np.ndarray, width: int = THUMB_WIDTH) -> np.ndarray:

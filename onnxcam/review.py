@@ -452,7 +452,7 @@ def _draw_boxes(rgb: np.ndarray, boxes: Sequence[Sequence[float]] | None, scale:
     out = rgb.copy()
     for b in boxes or []:
         x0, y0, x1, y1 = (int(round(v * scale)) for v in b)
-        cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, 2)
+        cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, 2 if max(out.shape[:2]) >= 200 else 1)
     return out
 
 

@@ -254,3 +254,14 @@ def test_markdown_summary_tables():
 
 def test_markdown_escapes_names():
     assert md_escape("a|b_c*d [x](y) <img>") == r"a\|b\_c\*d \[x\](y) \<img\>"
+
+
+def test_markdown_lists_at_most_the_worst_images(monkeypatch):
+    import onnxcam.ci as ci
+
+    monkeypatch.setattr(ci, "MAX_IMAGES", 1)
+    out = _outcomes("model[new].energy_in_forbidden<=0.05")
+    md = ci.markdown_summary(REPORT, out, {})
+    assert [r[0] for r in _table(md, "| image |")] == ["b.png"]  # the worst of the two
+    assert "1 more image(s) break it" in md
+    assert ci.thumbnails(out) == {("new", "b.png")}
