@@ -64,19 +64,22 @@ class Metric:
     image_scale: float = 1.0  # the per-image value is divided by it (percent → share)
     needs: str = ""  # what provides it (for the usage error when it is missing)
     antisymmetric: bool = False  # pair metrics: (B, A) = −(A, B)
+    count: str = ""  # the summary key counting the images that had what it needs
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("pointing_game", "share of images whose map maximum lies on a ground-truth box (within the "
-           "tolerance)", True, per_image="pointing_hit", needs="--boxes"),
+           "tolerance)", True, per_image="pointing_hit", needs="--boxes",
+           count="images_with_boxes"),
     Metric("energy_pointing_game", "mean share of the map's energy inside the ground-truth boxes",
-           per_image="energy", needs="--boxes"),
+           per_image="energy", needs="--boxes", count="images_with_boxes"),
     Metric("localisation_iou", "mean IoU of the CAM paper's box with the ground-truth box",
-           per_image="localisation_iou", needs="--boxes"),
+           per_image="localisation_iou", needs="--boxes", count="images_with_boxes"),
     Metric("energy_in_forbidden", "mean share of the map's energy inside the forbidden regions "
-           "(images that have some)", per_image="energy_in_forbidden", needs="--forbidden"),
+           "(images that have some)", per_image="energy_in_forbidden", needs="--forbidden",
+           count="images_with_forbidden"),
     Metric("accuracy", "share of labelled images whose predicted label is the true one", True,
-           per_image="correct", needs="--truth"),
+           per_image="correct", needs="--truth", count="images_with_truth"),
     Metric("average_drop", "mean drop of the target's probability on the map-masked image", True,
            per_image="drop", image_scale=100.0),
     Metric("increase_in_confidence", "share of images whose probability rises on the masked image", True,
@@ -199,8 +202,8 @@ def _model_values(metrics: dict[str, Any]) -> dict[str, float | None]:
         if isinstance(v, bool) or not (v is None or isinstance(v, (int, float))):
             continue
         known = METRICS.get(key)
-        if v is None and (known is None or known.needs):  # not computed in this run (no boxes, no --road...)
-            continue
+        if v is None and (known is None or (known.needs and not metrics.get(known.count))):
+            continue  # not computed in this run (no boxes, no --road...): missing, not undefined
         out[key] = None if v is None else float(v) / (100.0 if known is not None and known.percent else 1.0)
     return out
 
@@ -327,7 +330,7 @@ def evaluate_gates(conditions: Sequence[Condition], facts: Facts) -> list[Outcom
             if c.metric not in values:
                 table = PAIR_METRICS if c.is_pair else METRICS
                 known = table.get(c.metric)
-                hint = (f" (it needs {known.needs})" if known and known.needs else
+                hint = (f" (it needs {known.needs} for at least one image)" if known and known.needs else
                         "" if known else f"; known: {', '.join(sorted(values))}")
                 raise UsageError(f"gate {c.text!r}: the report has no {c.metric} for {subject}{hint}")
             v = values[c.metric]

@@ -137,7 +137,13 @@ def test_undefined_values_fail_and_missing_metrics_are_usage_errors():
     facts = facts_from_report(report)
     (undefined,) = evaluate_gates([parse_condition("model[old].deletion_auc<=0.5")], facts)
     assert not undefined.passed and undefined.value is None and "= undefined" in undefined.line()
-    for text, message in [("model[old].energy_in_forbidden<=0.1", r"no energy_in_forbidden for old \(it needs --forbidden\)"),
+    # computed on 2 images but undefined on both (all-zero maps): a failure, not a usage error
+    new = {**_metrics(50.0, None, None), "images_with_forbidden": 2}
+    facts2 = facts_from_report({**REPORT, "models": [REPORT["models"][0], {"name": "new", "metrics": new}]})
+    (zero,) = evaluate_gates([parse_condition("model[new].energy_in_forbidden<=0.1")], facts2)
+    assert not zero.passed and zero.value is None
+    for text, message in [("model[old].energy_in_forbidden<=0.1",
+                           r"no energy_in_forbidden for old \(it needs --forbidden for at least one image\)"),
                           ("model[old].accuracy>=0.5", r"it needs --truth"),
                           ("road_morf<=0.5", r"it needs --road"),
                           ("model[old].f1_score>=0.5", "no f1_score for old; known: "),
