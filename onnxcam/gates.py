@@ -350,11 +350,3 @@ def gate_report(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """The gates' part of a report's JSON."""
     return {"passed": all(o.passed for o in outcomes), "exit_code": 0 if all(o.passed for o in outcomes)
             else GATE_FAILED_EXIT_CODE, "conditions": [o.to_json() for o in outcomes]}
-
-
-def describe_metrics() -> str:
-    """The metrics gates know, one per line (for --help and README)."""
-    lines = [f"{m.name}: {m.doc}" + (" [percent in JSON]" if m.percent else "") + (f" (needs {m.needs})" if m.needs else "")
-             for m in METRICS.values()]
-    lines += [f"agreement(A,B).{m.name}: {m.doc}" for m in PAIR_METRICS.values()]
-    return "\n".join(lines)

@@ -157,6 +157,14 @@ def test_review_layer_and_target_per_model(tmp_path: Path):
     assert ex.exit_code == 0, ex.output
     e = json.loads(ex.stdout)["images"][0]
     assert e["target"] == 1 and rec["biased"]["probability"] == pytest.approx(e["probability"], abs=1e-6)
+    names = tmp_path / "names.txt"
+    names.write_text("kitten\nmug\n")
+    r = run("review", SPURIOUS / "biased.onnx", SPURIOUS / "unbiased.onnx", "--images", images, "-o", tmp_path / "r3",
+            "--labels", "-", "--labels", names, "--target", "cup", "--target", "mug", "--steps", "2")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "r3" / "review.json").read_text())["images"][0]["models"]
+    assert (rec["biased"]["label"], rec["unbiased"]["label"]) == ("cup", "mug")  # each read with its own labels
+    assert rec["biased"]["target"] == rec["unbiased"]["target"] == 1
     r = run("review", SPURIOUS / "biased.onnx", SPURIOUS / "unbiased.onnx", "--images", images, "-o", tmp_path / "r2",
             "--target", "top2")
     assert r.exit_code == 2 and "one map per image" in r.stderr

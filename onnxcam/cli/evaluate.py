@@ -143,6 +143,8 @@ def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:
               help="ONNX tensor to explain: once for every model, or once per model in order ('-' = the default).")
 @click.option("--target", "targets", multiple=True,
               help="What to explain (explain's --target, not topK): once, or once per model ('-' = top1).")
+@click.option("--labels", "labels_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Class names, one per line: once, or once per model ('-' = the model's own).")
 @gating.gate_options
 @click.option("--overwrite", is_flag=True, help="Replace index.html, review.json and the CI files in OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Also print review.json on stdout.")
@@ -150,7 +152,7 @@ def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:
 def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, method: str, boxes_file: str | None,
            steps: int, road: bool, tolerance: float, batch_size: int, device: str, presets: tuple[str, ...],
            configs: tuple[str, ...], size: str | None, letterbox: bool | None, layers: tuple[str, ...],
-           targets: tuple[str, ...], forbidden_file: str | None, truth_file: str | None, requires: tuple[str, ...],
+           targets: tuple[str, ...], labels_files: tuple[str, ...], forbidden_file: str | None, truth_file: str | None, requires: tuple[str, ...],
            junit_name: str | None, markdown_name: str | None, overwrite: bool, as_json: bool) -> None:
     """Compare models' explanations on the same images in one self-contained HTML page.
 
@@ -159,8 +161,8 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     models' maps agree; a table of metrics per model; the agreement of every pair (Spearman ρ and
     top-20% IoU of the maps at the image's own size). OUT/review.json, written last, holds all the
     numbers. Each model is prepared as `explain` would prepare it: its own input size, layout,
-    metadata (onnxcam.preprocess / onnxcam.preset / onnxcam.labels), --config, --preset, --layer
-    and --target (each once, or once per model).
+    metadata (onnxcam.preprocess / onnxcam.preset / onnxcam.labels), --config, --preset, --labels,
+    --layer and --target (each once, or once per model).
 
     `onnxcam review OLD NEW` compares model versions: review.json's "drift" lists, per image (most
     changed first) and per class, the rank correlation, top-k IoU, label changes and the energy
@@ -172,6 +174,7 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     chosen_configs = per_model(configs, n, "--config")
     chosen_layers = per_model(layers, n, "--layer")
     chosen_targets = per_model(targets, n, "--target")
+    chosen_labels = per_model(labels_files, n, "--labels")
     names = unique_names([Path(m).stem for m in models])
     gp = gating.plan(requires, boxes_file, forbidden_file, truth_file, road, junit_name, markdown_name, True)
     gating.check(gp, names)
@@ -180,8 +183,9 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     out.check_free(["index.html", "review.json", *gp.planned()])
     loaded, errors = _load(files)
     runs = [ModelRun.load(m, method, p, size, name=nm, providers=opt.providers(device), config=c, letterbox=letterbox,
-                          layer=ly, target=t)
-            for m, p, c, nm, ly, t in zip(models, chosen_presets, chosen_configs, names, chosen_layers, chosen_targets)]
+                          labels_file=lb, layer=ly, target=t)
+            for m, p, c, nm, ly, t, lb in zip(models, chosen_presets, chosen_configs, names, chosen_layers,
+                                              chosen_targets, chosen_labels)]
     report, evals = run_review(runs, loaded, gp.notes.boxes, steps, road, batch_size, tolerance, notes=gp.notes)
     report["errors"] = errors
     gating.judge(gp, report)
