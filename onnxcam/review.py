@@ -35,7 +35,7 @@ from .explainer import Explainer, Result
 from .image import encode_png, load_image, overlay
 from .output import OutputDir, json_safe, unique_names
 from .preprocessing import Batch, InputPolicy, policy_for
-from .targets import TopK, parse_target
+from .targets import SoftmaxTarget, TopK, parse_target
 
 TOP_PERCENT = 20.0
 
@@ -164,6 +164,11 @@ class ModelRun:
         parsed = parse_target(target, policy.labels) if target else None
         if isinstance(parsed, TopK):
             raise UsageError(f"target {target!r}: eval and review measure one map per image; use explain for topK")
+        if not (parsed is None or isinstance(parsed, (int, SoftmaxTarget))):
+            # the metrics mask the image and read one class's probability: a region, a detection or
+            # an output element has no such probability, and its numbers would mean nothing
+            raise UsageError(f"target {target!r}: eval and review measure a class's probability; give top1, a "
+                             f"class index or label, or softmax:C (explain takes every target)")
         return cls(name or Path(path).stem, path, ex, policy, batch_size, parsed)
 
     @property

@@ -168,3 +168,10 @@ def test_review_layer_and_target_per_model(tmp_path: Path):
     r = run("review", SPURIOUS / "biased.onnx", SPURIOUS / "unbiased.onnx", "--images", images, "-o", tmp_path / "r2",
             "--target", "top2")
     assert r.exit_code == 2 and "one map per image" in r.stderr
+    for target in ("seg:1", "index:0", "det:best", "counterfactual:1"):  # no class probability to measure
+        r = run("eval", SPURIOUS / "biased.onnx", images, "--target", target)
+        assert r.exit_code == 2 and "measure a class's probability" in r.stderr, (target, r.output)
+    r = run("eval", SPURIOUS / "biased.onnx", images, "--target", "softmax:cup", "--steps", "2", "--json")
+    assert r.exit_code == 2 and "is malformed" in r.stderr  # softmax:C takes an index
+    r = run("eval", SPURIOUS / "biased.onnx", images, "--target", "softmax:1", "--steps", "2", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["images"][0]["target"] == 1

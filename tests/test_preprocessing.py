@@ -21,7 +21,7 @@ from onnxcam.image import letterbox, load_image, resize_map
 from onnxcam.preprocessing import DEFAULT_SIZE, load_config, parse_size, policy_for, resolve_policy
 from onnxcam.review import ModelRun, evaluate
 
-from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT
+from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT, golden_stems
 
 OCR = ROOT / "models" / "ocr"
 CLS = OCR / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
@@ -155,10 +155,9 @@ def test_letterbox_batch_matches_the_letterboxed_canvas():
 @pytest.mark.parametrize("model", [
     MOBILENET,  # bundled, ImageNet labels in its metadata
     ROOT / "models" / "spurious" / "biased.onnx",  # bundled, preset and labels in its metadata, fixed 64×64
-    GOLDENS / "tf2onnx_smallresnet_dynhw.onnx",  # NHWC, dynamic size
-    GOLDENS / "tf2onnx_fer.onnx",  # NHWC, one channel
-    GOLDENS / "paddle_resnet.onnx",
-    GOLDENS / "dynamo_tinyresnet.onnx",
+    ROOT / "models" / "spurious" / "unbiased.onnx",
+    # every test model: TorchScript/dynamo/tf2onnx (NHWC, one channel, dynamic size)/Paddle exports
+    *(GOLDENS / f"{stem}.onnx" for stem in golden_stems()),
 ], ids=lambda p: p.stem)
 def test_review_maps_equal_explain_maps_for_bundled_and_test_models(tmp_path: Path, model: Path):
     """Every kind of model with its defaults: eval/review's map of a non-square photo equals
