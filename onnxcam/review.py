@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from . import metrics as M
+from .annotations import Annotations, is_correct, lookup
 from .drift import drift
 from .errors import ImageError, UsageError
 from .explainer import Explainer, Result
@@ -78,61 +79,9 @@ def load_boxes(path: str | os.PathLike) -> dict[str, list[list[float]]]:
     return out
 
 
-def load_regions(path: str | os.PathLike) -> dict[str, list[list[float]]]:
-    """Forbidden regions (a watermark, a border, a ruler): the boxes format of `load_boxes`, plus
-    an optional key "*" whose boxes apply to every image."""
-    return load_boxes(path)
-
-
-def regions_for(regions: dict[str, list[list[float]]] | None, image: str | os.PathLike) -> list[list[float]] | None:
-    """An image's forbidden regions: its own entry and the "*" entry, together; None when neither."""
-    if not regions:
-        return None
-    own = boxes_for({k: v for k, v in regions.items() if k != "*"}, image) or []
-    found = own + regions.get("*", [])
-    return found or None
-
-
-def load_truth(path: str | os.PathLike) -> dict[str, str | int]:
-    """True labels: JSON {image name: class name | class index | {"label": name or index, ...}}
-    (a boxes file whose entries carry "label", e.g. examples/spurious/boxes.json, works as is);
-    entries without a label are skipped."""
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read truth file {path}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"truth file {path} must hold a JSON object {{image name: label}}")
-    out: dict[str, str | int] = {}
-    for name, v in raw.items():
-        v = v.get("label") if isinstance(v, dict) else v
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (str, int)):
-            raise UsageError(f"truth file {path}: the label of {name!r} must be a class name or index, got {v!r}")
-        out[name] = v
-    if not out:
-        raise UsageError(f"truth file {path} holds no label")
-    return out
-
-
-def is_correct(truth: str | int, target: int, label: str | None) -> bool:
-    """Whether a prediction (class `target`, named `label`) is the true class `truth` (an index, a
-    name, or an index written as text)."""
-    if isinstance(truth, int):
-        return target == truth
-    return truth == label or (label is None and truth == str(target))
-
-
 def boxes_for(boxes: dict[str, list[list[float]]] | None, image: str | os.PathLike) -> list[list[float]] | None:
     """The boxes of an image, looked up by its path as given, then its file name, then its stem."""
-    if not boxes:
-        return None
-    p = Path(image)
-    for key in (str(image), p.as_posix(), p.name, p.stem):
-        if key in boxes:
-            return boxes[key]
-    return None
+    return lookup(boxes, image)
 
 
 @dataclass
@@ -240,26 +189,10 @@ def _batch_scores(run: ModelRun, batch: Batch, res: Result, steps: int, road: bo
     )
 
 
-@dataclass(frozen=True)
-class Annotations:
-    """What is known about the images: ground-truth boxes, forbidden regions, true labels
-    (each {image name: ...}, looked up as `boxes_for` does; None when not given)."""
-
-    boxes: dict[str, list[list[float]]] | None = None
-    forbidden: dict[str, list[list[float]]] | None = None
-    truth: dict[str, str | int] | None = None
-
-    def label_of(self, image: str) -> str | int | None:
-        if not self.truth:
-            return None
-        p = Path(image)
-        return next((self.truth[k] for k in (image, p.as_posix(), p.name, p.stem) if k in self.truth), None)
-
-
 def _annotate(rec: dict[str, Any], run: ModelRun, name: str, big: np.ndarray, probs: np.ndarray,
               notes: Annotations) -> None:
     """Add the forbidden-region energy and the correctness of the prediction to an image record."""
-    bad = regions_for(notes.forbidden, name)
+    bad = notes.forbidden_for(name, big.shape[:2])
     if bad is not None:
         rec["forbidden"] = bad
         # a map without energy (all zero) says nothing about where the model looks: undefined, not 0
@@ -414,7 +347,7 @@ def review(runs: Sequence[ModelRun], images: Sequence[tuple[str, np.ndarray]], b
             "image": name,
             "size": [int(img.shape[0]), int(img.shape[1])],
             "boxes": boxes_for(boxes, name),
-            "forbidden": regions_for(notes.forbidden if notes else None, name),
+            "forbidden": notes.forbidden_for(name, img.shape[:2]) if notes else None,
             "agreement": {"spearman": ms, "top_iou": _nanmean([p["top_iou"] for p in per_image_pairs[i]]),
                           "pairs": per_image_pairs[i]},
             "models": {runs[k].name: evals[k].images[i] for k in range(m)},

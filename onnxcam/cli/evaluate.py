@@ -66,7 +66,8 @@ def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
             line += (f"  pointing {'hit' if r['pointing_hit'] else 'miss'}  energy {r['energy']:.3f}  "
                      f"box IoU {r['localisation_iou']:.3f}")
         if "energy_in_forbidden" in r:
-            line += f"  forbidden {r['energy_in_forbidden']:.3f}"
+            e = r["energy_in_forbidden"]
+            line += f"  forbidden {'undefined' if e is None else f'{e:.3f}'}"
         if "correct" in r:
             line += f"  {'right' if r['correct'] else 'wrong'} (true {r['true_label']})"
         click.echo(line)

@@ -17,7 +17,8 @@ from ..errors import UsageError
 from ..gates import (GATE_FAILED_EXIT_CODE, GRAMMAR_HELP, Condition, Outcome, check_names, evaluate_gates,
                      facts_from_report, gate_report, parse_conditions)
 from ..output import OutputDir
-from ..review import Annotations, load_boxes, load_regions, load_truth
+from ..annotations import Annotations, load_regions, load_truth
+from ..review import load_boxes
 from . import options as opt
 from .common import one_line
 
@@ -25,8 +26,9 @@ from .common import one_line
 def gate_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return opt.stack(
         click.option("--forbidden", "forbidden_file", default=None, type=click.Path(exists=True, dir_okay=False),
-                     help="JSON {image name: box or boxes, \"*\": boxes for every image} of regions the map must "
-                          "avoid (a watermark, a border): adds energy_in_forbidden."),
+                     help="JSON {image name: box(es) in pixels, or {\"relative\": box(es)} in fractions of the "
+                          "image; \"*\": for every image} of regions the map must avoid (a watermark, a "
+                          "border): adds energy_in_forbidden."),
         click.option("--truth", "truth_file", default=None, type=click.Path(exists=True, dir_okay=False),
                      help="JSON {image name: class name or index, or {\"label\": ...}}: adds accuracy."),
         click.option("--require", "requires", multiple=True, metavar="CONDITION",
