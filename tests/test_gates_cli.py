@@ -175,3 +175,17 @@ def test_review_layer_and_target_per_model(tmp_path: Path):
     assert r.exit_code == 2 and "is malformed" in r.stderr  # softmax:C takes an index
     r = run("eval", SPURIOUS / "biased.onnx", images, "--target", "softmax:1", "--steps", "2", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["images"][0]["target"] == 1
+
+
+def test_an_unreadable_image_exits_1_after_the_gate_lines(tmp_path: Path):
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(IMAGES / "cat_mark_0.png", images / "good.png")
+    (images / "broken.png").write_bytes(b"not a png")
+    r = run("eval", SPURIOUS / "biased.onnx", images, "--require", "images>=2", "--steps", "2", "--json")
+    assert r.exit_code == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("onnxcam: error:")]
+    assert len(errors) == 1 and "broken.png" in errors[0]
+    assert gate_lines(r.stderr) == ["onnxcam: gate failed: images>=2: biased images = 1, required >= 2"]
+    rep = json.loads(r.stdout)
+    assert rep["errors"][0]["image"].endswith("broken.png") and not rep["gates"]["passed"]
