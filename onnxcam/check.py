@@ -24,6 +24,7 @@ from .graph.split import Split, split_at
 from .model import inspect_model, load_model
 from .protos import copy_model
 from .runtime import CPU, session_for
+from .types import DEFAULT_SIZE
 
 QUANTISED_OPS = {
     "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QLinearAdd", "QLinearMul",
@@ -167,7 +168,7 @@ def self_check(
     quant = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTISED_OPS})
     if quant:
         return CheckReport(path, quant, [])
-    prep = prepare(model, info, None if info.fixed_size else (size or (224, 224)))
+    prep = prepare(model, info, None if info.fixed_size else (size or DEFAULT_SIZE))
     names = layers or [prep.layer(None).name]
     rng = np.random.default_rng(seed)
     out = []

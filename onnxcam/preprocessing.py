@@ -24,9 +24,7 @@ import numpy as np
 
 from .errors import UsageError
 from .image import PRESETS, Letterbox, Preset, get_preset, letterbox, preprocess, resize_map, unletterbox_map
-
-DEFAULT_SIZE: tuple[int, int] = (224, 224)
-"""The input size of a model whose size is dynamic, when nothing else names one."""
+from .types import DEFAULT_SIZE
 
 CONFIG_KEYS = {"preset", "mean", "std", "scale", "bgr", "size", "letterbox", "labels", "multiple"}
 _NORMALISATION_KEYS = ("mean", "std", "scale", "bgr")

@@ -17,6 +17,9 @@ Dim = Union[int, str, None]
 """One axis of a shape: an int where fixed, a symbolic name, or None where unknown."""
 Shape = tuple[Dim, ...]
 
+DEFAULT_SIZE: tuple[int, int] = (224, 224)
+"""Image size (height, width) used for a model whose input size is dynamic, unless told otherwise."""
+
 BATCH = "N"
 """The symbolic name onnxcam gives the batch axis when it fixes a model's input size."""
 
