@@ -154,3 +154,23 @@ def test_demo_page_matches_explain_on_a_photo_at_its_own_size(demo_server, tmp_p
     heat = np.asarray(res["heatmap"], np.float32).reshape(size)
     assert np.abs(heat - py.heatmaps[0]).max() <= 1e-4
     assert f"({res['explained']})" in res["text"]
+
+
+@needs_node
+def test_node_rgb_model_equals_the_explain_command_on_a_photo(tmp_path):
+    """`onnxcam explain`'s saved heatmap (preset from the model's metadata) against the exported
+    --rgb-input file run by onnxruntime-node on the photo's own pixels (512×512)."""
+    from click.testing import CliRunner
+
+    from onnxcam.cli import cli
+
+    r = CliRunner().invoke(cli, ["export", str(MOBILENET), "-o", str(tmp_path / "m.onnx"), "--heatmap", "--rgb-input",
+                                 "--target-runtime", "node"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["explain", str(MOBILENET), str(EXAMPLES / "astronaut.png"), "-o", str(tmp_path / "out"), "--json"])
+    assert r.exit_code == 0, r.output
+    want = np.load(tmp_path / "out" / "astronaut.heatmap.npy")
+    photo = load_image(EXAMPLES / "astronaut.png")
+    got = node_run(tmp_path / "m.onnx", tmp_path / "node", onnxcam_rgb=photo[None], onnxcam_target=np.array([-1], np.int64))
+    assert got["onnxcam_targets"].tolist() == [json.loads(r.stdout)["images"][0]["target"]]
+    assert np.abs(got["onnxcam_heatmap"][0] - want).max() <= 1e-4
