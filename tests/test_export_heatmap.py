@@ -311,3 +311,19 @@ def test_rgb_input_refuses_a_letterbox_config_and_keep_tensors_keeps_a_and_g(tmp
     py = Explainer(MOBILENET).explain(photos)
     np.testing.assert_allclose(got["onnxcam_gradient"], py.gradients, atol=1e-6)
     assert np.abs(got["onnxcam_heatmap"] - py.heatmaps).max() <= 1e-5
+
+
+@pytest.mark.parametrize("stem, golden", [("torchscript_tinyresnet_fp16", "torchscript_tinyresnet"),
+                                          ("tf2onnx_smallresnet_fp16", "tf2onnx_smallresnet")])
+def test_float16_models_agree_to_their_precision(stem, golden):
+    """In the graph, the float16 gradient is not rounded to float16 before the map (it is no
+    output any more, and onnxruntime keeps its float32 kernels' result): within ~1e-3 of explain."""
+    path = ROOT / "tests" / "data" / "fp16" / f"{stem}.onnx"
+    x = load_golden(golden)["x"]
+    ex = export_model(path, heatmap=True, runtime="web")
+    sess = ort.InferenceSession(ex.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = x.astype(np.float16) if sess.get_inputs()[0].type == "tensor(float16)" else x
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {ex.inputs[0]: x, "onnxcam_target": np.array([-1], np.int64)})))
+    py = Explainer(path).explain(x)
+    assert got["onnxcam_heatmap"].dtype == np.float32 and got["onnxcam_targets"].tolist() == py.targets.tolist()
+    assert np.abs(got["onnxcam_heatmap"] - py.heatmaps).max() <= 2e-3
