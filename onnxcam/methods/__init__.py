@@ -11,9 +11,10 @@ from .gradients import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, L
 from .input_gradients import FullGrad, GuidedBackprop, GuidedGradCAM
 from .maps import normalize_maps, scale_maps
 from .score import ISCAM, SSCAM, ScoreCAM
+from .transformer import AttentionRollout, Chefer, GradRollout, RawAttention
 
 __all__ = [
-    "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "FEM", "FullGrad", "GradCAM",
+    "AblationCAM", "AttentionRollout", "Chefer", "GradRollout", "RawAttention", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "FEM", "FullGrad", "GradCAM",
     "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM",
     "KPCACAM", "LayerCAM", "METHODS", "MethodInputs", "RandomCAM", "SSCAM", "ScoreCAM",
     "SmoothGradCAMpp", "XGradCAM", "get_method", "normalize_maps", "scale_maps",

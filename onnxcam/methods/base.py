@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..layers import CamHead
+from ..tokens import TokenModel
 from .maps import first_component
 
 
@@ -41,6 +42,9 @@ class MethodInputs:
     gradients_at: Optional[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = None
     pixel_maps: dict = field(default_factory=dict)  # pixel-space outputs a method adds (Result.extra)
     seeds: np.ndarray | None = None  # (N, ...) cotangents, when the target is not a plain class
+    tokens: TokenModel | None = None  # vision transformers: prefix, grid, the tokens the head reads
+    attentions: list = field(default_factory=list)  # per block (N, heads, T, T) probabilities
+    attention_gradients: list | None = None  # per block ∂y_t/∂A (N, heads, T, T)
 
     def score(self, n: int, out: np.ndarray) -> np.ndarray:
         """The explained score of item n's target on a batch of outputs (B, ...): y[:, t_n] for a
@@ -63,6 +67,8 @@ class CAMMethod:
     needs_head: ClassVar[bool] = False  # the GAP → linear classifier weights (CAM)
     input_gradient: ClassVar[Optional[str]] = None  # ∂y/∂x at the input: "plain" or "guided"
     bias_taps: ClassVar[bool] = False  # FullGrad's bias-gradient terms
+    needs_attention: ClassVar[bool] = False  # every block's attention probabilities (transformers)
+    attention_gradients: ClassVar[bool] = False  # and their gradients
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
         raise NotImplementedError
