@@ -31,7 +31,7 @@ the exported graph with every intermediate tensor exposed and matching values.
 
 Run from the repository root (build time only; the test suite never imports torch)::
 
-    /work/venvs/torch/bin/python tools/transformers/make_transformer_models.py [--only MODEL ...]
+    /work/venvs/torch/bin/python -m tools.transformers.make_transformer_models [--only MODEL ...]
 
 Fails loudly (non-zero exit) when onnxruntime's logits differ from torch by more than 1e-4, when a
 layer or attention tensor is not found in a graph that should expose it, when the explicit-attention
@@ -58,12 +58,10 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-sys.dont_write_bytecode = True
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tfx_reference as R  # noqa: E402
+from tools.common import ROOT
+from tools.transformers import tfx_reference as R
 
-REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "tests" / "data" / "transformers"
+OUT = ROOT / "tests" / "data" / "transformers"
 SEED = 0
 NUM_CLASSES = 10
 BATCH = 2

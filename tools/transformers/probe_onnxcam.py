@@ -2,7 +2,7 @@
 
 Imports onnxcam and numpy only (run it with the test venv from the repository root)::
 
-    /work/main/.venv/bin/python tools/transformers/probe_onnxcam.py [--json]
+    /work/main/.venv/bin/python -m tools.transformers.probe_onnxcam
 
 For every ``tests/data/transformers/*.onnx`` (described in ``index.json``) it records: the default
 layer onnxcam picks and its (C, h, w) reading; whether ``Explainer(path).explain(x)`` (Grad-CAM)
@@ -16,14 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
 import onnxcam
 from onnxcam.check import self_check
 
-DATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "transformers"
+from tools.common import ROOT
+
+DATA = ROOT / "tests" / "data" / "transformers"
 
 
 def _err(exc: BaseException) -> str:
