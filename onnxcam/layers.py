@@ -204,17 +204,24 @@ class _HeadWalk:
 
 
 def _check_global_pooling(walk: _HeadWalk, node: onnx.NodeProto | None, constants: dict[str, np.ndarray]) -> str:
-    """Accept GlobalAveragePool, ReduceMean over the spatial axes or a whole-map AveragePool;
-    return the pooled tensor."""
+    """Accept GlobalAveragePool, ReduceMean over the spatial axes or a whole-map AveragePool,
+    after Transposes of a 4-D layer (Swin's channels-last stage put channels first); return the
+    pooled tensor."""
     layer = walk.layer
+    layout = layer.layout
+    while node is not None and node.op_type == "Transpose" and len(layout) == 4:
+        layout = "".join(layout[p] for p in node_attrs(node).get("perm", [3, 2, 1, 0]))
+        node = walk.next_node(walk.step(node))
     if node is None:
         raise walk.fail("the layer feeds more than one branch")
     t = walk.step(node)
     attrs = node_attrs(node)
+    if node.op_type in ("GlobalAveragePool", "AveragePool") and layout not in ("NCHW", "NCWH"):
+        raise walk.fail(f"{node.op_type} over a tensor laid out {layout}, not channels first")
     if node.op_type == "GlobalAveragePool":
         return t
     if node.op_type == "ReduceMean":
-        hw = [layer.layout.index("H"), layer.layout.index("W")]
+        hw = [layout.index("H"), layout.index("W")] if "H" in layout else [-1]
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1:
             axes = constants.get(node.input[1], np.array([])).tolist()

@@ -248,3 +248,13 @@ def test_token_grid_round_trip(axes: str) -> None:
     assert grid.shape == (2, 5, 3, 4)
     assert np.array_equal(grid[:, :, 1, 2], ntc[:, 2 + 1 * 4 + 2, :])
     assert np.array_equal(from_grid(grid, axes, ntc[:, :2]), a)
+
+
+def test_cam_on_swin_channels_last_stage_equals_grad_cam() -> None:
+    """Swin's TorchScript export pools its channels-last last stage through a Transpose into
+    GlobalAveragePool → Flatten → Gemm: a real CAM head, so CAM = Grad-CAM up to scale (the
+    gradient is constant over the grid), here pytorch-grad-cam's Grad-CAM."""
+    g = golden("tv_swin_ts17")
+    r = Explainer(DATA / "tv_swin_ts17.onnx", method="cam").explain(g["x"])
+    assert r.layer == INDEX["tv_swin_ts17"]["layers"]["default"]["onnx"]
+    assert np.abs(normalised(r.cams) - normalised(g["pgc_raw_GradCAM"])).max() < 1e-4
