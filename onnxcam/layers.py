@@ -26,7 +26,7 @@ from .errors import HeadError, UsageError
 from .graph.index import GraphIndex
 from .layouts import tensor_layouts
 from .protos import node_attrs
-from .tokens import TokenLayout, is_token_layer, patch_liveness, token_layouts
+from .tokens import TokenLayout, has_attention, is_token_layer, patch_liveness, token_layouts
 from .types import FLOAT_TYPES, LAYOUTS, TensorInfo
 
 
@@ -80,6 +80,7 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
     constants = constants or {}
     patch, tokens = token_layouts(model, shapes, constants, image) if image else (None, {})
     live = patch_liveness(model, constants, tokens, output) if patch else {}
+    attention = patch is not None or has_attention(model, shapes)
     out: list[Layer] = []
     for idx, node in enumerate(model.graph.node):
         for t in node.output:
@@ -93,8 +94,8 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
             if len(info.shape) != 4:
                 continue
             lay = layouts.get(t)
-            if lay is None and patch is not None:
-                continue  # after a patch embedding, a 4-D tensor of unknown layout is attention's
+            if lay is None and attention:
+                continue  # in a model with attention, a 4-D tensor of unknown layout may be its heads
             if lay is None:
                 # unknown layout: a candidate only if spatial under both readings, so that a
                 # pooled (N, 1, 1, C) tensor is never taken for a 1×C map

@@ -102,27 +102,41 @@ def _ints(shape) -> bool:
     return all(isinstance(d, int) for d in shape)
 
 
-def find_patch_embedding(model: onnx.ModelProto, shapes: dict[str, TensorInfo], image: str) -> Optional[PatchEmbedding]:
-    """The first Conv fed by the image (through element-wise preprocessing only) whose kernel
-    equals its strides, unpadded and undilated, with a known output grid; None where there is none."""
-    fed = {image}
+def _patchify(node: onnx.NodeProto, shapes: dict[str, TensorInfo], image: str,
+              min_kernel: int) -> Optional[PatchEmbedding]:
+    """`node` as a patch embedding: a Conv whose kernel equals its strides (≥ min_kernel),
+    unpadded, undilated, ungrouped, with a known output grid; the patch is the image size over
+    the grid (the kernel where the Conv reads the image itself)."""
+    if node.op_type != "Conv":
+        return None
+    k = list(node_attr(node, "kernel_shape", []) or [])
+    s = list(node_attr(node, "strides", []) or [])
+    pads = list(node_attr(node, "pads", []) or [])
+    dil = list(node_attr(node, "dilations", []) or [])
+    out, img = shapes.get(node.output[0]), shapes.get(image)
+    if not (len(k) == 2 and k == s and min(k) >= min_kernel and not any(pads) and all(d == 1 for d in dil)
+            and node_attr(node, "group", 1) == 1 and out is not None and len(out.shape) == 4 and _ints(out.shape[2:])):
+        return None
+    h, w = out.shape[2], out.shape[3]
+    hw_in = [d for d in (img.shape if img is not None else ()) if isinstance(d, int) and d > 4]
+    patch = (hw_in[0] // h, hw_in[1] // w) if len(hw_in) == 2 else (k[0], k[1])
+    return PatchEmbedding(node.name, node.output[0], patch, (h, w))
+
+
+def patch_embeddings(model: onnx.ModelProto, shapes: dict[str, TensorInfo], image: str) -> list[PatchEmbedding]:
+    """Candidate patch embeddings, in order: the first Conv fed by the image (through element-wise
+    preprocessing only) when its kernel equals its strides (ViT, DeiT, Swin); then every later such
+    Conv (a hybrid ViT embeds the feature map of a CNN stem, even with 1×1 patches)."""
+    fed, found = {image}, []
+    first = True
     for node in model.graph.node:
-        if not any(i in fed for i in node.input if i):
-            continue
-        if node.op_type == "Conv" and node.input[0] in fed:
-            k = list(node_attr(node, "kernel_shape", []) or [])
-            s = list(node_attr(node, "strides", []) or [])
-            pads = list(node_attr(node, "pads", []) or [])
-            dil = list(node_attr(node, "dilations", []) or [])
-            out = shapes.get(node.output[0])
-            if (len(k) == 2 and k == s and min(k) > 1 and not any(pads) and all(d == 1 for d in dil)
-                    and node_attr(node, "group", 1) == 1 and out is not None and len(out.shape) == 4
-                    and _ints(out.shape[2:])):
-                return PatchEmbedding(node.name, node.output[0], (k[0], k[1]), (out.shape[2], out.shape[3]))
-            return None
-        if node.op_type in PER_TOKEN_OPS or node.op_type == "Transpose":
+        if node.op_type == "Conv":
+            pe = _patchify(node, shapes, image, 2 if first else 1) if not first or node.input[0] in fed else None
+            found += [pe] if pe else []
+            first = False
+        elif first and any(i in fed for i in node.input if i) and (node.op_type in PER_TOKEN_OPS or node.op_type == "Transpose"):
             fed.update(o for o in node.output if o)
-    return None
+    return found
 
 
 class _Propagation:
@@ -213,7 +227,7 @@ class _Propagation:
         self.set(out, TokenLayout(lay.axes, lay.prefix + prefix, lay.grid))
 
 
-def _has_attention(model: onnx.ModelProto, shapes: dict[str, TensorInfo]) -> bool:
+def has_attention(model: onnx.ModelProto, shapes: dict[str, TensorInfo]) -> bool:
     """A Softmax over a rank ≥ 3 tensor: attention probabilities (a classifier's is (N, K))."""
     for node in model.graph.node:
         info = shapes.get(node.output[0]) if node.op_type == "Softmax" and node.output else None
@@ -224,15 +238,30 @@ def _has_attention(model: onnx.ModelProto, shapes: dict[str, TensorInfo]) -> boo
 
 def token_layouts(model: onnx.ModelProto, shapes: dict[str, TensorInfo], constants: dict[str, np.ndarray],
                   image: str) -> tuple[Optional[PatchEmbedding], dict[str, TokenLayout]]:
-    """The patch embedding and the layout of every tensor reached from it (empty for CNNs)."""
-    pe = find_patch_embedding(model, shapes, image)
-    if pe is None or not _has_attention(model, shapes):
+    """The patch embedding and the layout of every tensor reached from it (empty for CNNs): the
+    Conv on the image if it patchifies, else the first later patchifying Conv whose output becomes
+    tokens (a hybrid's)."""
+    if not has_attention(model, shapes):
         return None, {}  # a patchify stem without attention (ConvNeXt) is a CNN's
-    prop = _Propagation(model, shapes, constants, image)
-    prop.layouts[pe.output] = TokenLayout("NCHW", 0, pe.grid)
+    for k, pe in enumerate(patch_embeddings(model, shapes, image)):
+        prop = _Propagation(model, shapes, constants, image)
+        prop.layouts[pe.output] = TokenLayout("NCHW", 0, pe.grid)
+        for node in model.graph.node:
+            prop.step(node)
+        first_on_image = k == 0 and _reads_image(model, pe, image)
+        if first_on_image or any(lay.is_tokens for lay in prop.layouts.values()):
+            return pe, prop.layouts
+    return None, {}
+
+
+def _reads_image(model: onnx.ModelProto, pe: PatchEmbedding, image: str) -> bool:
+    """True when no Conv comes before the patch embedding (it reads the image itself)."""
     for node in model.graph.node:
-        prop.step(node)
-    return pe, prop.layouts
+        if node.name == pe.node and node.output[0] == pe.output:
+            return True
+        if node.op_type == "Conv":
+            return False
+    return False
 
 
 def is_token_layer(node: onnx.NodeProto, layouts: dict[str, TokenLayout], constants: dict[str, np.ndarray]) -> bool:

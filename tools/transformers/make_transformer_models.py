@@ -10,7 +10,7 @@ Writes, under ``tests/data/transformers/`` (relative to the repository root):
   prefix tokens, head type, the layers (torch module, ONNX tensor, shape) and the ONNX names of the
   attention probabilities.
 
-Models (tiny: 32–48 px, patch 4–8, width 16–32, depth 2, 2 heads; every weight re-drawn from one
+Models (tiny: 32–96 px, patch 4–8 (the hybrid: 32 in image pixels), width 16–32, depth 2, 2 heads; every weight re-drawn from one
 seeded scheme so attention is far from uniform and the heads are not zero):
 
 * ``tv_vit``: torchvision ``VisionTransformer`` (class token; its head is zero at init — re-drawn);
@@ -18,7 +18,8 @@ seeded scheme so attention is far from uniform and the heads are not zero):
 * ``hf_vit``: ``transformers.ViTForImageClassification`` (eager attention), wrapped to return logits;
 * ``hf_deit``: ``transformers.DeiTForImageClassificationWithTeacher`` (class + distillation tokens);
 * ``timm_vit``: ``timm`` ViT with a class token; ``timm_vit_avg``: ``global_pool='avg'``;
-  ``timm_vit_reg``: 4 register tokens; ``timm_deit``: distilled DeiT; ``timm_vit_rect``: 32×48 input.
+  ``timm_vit_reg``: 4 register tokens; ``timm_deit``: distilled DeiT; ``timm_vit_rect``: 32×48 input;
+  ``timm_hybrid``: a hybrid ViT (ResNetV2 stem, then an 8×8 patch embedding of its feature map).
 
 Goldens come from torch autograd on float32 CPU for a seeded input x (2 images) and the predicted
 classes: logits; activation and gradient (of the predicted logit) at the default layer (class-token
@@ -177,13 +178,22 @@ def b_timm_vit_rect():
         notes="timm ViT as timm_vit with img_size=(32, 48): a 4x6 patch grid")
 
 
+def b_timm_hybrid():
+    m = _timm("vit_tiny_r_s16_p8_224", img_size=96)
+    return m, dict(
+        framework="timm", size=(96, 96), patch=32, prefix=1, head="class_token", default="blocks.1.norm1", last="blocks.1",
+        notes="timm hybrid vit_tiny_r_s16_p8_224(img_size=96, embed_dim=32, depth=2, num_heads=2): a ResNetV2 stem "
+              "(StdConv 7x7/2, GroupNorm, max-pool /2) then an 8x8/8 patch embedding of its 24x24 map: a 3x3 grid")
+
+
 MODELS: dict[str, Callable] = {
     "tv_vit": b_tv_vit, "tv_swin": b_tv_swin, "hf_vit": b_hf_vit, "hf_deit": b_hf_deit,
     "timm_vit": b_timm_vit, "timm_vit_avg": b_timm_vit_avg, "timm_vit_reg": b_timm_vit_reg,
-    "timm_deit": b_timm_deit, "timm_vit_rect": b_timm_vit_rect,
+    "timm_deit": b_timm_deit, "timm_vit_rect": b_timm_vit_rect, "timm_hybrid": b_timm_hybrid,
 }
 EXPORTS: dict[str, list[str]] = {name: ["ts17", "dy18"] for name in MODELS}
 EXPORTS["timm_vit"].append("dy23")
+EXPORTS["timm_hybrid"] = ["ts17"]  # its stem's weights make it the largest file: one exporter
 
 _TOKEN_PARAMS = ("cls_token", "class_token", "pos_embed", "pos_embedding", "position_embeddings", "reg_token",
                  "dist_token", "distillation_token", "relative_position_bias_table")
