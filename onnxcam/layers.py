@@ -76,7 +76,8 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
     starts with a patch embedding)."""
     ranks = {k: len(v.shape) for k, v in shapes.items()}
     layouts = tensor_layouts(model, ranks)
-    feeding = GraphIndex(model.graph).ancestors([output])
+    index = GraphIndex(model.graph)
+    feeding = index.ancestors([output])
     constants = constants or {}
     patch, tokens = token_layouts(model, shapes, constants, image) if image else (None, {})
     live = patch_liveness(model, constants, tokens, output) if patch else {}
@@ -88,7 +89,7 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
             if not t or t not in feeding or info is None or info.elem_type not in FLOAT_TYPES:
                 continue
             if patch is not None and t in tokens and node.op_type != "Conv":
-                if is_token_layer(node, tokens, constants):
+                if is_token_layer(node, tokens, constants, index.producer):
                     out.append(_token_layer(t, node, idx, tokens[t], info, live.get(t, True)))
                 continue  # its transposes and reshapes are the same layer
             if len(info.shape) != 4:

@@ -25,7 +25,7 @@ zero, so no gradient map can be read there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
@@ -39,6 +39,7 @@ PER_TOKEN_OPS = frozenset({
     "Sqrt", "Pow", "Neg", "Abs", "Clip", "Exp", "Log", "Reciprocal",
 })
 TOKEN_AXES = ("NTC", "TNC")
+_CHANNEL_REDUCTIONS = frozenset({"ReduceMean", "ReduceSum"})
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,11 @@ class _Propagation:
             w = self.shape(node.input[1])
             if node.input[0] == src and node.input[1] not in self.image_dependent and w is not None and len(w) == 2:
                 self.set(out, lay)
+        elif op in _CHANNEL_REDUCTIONS:  # a mean over each token's channels (LayerNormalization written out)
+            axes = _const_ints(node, 1, "axes", self.constants)
+            if axes is not None and [a % len(ishape) for a in axes] == [lay.axes.index("C")] \
+                    and node_attr(node, "keepdims", 1):
+                self.set(out, lay)
         elif op in PER_TOKEN_OPS or op == "Pad":  # Pad: where it pads nothing (Swin, sizes fitting the windows)
             if _same_shape(oshape, ishape):
                 self.set(out, lay)
@@ -264,15 +270,34 @@ def _reads_image(model: onnx.ModelProto, pe: PatchEmbedding, image: str) -> bool
     return False
 
 
-def is_token_layer(node: onnx.NodeProto, layouts: dict[str, TokenLayout], constants: dict[str, np.ndarray]) -> bool:
-    """A layer is the residual stream or its normalisation: a LayerNormalization output, or an Add
-    of two computed tensors (a residual connection). Query, key and value (MatMul outputs and
-    their bias Adds), the position-embedding Add and every tensor inside attention are not."""
+def is_token_layer(node: onnx.NodeProto, layouts: dict[str, TokenLayout], constants: dict[str, np.ndarray],
+                   producer: Callable[[str], Optional[onnx.NodeProto]]) -> bool:
+    """A layer is the residual stream or its normalisation: a LayerNormalization output (or one
+    written out, as exporters do below opset 17), or an Add of two computed tensors (a residual
+    connection). Query, key and value (MatMul outputs and their bias Adds), the position-embedding
+    Add and every tensor inside attention are not."""
     if not node.output or node.output[0] not in layouts:
         return False
-    if node.op_type == "LayerNormalization":
+    if node.op_type == "LayerNormalization" or _written_out_layernorm(node, constants, producer):
         return True
     return node.op_type == "Add" and not any(i in constants for i in node.input[:2])
+
+
+def _written_out_layernorm(node: onnx.NodeProto, constants: dict[str, np.ndarray],
+                           producer: Callable[[str], Optional[onnx.NodeProto]]) -> bool:
+    """Add(Mul(Div(Sub(x, mean), ·), γ), β): LayerNormalization as element-wise ops."""
+
+    def through(n: Optional[onnx.NodeProto], op: str) -> Optional[onnx.NodeProto]:
+        """The producer of `n`'s one non-constant input, if `n` is `op` with one constant input."""
+        if n is None or n.op_type != op or len(n.input) != 2 or sum(i in constants for i in n.input) != 1:
+            return None
+        return producer(next(i for i in n.input if i not in constants))
+
+    div = through(through(node, "Add"), "Mul")
+    if div is None or div.op_type != "Div":
+        return False
+    sub = producer(div.input[0])
+    return sub is not None and sub.op_type == "Sub"
 
 
 def _token_axis_selection(node: onnx.NodeProto, lay: TokenLayout, constants: dict[str, np.ndarray]) -> Optional[list[int]]:
@@ -299,7 +324,8 @@ def patch_liveness(model: onnx.ModelProto, constants: dict[str, np.ndarray],
     only its prefix tokens reach the output (False: the patch gradient is structurally zero)?
 
     Walking back from the output: a Gather or Slice of tokens passes on the tokens it keeps; an op
-    applied per token (LayerNormalization, element-wise, MatMul by weights, Transpose) passes on
+    applied per token (LayerNormalization, element-wise, a mean over channels, MatMul by weights,
+    Transpose) passes on
     what its output has; anything else (attention, which mixes the tokens) reaches every token."""
     live: dict[str, bool] = {output: True}
     for node in reversed(list(model.graph.node)):
@@ -307,8 +333,8 @@ def patch_liveness(model: onnx.ModelProto, constants: dict[str, np.ndarray],
         if not outs:
             continue
         out_lay = layouts.get(node.output[0])
-        per_token = (node.op_type in PER_TOKEN_OPS or node.op_type in ("Transpose", "MatMul")) \
-            and out_lay is not None and out_lay.is_tokens
+        per_token = (node.op_type in PER_TOKEN_OPS or node.op_type in _CHANNEL_REDUCTIONS
+                     or node.op_type in ("Transpose", "MatMul")) and out_lay is not None and out_lay.is_tokens
         for k, i in enumerate(node.input):
             lay = layouts.get(i) if i else None
             state = True

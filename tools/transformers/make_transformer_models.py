@@ -2,7 +2,8 @@
 
 Writes, under ``tests/data/transformers/`` (relative to the repository root):
 
-* ``<model>_<exporter>.onnx``: ``ts17`` = ``torch.onnx.export(..., dynamo=False, opset_version=17)``,
+* ``<model>_<exporter>.onnx``: ``ts17`` = ``torch.onnx.export(..., dynamo=False, opset_version=17)``
+  (``ts14``: at opset 14, where LayerNormalization is written out as element-wise ops),
   ``dy18`` = ``torch.onnx.export(..., dynamo=True, opset_version=18)``, ``dy23`` = dynamo at opset 23
   (where attention becomes one fused ``Attention`` op); batch axis dynamic where the exporter allows;
 * ``<model>_<exporter>.npz``: the goldens (see ``README.md`` there, written by this script);
@@ -192,7 +193,7 @@ MODELS: dict[str, Callable] = {
     "timm_deit": b_timm_deit, "timm_vit_rect": b_timm_vit_rect, "timm_hybrid": b_timm_hybrid,
 }
 EXPORTS: dict[str, list[str]] = {name: ["ts17", "dy18"] for name in MODELS}
-EXPORTS["timm_vit"].append("dy23")
+EXPORTS["timm_vit"] += ["dy23", "ts14"]  # opset 14: LayerNormalization written out as element-wise ops
 EXPORTS["timm_hybrid"] = ["ts17"]  # its stem's weights make it the largest file: one exporter
 
 _TOKEN_PARAMS = ("cls_token", "class_token", "pos_embed", "pos_embedding", "position_embeddings", "reg_token",
@@ -370,8 +371,8 @@ def export(model: nn.Module, x: torch.Tensor, kind: str, path: Path) -> None:
     model.eval()
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if kind == "ts17":
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["pixel_values"],
+        if kind.startswith("ts"):
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=int(kind[2:]), input_names=["pixel_values"],
                               output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
         else:
             opset = int(kind[2:])
@@ -385,7 +386,7 @@ def export(model: nn.Module, x: torch.Tensor, kind: str, path: Path) -> None:
                                          output_names=["logits"])
             prog.save(str(path), external_data=False)
     m = onnx.load(str(path))
-    if kind != "ts17":  # the dynamo exporter's per-node stack traces are 60% of the file: dropped
+    if kind.startswith("dy"):  # the dynamo exporter's per-node stack traces are 60% of the file: dropped
         for node in m.graph.node:
             del node.metadata_props[:]
             node.doc_string = ""
