@@ -158,6 +158,17 @@ def test_transformer_methods_by_name(stem: str, key: str) -> None:
     assert np.abs(r.heatmaps.max(axis=(1, 2)) - 1).max() < 1e-5
 
 
+def test_transformer_methods_with_explainer_options() -> None:
+    """aug_smooth (flips and value scales) and explicit targets work; eigen_smooth has no channels
+    to work on and says so."""
+    g = golden("timm_vit_ts17")
+    r = Explainer(DATA / "timm_vit_ts17.onnx", method="chefer", aug_smooth=True).explain(g["x"])
+    assert r.heatmaps.shape == (2, 48, 48) and np.isfinite(r.heatmaps).all()
+    assert list(Explainer(DATA / "timm_vit_ts17.onnx", method="chefer").explain(g["x"], targets=[3, 3]).targets) == [3, 3]
+    with pytest.raises(UsageError, match="eigen_smooth"):
+        Explainer(DATA / "timm_vit_ts17.onnx", method="rollout", eigen_smooth=True).explain(g["x"])
+
+
 def test_transformer_methods_refuse_windowed_attention_and_cnns() -> None:
     g = golden("tv_swin_dy18")
     with pytest.raises(UsageError, match="windowed attention"):

@@ -69,6 +69,10 @@ class _AttentionMethod(CAMMethod):
     def __init__(self, start_layer: int = 0) -> None:
         self.start_layer = start_layer
 
+    def eigen_cam(self, inp: MethodInputs) -> np.ndarray:
+        raise UsageError(f"eigen_smooth takes the principal component over a layer's channels; {self.name} reads "
+                         "attention and has none: explain without eigen_smooth")
+
     def blocks(self, inp: MethodInputs) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         a = [x.astype(np.float64) for x in inp.attentions]
         g = [x.astype(np.float64) for x in inp.attention_gradients] if inp.attention_gradients else None
