@@ -269,3 +269,29 @@ def test_cam_on_swin_channels_last_stage_equals_grad_cam() -> None:
     r = Explainer(DATA / "tv_swin_ts17.onnx", method="cam").explain(g["x"])
     assert r.layer == INDEX["tv_swin_ts17"]["layers"]["default"]["onnx"]
     assert np.abs(normalised(r.cams) - normalised(g["pgc_raw_GradCAM"])).max() < 1e-4
+
+
+def test_cli_attention_options(tmp_path) -> None:
+    """--head-fusion/--discard-ratio/--start-layer configure rollout (the map is the reference's);
+    a method that takes no such parameter is a usage error (exit 2)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from onnxcam.cli import cli
+
+    from onnxcam.methods import configured
+
+    g = golden("hf_vit_dy18")
+    r = Explainer(DATA / "hf_vit_dy18.onnx", method=configured("rollout", head_fusion="max")).explain(g["x"])
+    assert rel_err(r.cams, g["map_rollout_max"]) < 1e-4
+    img = tmp_path / "chelsea.png"
+    shutil.copy(EXAMPLES / "chelsea.png", img)
+    path = str(DATA / "hf_vit_dy18.onnx")
+    r = CliRunner().invoke(cli, ["explain", path, str(img), "-o", str(tmp_path / "a"), "--method", "rollout",
+                                 "--head-fusion", "max", "--start-layer", "1", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["method"] == "rollout"
+    r = CliRunner().invoke(cli, ["explain", path, str(img), "-o", str(tmp_path / "b"), "--method", "gradcam",
+                                 "--head-fusion", "max"], catch_exceptions=False)
+    assert r.exit_code == 2 and "method gradcam takes no --head-fusion" in r.output

@@ -2,7 +2,7 @@
 by family; maps.py holds the maths they share."""
 
 from .ablation import AblationCAM
-from .base import METHODS, CAMMethod, MethodInputs, get_method
+from .base import METHODS, CAMMethod, MethodInputs, configured, get_method
 from .baselines import RandomCAM
 from .cam import CAM
 from .eigen import KPCACAM, EigenCAM, EigenGradCAM
@@ -17,5 +17,5 @@ __all__ = [
     "AblationCAM", "AttentionRollout", "Chefer", "GradRollout", "RawAttention", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "FEM", "FullGrad", "GradCAM",
     "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM",
     "KPCACAM", "LayerCAM", "METHODS", "MethodInputs", "RandomCAM", "SSCAM", "ScoreCAM",
-    "SmoothGradCAMpp", "XGradCAM", "get_method", "normalize_maps", "scale_maps",
+    "SmoothGradCAMpp", "XGradCAM", "configured", "get_method", "normalize_maps", "scale_maps",
 ]

@@ -8,8 +8,9 @@ pytorch-grad-cam does them). A method overrides `weights` (N, C) — or, for the
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
@@ -98,6 +99,22 @@ def register(cls: type[CAMMethod]) -> type[CAMMethod]:
     """Class decorator: make the method available by its `name` (METHODS, get_method, the CLI)."""
     METHODS[cls.name] = cls
     return cls
+
+
+def configured(name: str | CAMMethod, **params: Any) -> CAMMethod:
+    """A method by name built with the constructor parameters given (None: left at the method's
+    default); UsageError naming a parameter the method does not take (CLI options such as
+    --head-fusion for `rollout`)."""
+    given = {k: v for k, v in params.items() if v is not None}
+    method = get_method(name)
+    if not given:
+        return method
+    accepted = inspect.signature(type(method).__init__).parameters
+    bad = sorted(k for k in given if k not in accepted)
+    if bad:
+        opts = ", ".join("--" + b.replace("_", "-") for b in bad)
+        raise UsageError(f"method {method.name} takes no {opts}")
+    return type(method)(**given)
 
 
 def get_method(name: str | CAMMethod) -> CAMMethod:
