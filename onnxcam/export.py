@@ -130,7 +130,7 @@ def export_model(
             keep = [o.name for o in prep.model.graph.output] + [TARGETS_OUTPUT]
         out = append_heatmap(
             out, name, ACT_OUTPUT, GRAD_OUTPUT if with_gradient else None, TARGETS_OUTPUT, lay.layout,
-            (lay.height, lay.width), hw, prep.shapes[lay.name].elem_type, head, keep,
+            (lay.height, lay.width), hw, prep.shapes[lay.name].elem_type, head, keep, lay.prefix,
         ).model
     out = set_target_contract(out, target, em.num_classes, TARGET_INPUT, TARGETS_OUTPUT)
     used = None

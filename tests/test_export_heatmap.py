@@ -327,3 +327,20 @@ def test_float16_models_agree_to_their_precision(stem, golden):
     py = Explainer(path).explain(x)
     assert got["onnxcam_heatmap"].dtype == np.float32 and got["onnxcam_targets"].tolist() == py.targets.tolist()
     assert np.abs(got["onnxcam_heatmap"] - py.heatmaps).max() <= 2e-3
+
+
+TRANSFORMERS = ROOT / "tests" / "data" / "transformers"
+
+
+@pytest.mark.parametrize("stem", ["timm_vit_reg_ts17", "tv_vit_dy18", "tv_swin_dy18"])
+@pytest.mark.parametrize("method, key", [("gradcam", "GradCAM"), ("gradcam++", "GradCAMPlusPlus")])
+def test_token_layers_in_graph_match_pytorch_grad_cam_and_explain(stem, method, key):
+    """ViT with register tokens (TorchScript export), torchvision's sequence-first ViT and Swin
+    (dynamo): prefix tokens dropped and patches laid on the grid inside the graph."""
+    with np.load(TRANSFORMERS / f"{stem}.npz") as z:
+        x, raw = z["x"], z[f"pgc_raw_{key}"]
+    ex = export_model(TRANSFORMERS / f"{stem}.onnx", method=method, heatmap=True, runtime="web")
+    got = run(ex, {ex.inputs[0]: x, "onnxcam_target": np.array([-1], np.int64)})["onnxcam_heatmap"]
+    assert np.abs(got - scale_like_opencv(np.maximum(raw, 0), got.shape[1:])).max() <= 2e-3  # pytorch-grad-cam's raw maps
+    py = Explainer(TRANSFORMERS / f"{stem}.onnx", method=method).explain(x).heatmaps
+    assert np.abs(got - py).max() <= 1e-5

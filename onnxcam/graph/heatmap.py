@@ -4,7 +4,8 @@
 g = ∂y_c/∂A (the explain model of `graph.rewrite`), and adds what the Python path does in numpy
 after the run (`methods.base.CAMMethod.cam` then `methods.maps.scale_maps`):
 
-1. A and g to channels-first float32 (a Transpose from the layer's layout, a Cast from half types);
+1. A and g to channels-first float32 (a Transpose from the layer's layout; token layers without
+   their prefix tokens, reshaped onto the patch grid; a Cast from half types);
 2. the method's map at the layer's resolution, ReLU included — one small registered function per
    method below, each the formula of the Python class of the same name in `onnxcam.methods`;
 3. per image: m ← (m − min m) / (max(m − min m) + 1e-7);
@@ -157,11 +158,20 @@ def _normalise(e: Emitter, m: str) -> str:
     return e.op("Div", [shifted, top])
 
 
-def _channels_first(e: Emitter, name: str, layout: str, elem_type: int) -> str:
-    if sorted(layout) != sorted("NCHW"):
-        raise UsageError(f"the in-graph heatmap needs a 4-D layer (N, C, H, W in some order); its layout is {layout!r}")
-    perm = [layout.index(c) for c in "NCHW"]
-    x = name if perm == [0, 1, 2, 3] else e.op("Transpose", [name], "to_nchw", perm=perm)
+def _channels_first(e: Emitter, name: str, layout: str, elem_type: int, prefix: int, grid: tuple[int, int]) -> str:
+    """The layer's tensor as (N, C, h, w) float32 (tokens.to_grid in the graph): a grid layout
+    transposed; a token layout (N, T, C in any order) without its `prefix` tokens, on the grid."""
+    if "T" in layout and sorted(layout) == sorted("NTC"):
+        x = e.op("Transpose", [name], "to_ntc", perm=[layout.index(c) for c in "NTC"])
+        x = e.op("Slice", [x, e.ints([prefix]), e.ints([np.iinfo(np.int64).max]), e.ints([1])], "patch_tokens")
+        x = e.op("Reshape", [x, e.ints([0, grid[0], grid[1], -1])], "on_grid")
+        x = e.op("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])
+    elif sorted(layout) == sorted("NCHW"):
+        perm = [layout.index(c) for c in "NCHW"]
+        x = name if perm == [0, 1, 2, 3] else e.op("Transpose", [name], "to_nchw", perm=perm)
+    else:
+        raise UsageError(f"the in-graph heatmap needs a grid (N, C, H, W) or token (N, T, C) layer, in any axis order; "
+                         f"this layer's axes are {layout!r}")
     if elem_type != _F32:
         x = e.op("Cast", [x], "to_float", to=_F32)
     return x
@@ -190,11 +200,13 @@ def append_heatmap(
     elem_type: int = _F32,
     head_weight: np.ndarray | None = None,
     keep_outputs: list[str] | None = None,
+    prefix: int = 0,
 ) -> HeatmapGraph:
     """A copy of `model` that also returns the method's heatmap, `onnxcam_heatmap` (N, H, W).
 
-    activation, gradient: the layer's A and ∂y_c/∂A (tensors of the graph, in `layout`, spatial
-    size `layer_size` (h, w), element type `elem_type`); targets: the (N,) int64 explained
+    activation, gradient: the layer's A and ∂y_c/∂A (tensors of the graph, in `layout` — grid
+    axes NCHW or token axes NTC in any order, with `prefix` class/register tokens —, spatial size
+    or patch grid `layer_size` (h, w), element type `elem_type`); targets: the (N,) int64 explained
     classes; input_size: the model input's (H, W). keep_outputs: the graph outputs to keep
     (default all); the heatmap is added after them."""
     name = check_method(method)
@@ -207,8 +219,8 @@ def append_heatmap(
     for t in (activation, gradient):
         if t is not None:
             e.set_info(t, (None, None, None, None), elem_type)
-    acts = _channels_first(e, activation, layout, elem_type)
-    grads = _channels_first(e, gradient, layout, elem_type) if NEEDS_GRADIENT[name] else None
+    acts = _channels_first(e, activation, layout, elem_type, prefix, layer_size)
+    grads = _channels_first(e, gradient, layout, elem_type, prefix, layer_size) if NEEDS_GRADIENT[name] else None
     e.set_info(acts, (None, None, None, None), _F32)
     if grads is not None:
         e.set_info(grads, (None, None, None, None), _F32)
