@@ -1,0 +1,66 @@
+"""`explain_dataset`: explain every image of a Ray Dataset on a pool of actors.
+
+    >>> import ray, onnxcam.scale as oc                                   # doctest: +SKIP
+    >>> ds, _ = oc.read_sources(["s3://bucket/val/"])                      # doctest: +SKIP
+    >>> out = oc.explain_dataset(ds, "model.onnx", method="gradcam", actors=8)   # doctest: +SKIP
+    >>> out.write_parquet("s3://bucket/explained/")                        # doctest: +SKIP
+
+The dataset needs a `bytes` column (encoded images) or an `image` column (RGB uint8 arrays, as
+`ray.data.read_images` gives), and optionally `path`; the result has `ExplainBatches`' columns.
+Actors, their CPUs/GPUs and onnxruntime's threads come from `plan_actors`, so a small machine
+neither hangs (reads starved of CPUs) nor runs more threads than it has cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Sequence
+
+from .batches import ExplainBatches
+from .cluster import ActorPlan, cluster_shape, plan_actors, require_ray
+
+log = logging.getLogger(__name__)
+
+ACTOR_RESTARTS = 3  # a crashed worker is restarted and its batches retried this many times
+
+
+def _bounded_restarts() -> dict[str, int]:
+    """Ray's default for actor pools is to restart and retry forever, so an image that crashes its
+    worker every time would hang the job. Bounded, that block fails after ACTOR_RESTARTS tries and
+    the rest goes on when `DataContext.max_errored_blocks` allows it (the CLI does, and lists the
+    images of the lost block as failures). Ray 2.60 still takes these as `ray_remote_args`, with a
+    deprecation warning that says nothing about their replacement: silenced here."""
+    return {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
+
+
+def explain_dataset(ds: Any, model: str, method: str = "gradcam", actors: int | None = None,
+                    batch_size: int = 8, cpus_per_actor: float | None = None, gpus: bool = False,
+                    plan: ActorPlan | None = None, layer: str | Sequence[str] | None = None,
+                    target: Any = None, **kwargs: Any) -> Any:
+    """The lazy Dataset of explanations of `ds` (one row per image; nothing runs until it is
+    consumed). actors, cpus_per_actor, gpus: the pool (see `plan_actors`; `plan` overrides them);
+    further keyword arguments (preset, size, labels, overlay, heatmap_dtype, explainer) go to
+    `ExplainBatches`. Ray must be initialised (`onnxcam.scale.connect`)."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        from .cluster import connect
+
+        connect()
+    plan = plan or plan_actors(cluster_shape(), actors, cpus_per_actor, gpus)
+    ctor = {"model": model, "method": method, "layer": layer, "target": target, "threads": plan.threads, **kwargs}
+    if gpus:
+        ctor.setdefault("providers", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    log.info("explaining on %d actor(s) × %.2f CPU(s)%s, %d onnxruntime thread(s) each", plan.actors,
+             plan.cpus_per_actor, f" × {plan.gpus_per_actor:g} GPU" if plan.gpus_per_actor else "", plan.threads)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return ds.map_batches(
+            ExplainBatches,
+            fn_constructor_kwargs=ctor,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            **plan.ray_args(),
+            **_bounded_restarts(),
+        )

@@ -1,0 +1,142 @@
+"""Explaining on Ray Data gives what the local path gives: same targets, same scores, heatmaps
+within 1e-6 (float32; 1e-3 as float16), with failures listed and nothing else lost.
+
+Ray runs in a child process (tests/scale_scenarios.py): one local Ray with 2 CPUs, no dashboard
+and a small object store, always shut down; the child is killed with its process group when it
+outlives SCENARIO_TIMEOUT, so a hang (e.g. actors starving the read tasks) fails the tests instead
+of blocking CI. The reference is the local path in this process: `load_image` → `preprocess` →
+`Explainer.explain`, one image at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.data", reason="the ray extra is not installed (pip install 'onnxcam[ray]')")
+pytest.importorskip("pyarrow", reason="the ray extra is not installed (pip install 'onnxcam[ray]')")
+
+from onnxcam import Explainer, load_image, preprocess  # noqa: E402
+
+from .helpers import ROOT  # noqa: E402
+from .scale_scenarios import CORRUPT, MODEL, make_images  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+SCENARIO_TIMEOUT = 420  # seconds; all scenarios take ~80 s on 2 busy cores
+HEATMAP_TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
+    data, out = tmp_path_factory.mktemp("images"), tmp_path_factory.mktemp("ray_out")
+    images = make_images(data)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.scale_scenarios", str(data), str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        log, _ = proc.communicate(timeout=SCENARIO_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)  # the group we started: the driver, its Ray and moto
+        try:
+            log, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            log, _ = proc.communicate()
+        pytest.fail(f"Ray scenarios hung: killed after {SCENARIO_TIMEOUT} s; log tail:\n{log.decode()[-3000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"Ray scenarios exited {proc.returncode}:\n{log.decode()[-3000:]}")
+    return data, out, images
+
+
+@pytest.fixture(scope="module")
+def local() -> "callable":
+    ex = Explainer(MODEL)
+    cache: dict[str, tuple[int, float, np.ndarray]] = {}
+
+    def reference(path: str | Path) -> tuple[int, float, np.ndarray]:
+        key = str(path)
+        if key not in cache:
+            res = ex.explain(preprocess([load_image(path)], (224, 224)))
+            t = int(res.targets[0])
+            cache[key] = (t, float(res.outputs[0, t]), res.heatmaps[0])
+        return cache[key]
+
+    return reference
+
+
+def load(out: Path, name: str) -> tuple[list[dict], list[np.ndarray], dict]:
+    status = json.loads((out / "status.json").read_text())
+    assert status.get(name, "").startswith("ok"), status.get(name, "scenario did not run")
+    meta = json.loads((out / f"{name}.json").read_text())
+    with np.load(out / f"{name}.npz") as z:
+        maps = [z[f"arr_{i}"] for i in range(len(meta["rows"]))]
+    return meta.pop("rows"), maps, meta
+
+
+def check_rows(rows: list[dict], maps: list[np.ndarray], files: list[str | Path], local, tol: float = HEATMAP_TOL) -> None:
+    assert len(rows) == len(files)
+    for row, heat, f in zip(rows, maps, files):
+        target, score, ref = local(f)
+        assert row["error"] is None, row
+        assert row["target"] == target, (row["path"], row["target"], target)
+        assert row["score"] == pytest.approx(score, rel=1e-5)
+        assert heat.shape == ref.shape == (224, 224)
+        assert float(np.abs(heat.astype(np.float32) - ref).max()) <= tol, row["path"]
+
+
+def test_folder_on_two_actors_matches_local_and_lists_the_corrupt_image(scenarios, local) -> None:
+    data, out, images = scenarios
+    rows, maps, meta = load(out, "folder")
+    assert meta["plan"]["actors"] == 2 and meta["plan"]["cpus_per_actor"] == 0.5  # not 2 × 1 CPU: that hangs
+    bad = [r for r in rows if r["error"] is not None]
+    assert [r["path"] for r in bad] == [str(data / CORRUPT)]
+    assert bad[0]["error"] == f"cannot decode image: {data / CORRUPT}" and bad[0]["target"] == -1
+    assert np.isnan(maps[rows.index(bad[0])]).all()  # never a map that could pass for one
+    good = [(r, m) for r, m in zip(rows, maps) if r["error"] is None]
+    assert [r["path"] for r, _ in good] == [str(p) for p in images]  # the local listing order
+    check_rows([r for r, _ in good], [m for _, m in good], images, local)
+    assert all(r["overlay_bytes"] > 1000 for r, _ in good)
+    assert {r["label"] for r, _ in good} >= {"Egyptian cat", "espresso"}
+
+
+def test_parquet_struct_and_binary_columns(scenarios, local) -> None:
+    _, out, _ = scenarios
+    rows, maps, meta = load(out, "parquet")
+    files = meta["files"]
+    want = [f"{out / 'hf.parquet'}#{i}" for i in range(len(files))] + [f"{out / 'plain.parquet'}#{i}" for i in range(len(files))]
+    assert [r["path"] for r in rows] == want
+    check_rows(rows, maps, files + files[::-1], local)
+
+
+def test_webdataset_shards_float16(scenarios, local) -> None:
+    _, out, _ = scenarios
+    rows, maps, meta = load(out, "webdataset")
+    assert [r["path"] for r in rows] == [f"{out / 'shard-000.tar'}#s{i:04d}" for i in range(len(meta["files"]))]
+    assert all(m.dtype == np.float16 for m in maps)
+    check_rows(rows, maps, meta["files"], local, tol=1e-3)  # float16: 2^-11 resolution near 1
+
+
+def test_s3_compatible_endpoint(scenarios, local) -> None:
+    _, out, _ = scenarios
+    if "skipped" in json.loads((out / "s3.json").read_text()):
+        pytest.skip(json.loads((out / "s3.json").read_text())["skipped"])
+    rows, maps, meta = load(out, "s3")
+    files = [Path(f) for f in meta["files"]]
+    assert [r["path"] for r in rows] == [f"s3://onnxcam-test/imgs/{f.name}" for f in files] + [
+        f"s3://onnxcam-test/tables/part-0.parquet#{i}" for i in range(3)]
+    check_rows(rows, maps, files + files[:3], local)
+
+
+def test_a_crashed_worker_loses_nothing(scenarios, local) -> None:
+    _, out, _ = scenarios
+    rows, maps, meta = load(out, "crash")
+    assert meta["crashed"] is True  # the worker really died once
+    check_rows(rows, maps, meta["files"], local)
