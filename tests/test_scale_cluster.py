@@ -79,3 +79,21 @@ def test_missing_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(RayError, match=r"Ray Data is not installed .*pip install 'onnxcam\[ray\]'"):
         require_ray()
+
+
+@pytest.mark.ray
+def test_unreachable_cluster_fails_in_seconds() -> None:
+    pytest.importorskip("ray.data", reason="the ray extra is not installed")
+    import socket
+    import time
+
+    from onnxcam.scale import connect
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    t = time.perf_counter()
+    with pytest.raises(RayError, match=rf"cannot reach the Ray cluster at 127.0.0.1:{port}: Connection refused"):
+        connect(f"127.0.0.1:{port}")  # Ray alone keeps retrying for minutes
+    assert time.perf_counter() - t < 30

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+import onnx
 
 from ..errors import ImageError, OnnxcamError, UsageError
 from ..explainer import Explainer
@@ -86,14 +87,15 @@ class ExplainBatches:
     >>> ds.map_batches(ExplainBatches, fn_constructor_kwargs={"model": "m.onnx"},
     ...                compute=ray.data.ActorPoolStrategy(size=2), batch_size=8)   # doctest: +SKIP
 
-    model: a path every worker can read. method, layer, providers, threads and `explainer` (further
+    model: the serialised model (bytes: it travels with the job, see `explain_dataset`) or a path
+    every worker can read. method, layer, providers, threads and `explainer` (further
     Explainer keyword arguments) go to `onnxcam.Explainer`; target: None (each image's predicted
     class), a class index or an `onnxcam.targets.Target` (one map per image). preset, size and
     labels override the model's metadata. overlay: also return the overlay PNG; heatmap_dtype:
     "float32" (exact) or "float16" (half the size; about 5e-4 off).
     """
 
-    def __init__(self, model: str, method: str = "gradcam", layer: str | Sequence[str] | None = None,
+    def __init__(self, model: str | bytes, method: str = "gradcam", layer: str | Sequence[str] | None = None,
                  target: Any = None, preset: str | None = None, size: tuple[int, int] | None = None,
                  labels: Sequence[str] | None = None, providers: Sequence[str] | None = None,
                  threads: int | None = None, overlay: bool = False, heatmap_dtype: str = "float32",
@@ -104,6 +106,8 @@ class ExplainBatches:
             raise UsageError("topK targets give several maps per image; on Ray explain one target per image")
         if heatmap_dtype not in ("float32", "float16"):
             raise UsageError(f"heatmap_dtype must be 'float32' or 'float16', got {heatmap_dtype!r}")
+        if isinstance(model, (bytes, bytearray)):
+            model = onnx.load_from_string(bytes(model))
         self.explainer = Explainer(model, method=method, layer=layer, providers=providers, threads=threads, **(explainer or {}))
         self.preset, self.size, self.labels = resolve_input(self.explainer, preset, size, labels)
         self.target = target

@@ -14,14 +14,17 @@ neither hangs (reads starved of CPUs) nor runs more threads than it has cores.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Any, Sequence
 
+from ..model import load_model
 from .batches import ExplainBatches
 from .cluster import ActorPlan, cluster_shape, plan_actors, require_ray
 
 log = logging.getLogger(__name__)
 
+SHIP_LIMIT = 1 << 30  # models up to 1 GiB travel with the job; larger ones are read from `model` on each node
 ACTOR_RESTARTS = 3  # a crashed worker is restarted and its batches retried this many times
 
 
@@ -34,12 +37,26 @@ def _bounded_restarts() -> dict[str, int]:
     return {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
 
 
-def explain_dataset(ds: Any, model: str, method: str = "gradcam", actors: int | None = None,
+def model_payload(model: str | os.PathLike | bytes) -> str | bytes:
+    """What the actors get: the model's bytes (external data included) when it is under SHIP_LIMIT,
+    so that cluster nodes need no copy of the file; else its path, which every node must read."""
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model)
+    path = os.fspath(model)
+    m = load_model(path)  # also fails early, on the driver, when the file is not a model
+    if m.ByteSize() < SHIP_LIMIT:
+        return m.SerializeToString()
+    log.info("%s is %.1f GB: actors read it from that path, which every node must have", path, m.ByteSize() / 1e9)
+    return path
+
+
+def explain_dataset(ds: Any, model: str | os.PathLike | bytes, method: str = "gradcam", actors: int | None = None,
                     batch_size: int = 8, cpus_per_actor: float | None = None, gpus: bool = False,
                     plan: ActorPlan | None = None, layer: str | Sequence[str] | None = None,
                     target: Any = None, **kwargs: Any) -> Any:
     """The lazy Dataset of explanations of `ds` (one row per image; nothing runs until it is
-    consumed). actors, cpus_per_actor, gpus: the pool (see `plan_actors`; `plan` overrides them);
+    consumed). model: a path (its bytes are shipped to the actors, see `model_payload`) or bytes.
+    actors, cpus_per_actor, gpus: the pool (see `plan_actors`; `plan` overrides them);
     further keyword arguments (preset, size, labels, overlay, heatmap_dtype, explainer) go to
     `ExplainBatches`. Ray must be initialised (`onnxcam.scale.connect`)."""
     ray = require_ray()
@@ -48,7 +65,7 @@ def explain_dataset(ds: Any, model: str, method: str = "gradcam", actors: int | 
 
         connect()
     plan = plan or plan_actors(cluster_shape(), actors, cpus_per_actor, gpus)
-    ctor = {"model": model, "method": method, "layer": layer, "target": target, "threads": plan.threads, **kwargs}
+    ctor = {"model": model_payload(model), "method": method, "layer": layer, "target": target, "threads": plan.threads, **kwargs}
     if gpus:
         ctor.setdefault("providers", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     log.info("explaining on %d actor(s) × %.2f CPU(s)%s, %d onnxruntime thread(s) each", plan.actors,
