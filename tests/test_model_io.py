@@ -25,8 +25,11 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxcam.explainer
 from onnxcam import Explainer, runtime
 from onnxcam.grad.engine import append_gradient, required_opset
-from onnxcam.graph.normalize import upgrade_opset
-from onnxcam.model import TensorInfo, infer_shapes, load_model, without_big_data
+from onnxcam.graph.passes import upgrade_opset
+from onnxcam.model import load_model
+from onnxcam.shapes import infer_shapes
+from onnxcam.storage import without_big_data
+from onnxcam.types import TensorInfo
 
 from .helpers import GOLDENS, ROOT, load_golden, rel_err, tiny_model
 
@@ -86,7 +89,7 @@ def _gradient_session(path: Path, wrt: str | None, compute_type: int | None):
     """A session returning ∂⟨seed, y⟩/∂wrt for the Explainer's prepared model."""
     prep = Explainer(path).prepared()
     wrt = wrt or prep.layer(None).name
-    m = upgrade_opset(prep.model, required_opset(prep.model.graph, wrt, prep.output))
+    m = upgrade_opset(prep.model, required_opset(prep.model.graph, wrt, prep.output)).model
     shapes = infer_shapes(m)
     y = prep.output
     m.graph.input.append(helper.make_tensor_value_info("seed", shapes[y].elem_type, list(shapes[y].shape)))

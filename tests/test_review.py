@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from onnxcam.commands.eval_review import eval_, review
+from onnxcam.cli.evaluate import eval_, review
 
 from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT
 

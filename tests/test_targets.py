@@ -181,3 +181,70 @@ def test_cli_on_the_nhwc_grayscale_fer_model(tmp_path: Path):
     rec = json.loads(r.stdout)["images"][0]
     assert rec["target"] == 3 and np.load(rec["heatmap"]).shape == (64, 64)
     assert abs(sum(t["probability"] for t in rec["top5"]) - 1) < 0.2  # a softmax output, read as is
+
+
+# -- parse_target: every form of README's target table, and bad strings ---------------------------
+LABELS = ["tench", "goldfish", "coffee mug", "espresso"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("top1", None),
+        ("pred", None),
+        ("281", 281),
+        (" 7 ", 7),
+        ("coffee mug", 2),  # a label of the model → its index
+        ("top3", T.TopK(3)),
+        ("softmax:281", T.SoftmaxTarget(281)),
+        ("softmax:", T.SoftmaxTarget(None)),
+        ("counterfactual:281", T.CounterfactualTarget(281)),
+        ("index:0", T.OutputTarget((0,))),
+        ("index:1,2", T.OutputTarget((1, 2))),
+        ("seg:1", T.SegmentationTarget(1, box=None)),
+        ("seg:1:8,16,32,40", T.SegmentationTarget(1, box=[8, 16, 32, 40])),
+        ("det:best", T.DetectionTarget(format="yolo")),
+        ("det", T.DetectionTarget(format="yolo")),
+        ("softmax", T.SoftmaxTarget(None)),
+        ("det:class=2", T.DetectionTarget(cls=2, format="yolo")),
+        ("det:row=17", T.DetectionTarget(index=17, format="yolo")),
+        ("det:box=10,20.5,30,40", T.DetectionTarget(box=[10.0, 20.5, 30.0, 40.0], format="yolo")),
+        ("det-scores:class=1", T.DetectionTarget(cls=1, format="scores")),
+        ("DET-SCORES:best", T.DetectionTarget(format="scores")),
+    ],
+)
+def test_parse_target_forms(text: str, expected):
+    got = T.parse_target(text, LABELS)
+    assert type(got) is type(expected) and got == expected
+
+
+def test_parse_target_is_public_api():
+    import onnxcam
+
+    assert onnxcam.parse_target is T.parse_target
+    assert onnxcam.parse_target("espresso", LABELS) == 3
+
+
+@pytest.mark.parametrize(
+    "text, labels, message",
+    [
+        ("cat", None, "target 'cat' is not a target"),
+        ("cat", LABELS, "target 'cat' is neither a class index nor one of the model's labels"),
+        ("coffee", LABELS, "did you mean coffee mug"),
+        ("softmax:x", None, "target 'softmax:x' is malformed"),
+        ("index:", None, "target 'index:' is malformed"),
+        ("seg:a", None, "target 'seg:a' is malformed"),
+        ("seg:1:1,2,x", None, "malformed"),
+        ("det:class=", None, "malformed"),
+        ("det:size=3", None, "target 'det:size=3' is malformed"),
+        ("top0", None, "target 'top0' is malformed"),
+        ("bogus:3", None, "target 'bogus:3' is not a target"),
+    ],
+)
+def test_parse_target_bad_strings_are_usage_errors(text: str, labels, message: str):
+    with pytest.raises(UsageError, match=message) as err:
+        T.parse_target(text, labels)
+    assert err.value.exit_code == 2
+    assert "\n" not in str(err.value)
+    if "malformed" in message or "is not a target" in message:
+        assert "softmax:C" in str(err.value)  # names the accepted forms
