@@ -94,8 +94,8 @@ def _save(out: Path, name: str, rows: list[dict[str, Any]], extra: dict | None =
 def _explain(sources: list[str], **kw: Any) -> list[dict[str, Any]]:
     import onnxcam.scale as oc
 
-    ds, _ = oc.read_sources(sources, parallelism=8)
-    return oc.explain_dataset(ds, str(MODEL), **kw).take_all()
+    src = oc.read_sources(sources, parallelism=8)
+    return oc.explain_dataset(src.ds, str(MODEL), **kw).take_all()
 
 
 def folder(data: Path, out: Path) -> None:
@@ -145,7 +145,7 @@ def crash(data: Path, out: Path) -> None:
     from onnxcam.scale.dataset import _bounded_restarts
 
     files = sorted(data.glob("img_0*.png"))[:6]
-    ds, _ = oc.read_sources([str(f) for f in files], parallelism=6)
+    ds = oc.read_sources([str(f) for f in files], parallelism=6).ds
     marker = str(out / "crashed")
     got = ds.map_batches(CrashOnce, fn_constructor_kwargs={"model": str(MODEL), "marker": marker, "threads": 1},
                          batch_size=2, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1),
@@ -181,8 +181,45 @@ def s3(data: Path, out: Path) -> None:
     _save(out, "s3", rows, {"files": [str(f) for f in files], "port": port})
 
 
+def _cli(args: list[str], out: Path, name: str) -> dict[str, Any]:
+    """`onnxcam explain ... --ray --address <this Ray>` as its own process (a client of the
+    cluster this runner started: the model and the onnxcam package travel with the job)."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-c", "from onnxcam.cli import main; main()", "explain", str(MODEL), *args,
+           "--ray", "--address", address]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = {"args": args, "rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
+           "seconds": time.perf_counter() - t}
+    (out / f"{name}.json").write_text(json.dumps(run))
+    return run
+
+
+def cli(data: Path, out: Path) -> None:
+    """The command line on the folder: --ray on 2 actors, then a rerun that keeps everything."""
+    _cli([str(data), "-o", str(out / "cli_out"), "--actors", "2"], out, "cli")
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "cli_out").rglob("*.npy")}
+    _cli([str(data), "-o", str(out / "cli_out"), "--actors", "2"], out, "cli_rerun")
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "cli_out").rglob("*.npy")}
+    (out / "cli_mtimes.json").write_text(json.dumps({"before": before, "after": after}))
+
+
+def cli_parquet(data: Path, out: Path) -> None:
+    """--format parquet on a Parquet source (a dataset the library scenarios did not use)."""
+    files = sorted(data.rglob("img_*"))[::3]
+    files = [f for f in files if "corrupt" not in f.name]
+    write_parquet(files, out / "unseen.parquet", struct=False)
+    _cli([str(out / "unseen.parquet"), "-o", str(out / "cli_parquet_out"), "--format", "parquet", "--actors", "1"],
+         out, "cli_parquet")
+    (out / "cli_parquet_files.json").write_text(json.dumps([str(f) for f in files]))
+
+
 SCENARIOS: dict[str, Callable[[Path, Path], None]] = {
     "folder": folder, "parquet": parquet, "webdataset": webdataset, "s3": s3, "crash": crash,
+    "cli": cli, "cli_parquet": cli_parquet,
 }
 
 

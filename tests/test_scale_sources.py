@@ -16,7 +16,7 @@ pa = pytest.importorskip("pyarrow", reason="the ray extra (pyarrow) is not insta
 pq = pytest.importorskip("pyarrow.parquet")
 
 from onnxcam.errors import UsageError  # noqa: E402
-from onnxcam.scale.sources import _as_item, expand, plan_units, read_units, sample_key  # noqa: E402
+from onnxcam.scale.sources import _as_item, expand, output_stems, plan_units, read_units, row_name, sample_key  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -44,10 +44,13 @@ def test_folders_are_listed_like_the_local_cli(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     got = expand([str(root)], exclude=str(root / "out"))
     want = sorted(p for p in root.rglob("*") if p.suffix in (".png", ".jpg") and "out" not in p.parts)
-    assert got == [str(p) for p in want]  # pathlib order: a/x.png before a-b/y.png
-    assert got.index(str(root / "a" / "x.png")) < got.index(str(root / "a-b" / "y.png"))
-    assert expand([str(root / "*.png")]) == [str(root / "b.png")]
-    assert expand([str(root / "missing.png")]) == [str(root / "missing.png")]  # reported per image
+    assert got == [(str(p), str(root)) for p in want]  # pathlib order: a/x.png before a-b/y.png
+    assert expand([str(root / "*.png")]) == [(str(root / "b.png"), None)]
+    assert expand([str(root / "missing.png")]) == [(str(root / "missing.png"), None)]  # reported per image
+    assert output_stems(got + expand([str(root / "*.png")])) == {
+        str(root / "a" / "x.png"): "a/x", str(root / "a-b" / "y.png"): "a-b/y", str(root / "a.jpg"): "a",
+        str(root / "b.png"): "b-2",  # given twice: once in the folder, once by the glob
+    }
     with pytest.raises(UsageError, match="no files match"):
         expand([str(root / "*.gif")])
     (tmp_path / "empty").mkdir()
@@ -57,7 +60,7 @@ def test_folders_are_listed_like_the_local_cli(tmp_path: Path) -> None:
 
 def test_file_rows_carry_their_bytes_and_read_errors(tmp_path: Path) -> None:
     root = _tree(tmp_path)
-    files = expand([str(root)], exclude=str(root / "out")) + [str(root / "gone.png")]
+    files = [f for f, _ in expand([str(root)], exclude=str(root / "out"))] + [str(root / "gone.png")]
     units = plan_units(files, files_per_unit=2, skip=[str(root / "b.png")])
     assert [len(u.uris) for u in units] == [2, 2]  # 5 files, one skipped
     rows = _rows(units)
@@ -74,7 +77,10 @@ def test_parquet_rows_are_named_by_file_and_row(tmp_path: Path) -> None:
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"id": list(range(5)), "image": structs, "note": ["x"] * 5}), path, row_group_size=2)
     units = plan_units([str(path)], skip=[f"{path}#3"])
-    assert [(u.row_group, u.first_row, u.image_column) for u in units] == [(0, 0, "image"), (1, 2, "image"), (2, 4, "image")]
+    assert [(u.row_group, u.first_row, u.rows, u.image_column) for u in units] == [
+        (0, 0, 2, "image"), (1, 2, 2, "image"), (2, 4, 1, "image")]
+    stems = output_stems([(str(path), str(tmp_path))])
+    assert row_name(f"{path}#4", stems) == "d.parquet/4"
     rows = _rows(units)
     assert [r["path"] for r in rows] == [f"{path}#{i}" for i in (0, 1, 2, 4)]
     assert [r["bytes"] for r in rows] == [blobs[i] for i in (0, 1, 2, 4)]

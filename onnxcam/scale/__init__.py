@@ -9,12 +9,12 @@ the install command when it is missing.
 - `connect`: a local Ray, or a cluster (`auto`, `ray://host:10001`).
 """
 
-from .batches import ExplainBatches, decode_image
+from .batches import ExplainBatches
 from .cluster import ActorPlan, NodeShape, RayError, cluster_shape, connect, plan_actors, require_ray
 from .dataset import explain_dataset
 from .sources import expand, plan_units, read_sources
 
 __all__ = [
-    "ActorPlan", "ExplainBatches", "NodeShape", "RayError", "cluster_shape", "connect", "decode_image",
+    "ActorPlan", "ExplainBatches", "NodeShape", "RayError", "cluster_shape", "connect",
     "expand", "explain_dataset", "plan_actors", "plan_units", "read_sources", "require_ray",
 ]

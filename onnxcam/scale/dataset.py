@@ -52,10 +52,11 @@ def model_payload(model: str | os.PathLike | bytes) -> str | bytes:
 
 def explain_dataset(ds: Any, model: str | os.PathLike | bytes, method: str = "gradcam", actors: int | None = None,
                     batch_size: int = 8, cpus_per_actor: float | None = None, gpus: bool = False,
-                    plan: ActorPlan | None = None, layer: str | Sequence[str] | None = None,
+                    plan: ActorPlan | None = None, ship_model: bool = True, layer: str | Sequence[str] | None = None,
                     target: Any = None, **kwargs: Any) -> Any:
     """The lazy Dataset of explanations of `ds` (one row per image; nothing runs until it is
-    consumed). model: a path (its bytes are shipped to the actors, see `model_payload`) or bytes.
+    consumed). model: a path or bytes; with `ship_model` the bytes travel with the job (see
+    `model_payload`), else every worker reads the path (a local Ray: no copy in the object store).
     actors, cpus_per_actor, gpus: the pool (see `plan_actors`; `plan` overrides them);
     further keyword arguments (preset, size, labels, overlay, heatmap_dtype, explainer) go to
     `ExplainBatches`. Ray must be initialised (`onnxcam.scale.connect`)."""
@@ -65,7 +66,7 @@ def explain_dataset(ds: Any, model: str | os.PathLike | bytes, method: str = "gr
 
         connect()
     plan = plan or plan_actors(cluster_shape(), actors, cpus_per_actor, gpus)
-    ctor = {"model": model_payload(model), "method": method, "layer": layer, "target": target, "threads": plan.threads, **kwargs}
+    ctor = {"model": model_payload(model) if ship_model else os.fspath(model), "method": method, "layer": layer, "target": target, "threads": plan.threads, **kwargs}
     if gpus:
         ctor.setdefault("providers", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     log.info("explaining on %d actor(s) × %.2f CPU(s)%s, %d onnxruntime thread(s) each", plan.actors,

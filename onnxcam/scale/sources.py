@@ -20,6 +20,7 @@ import io
 import os
 import tarfile
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -45,6 +46,7 @@ class Unit:
     index: int
     row_group: int = -1
     first_row: int = 0  # the row group's first row in its file
+    rows: int = -1  # the row group's rows (Parquet)
     image_column: str | None = None
     skip: frozenset[str] = field(default_factory=frozenset)  # row paths already done
 
@@ -96,7 +98,7 @@ def _list_dir(uri: str, exclude: str | None) -> list[str]:
             dirnames.sort()
             if root and (os.path.abspath(dirpath) == root or os.path.abspath(dirpath).startswith(root + os.sep)):
                 continue
-            out.extend(os.path.join(dirpath, f) for f in files if _suffix_kind(f))
+            out.extend(str(Path(dirpath) / f) for f in files if _suffix_kind(f))
         return sorted(out, key=_path_key)
     fs, path = filesystem(uri)
     infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True))
@@ -113,18 +115,20 @@ def _expand_glob(pattern: str) -> list[str]:
     return [f for f in found if fnmatch.fnmatchcase(f, pattern)]
 
 
-def expand(sources: Sequence[str], exclude: str | None = None) -> list[str]:
-    """Every file the SOURCE strings name, in order: folders listed recursively and sorted, globs
-    expanded; a missing local source is a UsageError naming it."""
+def expand(sources: Sequence[str], exclude: str | None = None) -> list[tuple[str, str | None]]:
+    """(file, root) for every file the SOURCE strings name, in order: folders listed recursively
+    and sorted (root: the folder, so outputs can mirror the layout below it), globs expanded and
+    files as given (root None); a source that matches nothing is a UsageError naming it (a missing
+    local file is reported later with the images that fail, as the local run does)."""
     import pyarrow.fs as pafs
 
-    files: list[str] = []
+    files: list[tuple[str, str | None]] = []
     for src in sources:
         if any(ch in src for ch in "*?["):
             found = _expand_glob(src)
             if not found:
                 raise UsageError(f"no files match {src}")
-            files.extend(found)
+            files.extend((f, None) for f in found)
             continue
         fs, path = filesystem(src)
         info = fs.get_file_info(path)
@@ -132,12 +136,37 @@ def expand(sources: Sequence[str], exclude: str | None = None) -> list[str]:
             found = _list_dir(src, exclude)
             if not found:
                 raise UsageError(f"no images, Parquet files or tars in {src}")
-            files.extend(found)
+            files.extend((f, src) for f in found)
         elif info.type == pafs.FileType.File or not _is_remote(src):
-            files.append(src)  # a missing local file is reported with the images that fail
+            files.append((src, None))
         else:
             raise UsageError(f"{src} does not exist")
     return files
+
+
+def output_stems(files: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+    """Unique output names per file, mirroring its path below its root: an image's stem
+    (`sub/photo`), or a Parquet file's or tar's name with its suffix (`shards/s-000.tar`), under
+    which its rows go (`shards/s-000.tar/KEY`). See `onnxcam.output.unique_names`."""
+    from ..output import unique_names
+
+    keys = []
+    for f, root in files:
+        rel = f[len(root):].replace(os.sep, "/").lstrip("/") if root is not None and f.startswith(root) else f.rsplit("/", 1)[-1]
+        rel = rel or f.rsplit("/", 1)[-1]
+        keys.append(rel if _suffix_kind(f) in ("parquet", "tar") else str(PurePosixPath(rel).with_suffix("")))
+    return dict(zip((f for f, _ in files), unique_names(keys)))
+
+
+def row_name(path: str, stems: dict[str, str]) -> str:
+    """The output name of a row: its file's stem, or its container's name + `/` + the row's key."""
+    if path in stems:
+        return stems[path]
+    uri, sep, key = path.rpartition("#")
+    if sep and uri in stems:
+        return f"{stems[uri]}/{key}"
+    uri = next(u for u in stems if path.startswith(u + "#"))  # a tar sample key holding '#'
+    return f"{stems[uri]}/{path[len(uri) + 1:]}"
 
 
 def _image_column(schema: Any, wanted: str | None, uri: str) -> str:
@@ -195,8 +224,9 @@ def plan_units(files: Sequence[str], image_column: str | None = None, skip: Iter
                 raise UsageError(f"cannot read Parquet file {f}: {exc}") from None
             first = 0
             for g in range(meta.num_row_groups):
-                units.append(Unit("parquet", (f,), len(units), g, first, column, frozenset(by_file.get(f, ()))))
-                first += meta.row_group(g).num_rows
+                rows = meta.row_group(g).num_rows
+                units.append(Unit("parquet", (f,), len(units), g, first, rows, column, frozenset(by_file.get(f, ()))))
+                first += rows
         elif kind == "tar":
             flush()
             units.append(Unit("tar", (f,), len(units), skip=frozenset(by_file.get(f, ()))))
@@ -294,26 +324,15 @@ def _read_tar(u: Unit) -> Iterator[dict[str, np.ndarray]]:
         yield _rows(paths, blobs, orders)
 
 
+def _parquet_rows(u: Unit) -> list[str]:
+    return [p for p in (f"{u.uris[0]}#{u.first_row + i}" for i in range(u.rows)) if p not in u.skip]
+
+
 def count_rows(units: Sequence[Unit]) -> int:
     """Rows the units will give (files and Parquet row groups; tars must be read to know)."""
-    import pyarrow.parquet as pq
-
-    n = 0
-    footers: dict[str, Any] = {}
-    for u in units:
-        if u.kind == "files":
-            n += len(u.uris)
-        elif u.kind == "parquet":
-            uri = u.uris[0]
-            if uri not in footers:
-                fs, path = filesystem(uri)
-                with fs.open_input_file(path) as fh:
-                    footers[uri] = pq.ParquetFile(fh).metadata
-            rows = footers[uri].row_group(u.row_group).num_rows
-            n += rows - sum(1 for p in u.skip if u.first_row <= int(p.rpartition("#")[2]) < u.first_row + rows)
-        else:
-            raise ValueError("tars must be read to count their samples")
-    return n
+    if any(u.kind == "tar" for u in units):
+        raise ValueError("tars must be read to count their samples")
+    return sum(len(u.uris) if u.kind == "files" else len(_parquet_rows(u)) for u in units)
 
 
 READERS = {"files": _read_files, "parquet": _read_parquet, "tar": _read_tar}
@@ -322,36 +341,57 @@ READERS = {"files": _read_files, "parquet": _read_parquet, "tar": _read_tar}
 def _as_item(u: Unit) -> dict[str, Any]:
     """A unit as plain columns (Arrow stores them natively; no pickled objects in blocks)."""
     return {"kind": u.kind, "uris": list(u.uris), "index": u.index, "row_group": u.row_group,
-            "first_row": u.first_row, "image_column": u.image_column or "", "skip": sorted(u.skip)}
+            "first_row": u.first_row, "rows": u.rows, "image_column": u.image_column or "", "skip": sorted(u.skip)}
 
 
 def read_units(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """map_batches function: units (one per row, as `_as_item` columns) → image rows."""
     for i in range(len(batch["kind"])):
         u = Unit(str(batch["kind"][i]), tuple(str(v) for v in batch["uris"][i]), int(batch["index"][i]),
-                 int(batch["row_group"][i]), int(batch["first_row"][i]), str(batch["image_column"][i]) or None,
+                 int(batch["row_group"][i]), int(batch["first_row"][i]), int(batch["rows"][i]),
+                 str(batch["image_column"][i]) or None,
                  frozenset(str(v) for v in batch["skip"][i]))
         yield from READERS[u.kind](u)
 
 
+@dataclass
+class ImageSource:
+    """What `read_sources` found: the lazy Dataset (None when nothing is left to read), the files
+    with their roots, the read units, and the rows to expect (None when tars must be read first)."""
+
+    ds: Any
+    files: list[tuple[str, str | None]]
+    units: list[Unit]
+    total: int | None
+
+    def expected(self) -> list[str] | None:
+        """Every row path the dataset will give (None with tars): to find rows a crash lost."""
+        if self.total is None:
+            return None
+        out: list[str] = []
+        for u in self.units:
+            out.extend(u.uris if u.kind == "files" else _parquet_rows(u))
+        return out
+
+
 def read_sources(sources: Sequence[str], image_column: str | None = None, exclude: str | None = None,
-                 skip: Iterable[str] = (), read_cpus: float = 1.0, parallelism: int = 8) -> tuple[Any, int | None]:
-    """A Ray Dataset of (path, bytes, order, read_error) rows for the SOURCE strings, and the
-    number of rows when it is known without reading (None with tars). Image files are read in
-    chunks small enough to give at least `parallelism` blocks (e.g. 4 × the actors)."""
+                 skip: Iterable[str] = (), read_cpus: float = 1.0, parallelism: int = 8) -> ImageSource:
+    """A Ray Dataset of (path, bytes, order, read_error) rows for the SOURCE strings (see the
+    module docstring), leaving out the row paths in `skip`. Image files are read in chunks small
+    enough to give at least `parallelism` blocks (e.g. 4 × the actors)."""
     require_ray()
     import ray.data as rd
 
     done = set(skip)
     files = expand(sources, exclude)
-    n_images = sum(1 for f in files if _suffix_kind(f) not in ("parquet", "tar") and f not in done)
+    n_images = sum(1 for f, _ in files if _suffix_kind(f) not in ("parquet", "tar") and f not in done)
     per_unit = max(1, min(FILES_PER_UNIT, -(-n_images // max(1, parallelism))))
-    units = plan_units(files, image_column, done, per_unit)
+    units = plan_units([f for f, _ in files], image_column, done, per_unit)
     if not units:
-        return None, 0
-    known = None if any(u.kind == "tar" for u in units) else count_rows(units)
+        return ImageSource(None, files, units, 0)
+    total = None if any(u.kind == "tar" for u in units) else count_rows(units)
     items = [_as_item(u) for u in units]
     ds = rd.from_items(items, override_num_blocks=len(items)).map_batches(
         read_units, batch_size=1, batch_format="numpy", num_cpus=read_cpus,
     )
-    return ds, known
+    return ImageSource(ds, files, units, total)
