@@ -181,13 +181,13 @@ def s3(data: Path, out: Path) -> None:
     _save(out, "s3", rows, {"files": [str(f) for f in files], "port": port})
 
 
-def _cli(args: list[str], out: Path, name: str) -> dict[str, Any]:
+def _cli(args: list[str], out: Path, name: str, command: str = "explain") -> dict[str, Any]:
     """`onnxcam explain ... --ray --address <this Ray>` as its own process (a client of the
     cluster this runner started: the model and the onnxcam package travel with the job)."""
     import ray
 
     address = ray.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-c", "from onnxcam.cli import main; main()", "explain", str(MODEL), *args,
+    cmd = [sys.executable, "-c", "from onnxcam.cli import main; main()", command, str(MODEL), *args,
            "--ray", "--address", address]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
@@ -217,9 +217,24 @@ def cli_parquet(data: Path, out: Path) -> None:
     (out / "cli_parquet_files.json").write_text(json.dumps([str(f) for f in files]))
 
 
+EVAL_ARGS = ["--steps", "5", "--json"]
+
+
+def write_boxes(data: Path) -> Path:
+    """Boxes for two of the subfolder's photos (the pointing games need some)."""
+    path = data.parent / f"{data.name}-boxes.json"
+    path.write_text(json.dumps({"img_12.jpg": [40, 40, 200, 200], "img_13.png": [[0, 0, 120, 120]]}))
+    return path
+
+
+def cli_eval(data: Path, out: Path) -> None:
+    """eval --ray on 2 actors (metrics averaged over both) on the subfolder, with boxes."""
+    _cli([str(data / "more"), "--boxes", str(write_boxes(data)), *EVAL_ARGS, "--actors", "2"], out, "cli_eval", "eval")
+
+
 SCENARIOS: dict[str, Callable[[Path, Path], None]] = {
     "folder": folder, "parquet": parquet, "webdataset": webdataset, "s3": s3, "crash": crash,
-    "cli": cli, "cli_parquet": cli_parquet,
+    "cli": cli, "cli_parquet": cli_parquet, "cli_eval": cli_eval,
 }
 
 

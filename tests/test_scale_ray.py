@@ -215,3 +215,30 @@ def test_cli_parquet_format_on_an_unseen_parquet_dataset(scenarios, local) -> No
         heat = np.asarray(row["heatmap"], np.float32).reshape(224, 224)
         assert float(np.abs(heat - ref).max()) <= HEATMAP_TOL
         assert row["overlay"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_eval_on_ray_reports_what_local_eval_reports(scenarios) -> None:
+    from click.testing import CliRunner
+
+    from onnxcam.cli import cli
+
+    from .scale_scenarios import EVAL_ARGS, write_boxes
+
+    data, out, _ = scenarios
+    run = _cli_run(out, "cli_eval")
+    assert run["rc"] == 0, run["stderr"]
+    local = CliRunner().invoke(cli, ["eval", str(MODEL), str(data / "more"), "--boxes", str(write_boxes(data)), *EVAL_ARGS])
+    assert local.exit_code == 0, local.stderr
+    ray_report, local_report = json.loads(run["stdout"]), json.loads(local.stdout)
+    assert ray_report["model"] == local_report["model"]
+    assert [r["image"] for r in ray_report["images"]] == [r["image"] for r in local_report["images"]]
+    assert ray_report["metrics"]["images_with_boxes"] == local_report["metrics"]["images_with_boxes"] == 2
+    for a, b in zip(ray_report["images"], local_report["images"]):
+        assert a.keys() == b.keys()
+        assert a["target"] == b["target"] and a.get("pointing_hit") == b.get("pointing_hit")
+        assert a["cam_box"] == b["cam_box"]
+        for k in ("probability", "drop", "deletion_auc", "insertion_auc", "energy", "localisation_iou"):
+            if k in b:
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["image"], k)
+    for k, v in local_report["metrics"].items():  # averaged across the two workers: the same numbers
+        assert ray_report["metrics"][k] == (pytest.approx(v, rel=1e-5, abs=1e-6) if isinstance(v, float) else v), k

@@ -74,20 +74,37 @@ def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
 @opt.input_options()
 @opt.labels_option
 @opt.json_option
+@opt.ray_options(formats=False)
 @guarded
 def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | None, steps: int, road: bool,
           tolerance: float, batch_size: int, device: str, preset: str | None, config_file: str | None,
-          size: str | None, letterbox: bool | None, labels_file: str | None, as_json: bool) -> None:
+          size: str | None, letterbox: bool | None, labels_file: str | None, as_json: bool,
+          use_ray: bool, address: str | None, actors: int | None, image_column: str | None) -> None:
     """Measure how faithful and well placed a model's explanations are on IMAGES (files or folders).
 
     Per image and on average: average drop and increase in confidence (Grad-CAM++), deletion and
     insertion AUC (RISE), optionally ROAD (--road); with --boxes, the pointing game, the
-    energy-based pointing game and the IoU of the CAM paper's box. Writes nothing.
+    energy-based pointing game and the IoU of the CAM paper's box. Writes nothing. With --ray the
+    images are evaluated on Ray Data's workers and the metrics averaged over all of them.
     """
-    boxes, loaded, errors = _inputs(images, boxes_file, "evaluate")
-    run = ModelRun.load(model, method, preset, size, providers=opt.providers(device), config=config_file,
-                        letterbox=letterbox, labels_file=labels_file)
-    ev = evaluate(run, loaded, boxes, steps, road, batch_size, tolerance)
+    ray_only = {"--address": address, "--actors": actors, "--image-column": image_column}
+    if not use_ray and any(v is not None for v in ray_only.values()):
+        raise UsageError(f"{next(k for k, v in ray_only.items() if v is not None)} needs --ray")
+    if use_ray:
+        from .on_ray import eval_on_ray
+
+        boxes = load_boxes(boxes_file) if boxes_file else None
+        run = ModelRun.load(model, method, preset, size, providers=["CPUExecutionProvider"], config=config_file,
+                            letterbox=letterbox, labels_file=labels_file)
+        report = eval_on_ray(run, images, boxes, steps, road, tolerance, batch_size, device,
+                             {"address": address, "actors": actors, "image_column": image_column})
+        ev = Evaluation(report["model"], report["images"], report["metrics"], [], report["model"]["layer"])
+        errors = report["errors"]
+    else:
+        boxes, loaded, errors = _inputs(images, boxes_file, "evaluate")
+        run = ModelRun.load(model, method, preset, size, providers=opt.providers(device), config=config_file,
+                            letterbox=letterbox, labels_file=labels_file)
+        ev = evaluate(run, loaded, boxes, steps, road, batch_size, tolerance)
     if as_json:
         click.echo(dumps({"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors}))
     else:

@@ -155,7 +155,7 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
     if not use_ray and any(v is not None for v in ray_only.values()):
         raise UsageError(f"{next(k for k, v in ray_only.items() if v is not None)} needs --ray")
     if use_ray:
-        from .explain_ray import explain_on_ray
+        from .on_ray import explain_on_ray
 
         explainer = {"fuse": fuse, "aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "output": output_name,
                      "backend": backend, "inputs": extra}

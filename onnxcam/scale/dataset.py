@@ -58,23 +58,35 @@ def explain_dataset(ds: Any, model: str | os.PathLike | bytes, method: str = "gr
     consumed). model: a path or bytes; with `ship_model` the bytes travel with the job (see
     `model_payload`), else every worker reads the path (a local Ray: no copy in the object store).
     actors, cpus_per_actor, gpus: the pool (see `plan_actors`; `plan` overrides them);
-    further keyword arguments (preset, size, labels, overlay, heatmap_dtype, explainer) go to
-    `ExplainBatches`. Ray must be initialised (`onnxcam.scale.connect`)."""
+    further keyword arguments (policy, overlay, heatmap_dtype, providers, explainer) go to
+    `ExplainBatches`. Without a connected Ray, a local one is started (`onnxcam.scale.connect`)."""
+    plan = plan or _plan(actors, cpus_per_actor, gpus)
+    ctor = {"model": model_payload(model) if ship_model else os.fspath(model), "method": method, "layer": layer,
+            "target": target, "threads": plan.threads, **kwargs}
+    if gpus:
+        ctor.setdefault("providers", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    return map_on_actors(ds, ExplainBatches, ctor, plan, batch_size)
+
+
+def _plan(actors: int | None, cpus_per_actor: float | None, gpus: bool) -> ActorPlan:
     ray = require_ray()
     if not ray.is_initialized():
         from .cluster import connect
 
         connect()
-    plan = plan or plan_actors(cluster_shape(), actors, cpus_per_actor, gpus)
-    ctor = {"model": model_payload(model) if ship_model else os.fspath(model), "method": method, "layer": layer, "target": target, "threads": plan.threads, **kwargs}
-    if gpus:
-        ctor.setdefault("providers", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    log.info("explaining on %d actor(s) × %.2f CPU(s)%s, %d onnxruntime thread(s) each", plan.actors,
+    return plan_actors(cluster_shape(), actors, cpus_per_actor, gpus)
+
+
+def map_on_actors(ds: Any, fn: type, ctor: dict[str, Any], plan: ActorPlan, batch_size: int) -> Any:
+    """`ds.map_batches(fn)` on a pool of `plan.actors` actors, each `fn(**ctor)` built once, with
+    the plan's CPUs/GPUs and bounded restarts (see `_bounded_restarts`)."""
+    ray = require_ray()
+    log.info("%s on %d actor(s) × %.2f CPU(s)%s, %d onnxruntime thread(s) each", fn.__name__, plan.actors,
              plan.cpus_per_actor, f" × {plan.gpus_per_actor:g} GPU" if plan.gpus_per_actor else "", plan.threads)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
         return ds.map_batches(
-            ExplainBatches,
+            fn,
             fn_constructor_kwargs=ctor,
             batch_size=batch_size,
             batch_format="numpy",

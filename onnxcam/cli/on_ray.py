@@ -1,8 +1,9 @@
-"""`onnxcam explain --ray`: the same command on Ray Data; `onnxcam.scale.job` does the work.
+"""`onnxcam explain --ray` and `onnxcam eval --ray`: the same commands on Ray Data;
+`onnxcam.scale.job` and `onnxcam.scale.evaluate` do the work.
 
 The model is loaded here first, with the same Explainer options, input policy and target parsing
 as the local path, so that a wrong option is a usage error before Ray starts; then the job runs on
-Ray and writes OUT as the local run does. Ray's own logs and progress bars are kept off stderr
+Ray and writes (explain) or prints (eval) what the local run does. Ray's own logs and progress bars are kept off stderr
 (-v shows its warnings): the command shows one progress bar and one line per failed image.
 """
 
@@ -130,3 +131,22 @@ def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: st
                    f"Ray actor(s){kept}; results in {out_dir}", err=True)
     if report["errors"]:
         sys.exit(1)
+
+
+def eval_on_ray(run: Any, images: tuple[str, ...], boxes: dict | None, steps: int, road: bool, tolerance: float,
+                batch_size: int, device: str, ray_options: dict[str, Any]) -> dict[str, Any]:
+    """`onnxcam eval`'s report for `images` computed on Ray (`run`: the model loaded here)."""
+    from ..scale.evaluate import evaluate_sources
+    from ..scale.job import RayOptions
+
+    quiet = not logging.getLogger("onnxcam").isEnabledFor(logging.INFO)
+    options = RayOptions(ray_options["address"], ray_options["actors"], None, device == "cuda", "files",
+                         ray_options["image_column"], batch_size)
+    with _native_stderr_to_devnull(quiet):
+        _connect_quietly(options.address, quiet)
+        bar = _Bar(sys.stderr.isatty())
+        try:
+            return evaluate_sources(run, images, boxes, steps, road, tolerance, batch_size, options,
+                                    on_progress=bar.update, on_total=bar.total, on_error=report_error)
+        finally:
+            bar.close()
