@@ -133,7 +133,7 @@ def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: st
         sys.exit(1)
 
 
-def eval_on_ray(run: Any, images: tuple[str, ...], boxes: dict | None, steps: int, road: bool, tolerance: float,
+def eval_on_ray(run: Any, images: tuple[str, ...], notes: Any, steps: int, road: bool, tolerance: float,
                 batch_size: int, device: str, ray_options: dict[str, Any]) -> dict[str, Any]:
     """`onnxcam eval`'s report for `images` computed on Ray (`run`: the model loaded here)."""
     from ..scale.evaluate import evaluate_sources
@@ -146,7 +146,7 @@ def eval_on_ray(run: Any, images: tuple[str, ...], boxes: dict | None, steps: in
         _connect_quietly(options.address, quiet)
         bar = _Bar(sys.stderr.isatty())
         try:
-            return evaluate_sources(run, images, boxes, steps, road, tolerance, batch_size, options,
+            return evaluate_sources(run, images, notes, steps, road, tolerance, batch_size, options,
                                     on_progress=bar.update, on_total=bar.total, on_error=report_error)
         finally:
             bar.close()

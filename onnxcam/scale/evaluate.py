@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
+from ..annotations import Annotations
 from ..errors import OnnxcamError, UsageError
 from ..explainer import Explainer
 from ..image import decode_image
@@ -43,16 +44,17 @@ class EvaluateBatches:
     read_error), inside a Ray actor; an image that fails is a row with `error`, never a failed
     batch. See `onnxcam.review.evaluate` for the arguments."""
 
-    def __init__(self, model: str | bytes, method: str, policy: InputPolicy, boxes: dict | None, steps: int,
-                 road: bool, tolerance: float, batch_size: int, providers: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(self, model: str | bytes, method: str, policy: InputPolicy, notes: Annotations, steps: int,
+                 road: bool, tolerance: float, batch_size: int, layer: str | None = None, target: Any = None,
+                 providers: Sequence[str] | None = None, threads: int | None = None) -> None:
         source = onnx.load_from_string(bytes(model)) if isinstance(model, (bytes, bytearray)) else model
-        ex = Explainer(source, method=method, providers=providers, threads=threads)
-        self.run = _ActorRun("model", "", ex, policy, 32)
-        self.boxes, self.steps, self.road, self.tolerance, self.batch_size = boxes, steps, road, tolerance, batch_size
+        ex = Explainer(source, method=method, layer=layer, providers=providers, threads=threads)
+        self.run = _ActorRun("model", "", ex, policy, 32, target)
+        self.notes, self.steps, self.road, self.tolerance, self.batch_size = notes, steps, road, tolerance, batch_size
 
     def _records(self, items: list[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
-        ev = evaluate(self.run, items, self.boxes, self.steps, self.road, self.batch_size, self.tolerance)
+        ev = evaluate(self.run, items, self.notes.boxes, self.steps, self.road, self.batch_size, self.tolerance,
+                      notes=self.notes)
         return [json_safe({**r, "layer": ev.layer}) for r in ev.images]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,13 +86,14 @@ class EvaluateBatches:
                 "record": np.asarray(records, dtype=object), "error": np.asarray(errors, dtype=object)}
 
 
-def evaluate_sources(run: ModelRun, sources: Sequence[str], boxes: dict | None = None, steps: int = 50,
+def evaluate_sources(run: ModelRun, sources: Sequence[str], notes: Annotations | None = None, steps: int = 50,
                      road: bool = False, tolerance: float = 15.0, batch_size: int = 8,
                      options: RayOptions | None = None, on_progress: Callable[[int], None] = lambda n: None,
                      on_total: Callable[[int | None], None] = lambda n: None,
                      on_error: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """`onnxcam eval`'s JSON ({model, metrics, images, errors}) for every image of `sources`,
-    computed on Ray. `run`: the model loaded on the driver (its policy goes to the actors)."""
+    computed on Ray. `run`: the model loaded on the driver (its policy, layer and target go to the
+    actors); `notes`: boxes, forbidden regions, true labels (onnxcam.annotations)."""
     opts = options or RayOptions()
     ray = connect(opts.address)
     plan = plan_actors(cluster_shape(), opts.actors, opts.cpus_per_actor, opts.gpus)
@@ -100,9 +103,9 @@ def evaluate_sources(run: ModelRun, sources: Sequence[str], boxes: dict | None =
     ray.data.DataContext.get_current().max_errored_blocks = -1 if expected is not None else 0
     model = model_payload(run.path) if opts.address is not None else run.path
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if opts.gpus else ["CPUExecutionProvider"]
-    ctor = {"model": model, "method": run.explainer.method.name, "policy": run.policy, "boxes": boxes,
+    ctor = {"model": model, "method": run.explainer.method.name, "policy": run.policy, "notes": notes or Annotations(),
             "steps": steps, "road": road, "tolerance": tolerance, "batch_size": batch_size,
-            "providers": providers, "threads": plan.threads}
+            "layer": run.explainer.layer_name, "target": run.target, "providers": providers, "threads": plan.threads}
     rows: list[tuple[int, str, dict[str, Any]]] = []
     errors: list[dict[str, str]] = []
     if src.ds is not None:
