@@ -43,3 +43,9 @@ def test_topk_is_refused_on_ray_before_starting_it(tmp_path: Path, monkeypatch: 
     res = _explain(tmp_path, "--ray", "--target", "top3")
     assert res.exit_code == 2
     assert "--target topK gives several maps per image; with --ray explain one target per image" in res.stderr
+
+
+def test_eval_ray_options_need_ray() -> None:
+    res = CliRunner().invoke(cli, ["eval", str(MOBILENET), str(EXAMPLES / "chelsea.png"), "--actors", "2"])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "onnxcam: error: --actors needs --ray"

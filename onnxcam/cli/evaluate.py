@@ -96,7 +96,8 @@ def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | No
           tolerance: float, batch_size: int, device: str, preset: str | None, config_file: str | None,
           size: str | None, letterbox: bool | None, labels_file: str | None, layer: str | None, target: str,
           forbidden_file: str | None, truth_file: str | None, requires: tuple[str, ...], junit_name: str | None,
-          markdown_name: str | None, out_dir: str | None, overwrite: bool, as_json: bool) -> None:
+          markdown_name: str | None, out_dir: str | None, overwrite: bool, as_json: bool, use_ray: bool,
+          address: str | None, actors: int | None, image_column: str | None) -> None:
     """Measure how faithful and well placed a model's explanations are on IMAGES (files or folders).
 
     Per image and on average: average drop and increase in confidence (Grad-CAM++), deletion and
