@@ -9,12 +9,13 @@ Ray has started):
   local      onnxcam explain MODEL DIR -o OUT                      (one process, all cores)
   ray-1      onnxcam explain MODEL DIR -o OUT --ray --actors 1     (a local Ray with all cores)
   ray-2      onnxcam explain MODEL DIR -o OUT --ray --actors 2
+  ray-2-parquet   the same photos as one Parquet file (4 row groups), --format parquet
 
 and checks that every Ray run gives the local run's targets and heatmaps (max abs difference).
 Results: a table on stdout and bench/ray.json (with the machine's CPUs and its load meanwhile,
 since other processes on a shared machine slow every row).
 
-    python bench/bench_ray.py [--images 1000] [--runs local ray-1 ray-2] [--python PATH]
+    python bench/bench_ray.py [--images 1000] [--runs local ray-1 ray-2 ray-2-parquet] [--python PATH]
 """
 
 from __future__ import annotations
@@ -82,11 +83,27 @@ def busy_cpus() -> tuple[int, int]:
     return sum(vals) - idle, sum(vals)
 
 
+def write_parquet(images: Path, path: Path) -> None:
+    """The photos as one Parquet file: columns `name` and `jpg` (the file bytes), 4 row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(images.glob("*.jpg"))
+    table = pa.table({"name": [f.name for f in files], "jpg": pa.array([f.read_bytes() for f in files], pa.binary())})
+    pq.write_table(table, path, row_group_size=-(-len(files) // 4))
+
+
 def run(name: str, python: str, images: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [python, "-c", "from onnxcam.cli import main; main()", "explain", str(MODEL), str(images), "-o", str(out)]
+    source = images
+    if name.endswith("-parquet"):
+        source = images.with_suffix(".parquet")
+        write_parquet(images, source)
+    cmd = [python, "-c", "from onnxcam.cli import main; main()", "explain", str(MODEL), str(source), "-o", str(out)]
     if name.startswith("ray-"):
         cmd += ["--ray", "--actors", name.split("-")[1]]
+    if name.endswith("-parquet"):
+        cmd += ["--format", "parquet"]
     b0, t0 = busy_cpus()
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -108,32 +125,51 @@ def run(name: str, python: str, images: Path, out: Path) -> dict:
     return row
 
 
+def _maps(out: Path) -> dict[str, tuple[int, np.ndarray]]:
+    """(target, heatmap) per photo file name, from files or from Parquet parts (row i = i-th photo)."""
+    report = json.loads((out / "results.json").read_text())
+    if report.get("ray", {}).get("format") != "parquet":
+        return {Path(r["image"]).name: (r["target"], np.load(r["heatmap"])) for r in report["images"]}
+    import pyarrow.parquet as pq
+
+    names = sorted(f.name for f in Path(report["images"][0]["image"].rpartition("#")[0]).with_suffix("").glob("*.jpg"))
+    got = {}
+    for part in sorted((out / "explanations").glob("*.parquet")):
+        for row in pq.read_table(part).to_pylist():
+            heat = np.asarray(row["heatmap"], np.float32).reshape(row["heatmap_height"], row["heatmap_width"])
+            got[names[int(row["image"].rpartition("#")[2])]] = (row["target"], heat)
+    return got
+
+
 def compare(a: Path, b: Path) -> dict:
-    """Targets and heatmaps of run b against run a, matched by image."""
-    ra = {r["image"]: r for r in json.loads((a / "results.json").read_text())["images"]}
-    rb = {r["image"]: r for r in json.loads((b / "results.json").read_text())["images"]}
+    """Targets and heatmaps of run b against run a, matched by photo."""
+    ra, rb = _maps(a), _maps(b)
     assert ra.keys() == rb.keys(), "the runs explained different images"
     worst, same = 0.0, 0
-    for k, r in ra.items():
-        same += r["target"] == rb[k]["target"]
-        worst = max(worst, float(np.abs(np.load(r["heatmap"]) - np.load(rb[k]["heatmap"])).max()))
+    for k, (target, heat) in ra.items():
+        same += target == rb[k][0]
+        worst = max(worst, float(np.abs(heat - rb[k][1]).max()))
     return {"same_targets": same, "of": len(ra), "max_abs_heatmap_diff": worst}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--runs", nargs="+", default=["local", "ray-1", "ray-2"])
+    ap.add_argument("--runs", nargs="+", default=["local", "ray-1", "ray-2", "ray-2-parquet"])
     ap.add_argument("--python", default=sys.executable, help="interpreter with onnxcam's dependencies and ray[data]")
     args = ap.parse_args()
     images = CACHE / f"ray-images-{args.images}"
     make_images(images, args.images)
-    rows, outs = [], {}
+    previous = {r["run"]: r for r in json.loads(RESULTS.read_text())["rows"]} if RESULTS.is_file() else {}
+    rows, outs = [], {name: CACHE / f"ray-out-{name}" for name in ["local", *args.runs]}
     for name in args.runs:
-        outs[name] = CACHE / f"ray-out-{name}"
         rows.append(run(name, args.python, images, outs[name]))
         print(json.dumps(rows[-1]), flush=True)
-    checks = {name: compare(outs["local"], outs[name]) for name in args.runs if name != "local" and "local" in outs}
+    merged = {**previous, **{r["run"]: r for r in rows}}  # rows of earlier invocations kept (e.g. --runs ray-2-parquet)
+    rows = list(merged.values())
+    have_local = (outs["local"] / "results.json").is_file()
+    checks = {r["run"]: compare(outs["local"], outs[r["run"]]) for r in rows
+              if r["run"] != "local" and have_local and (outs[r["run"]] / "results.json").is_file()}
     result = {"machine": {"cpus": cpu_count(), "loadavg_after": os.getloadavg()}, "model": MODEL.name,
               "rows": rows, "ray_vs_local": checks}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
