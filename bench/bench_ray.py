@@ -152,6 +152,10 @@ def compare(a: Path, b: Path) -> dict:
     return {"same_targets": same, "of": len(ra), "max_abs_heatmap_diff": worst}
 
 
+def out_dir(name: str) -> Path:
+    return CACHE / f"ray-out-{name}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1000)
@@ -161,15 +165,15 @@ def main() -> None:
     images = CACHE / f"ray-images-{args.images}"
     make_images(images, args.images)
     previous = {r["run"]: r for r in json.loads(RESULTS.read_text())["rows"]} if RESULTS.is_file() else {}
-    rows, outs = [], {name: CACHE / f"ray-out-{name}" for name in ["local", *args.runs]}
+    rows = []
     for name in args.runs:
-        rows.append(run(name, args.python, images, outs[name]))
+        rows.append(run(name, args.python, images, out_dir(name)))
         print(json.dumps(rows[-1]), flush=True)
     merged = {**previous, **{r["run"]: r for r in rows}}  # rows of earlier invocations kept (e.g. --runs ray-2-parquet)
     rows = list(merged.values())
-    have_local = (outs["local"] / "results.json").is_file()
-    checks = {r["run"]: compare(outs["local"], outs[r["run"]]) for r in rows
-              if r["run"] != "local" and have_local and (outs[r["run"]] / "results.json").is_file()}
+    checks = {r["run"]: compare(out_dir("local"), out_dir(r["run"])) for r in rows
+              if r["run"] != "local" and (out_dir("local") / "results.json").is_file()
+              and (out_dir(r["run"]) / "results.json").is_file()}
     result = {"machine": {"cpus": cpu_count(), "loadavg_after": os.getloadavg()}, "model": MODEL.name,
               "rows": rows, "ray_vs_local": checks}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
