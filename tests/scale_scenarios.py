@@ -137,6 +137,46 @@ class CrashOnce(ExplainBatches):
         return super().__call__(batch)
 
 
+class CrashAlways(ExplainBatches):
+    """ExplainBatches whose worker dies every time its batch holds `img_05` (a poison image, as
+    one that crashes a decoder would be)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if any("img_05" in str(p) for p in batch["path"]):
+            os._exit(1)
+        return super().__call__(batch)
+
+
+def poison(data: Path, out: Path) -> None:
+    """explain_to_dir with an image that kills its worker every time: Ray gives up after the
+    retries, the command fails in one line and keeps what it wrote; the same command (the poison
+    gone) then resumes and finishes."""
+    import onnxcam.scale.dataset as dataset
+    from onnxcam import Explainer
+    from onnxcam.errors import OnnxcamError
+    from onnxcam.output import OutputDir
+    from onnxcam.preprocessing import policy_for
+    from onnxcam.scale import RayOptions, explain_to_dir
+
+    files = [str(f) for f in sorted(data.glob("img_0*.png"))]
+    policy = policy_for(Explainer(MODEL))
+    run = lambda: explain_to_dir(str(MODEL), files, OutputDir(out / "poison_out"), policy,  # noqa: E731
+                                 options=RayOptions(actors=1, batch_size=2))
+    dataset.ExplainBatches = CrashAlways  # the actors run the poisoned class (test seam)
+    try:
+        run()
+        message = None
+    except OnnxcamError as exc:
+        message = str(exc)
+    finally:
+        dataset.ExplainBatches = ExplainBatches
+    journal = sorted((out / "poison_out" / ".onnxcam-ray").glob("part-*.json"))
+    kept = sum(len(json.loads(p.read_text())) for p in journal)
+    report = run()
+    (out / "poison.json").write_text(json.dumps({"message": message, "journaled": kept, "report": report,
+                                                 "files": files}))
+
+
 def crash(data: Path, out: Path) -> None:
     """A worker dies mid-job: Ray restarts it and retries its batch; nothing is lost."""
     import ray
@@ -234,7 +274,7 @@ def cli_eval(data: Path, out: Path) -> None:
 
 SCENARIOS: dict[str, Callable[[Path, Path], None]] = {
     "folder": folder, "parquet": parquet, "webdataset": webdataset, "s3": s3, "crash": crash,
-    "cli": cli, "cli_parquet": cli_parquet, "cli_eval": cli_eval,
+    "cli": cli, "cli_parquet": cli_parquet, "cli_eval": cli_eval, "poison": poison,
 }
 
 

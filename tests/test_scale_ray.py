@@ -242,3 +242,20 @@ def test_cli_eval_on_ray_reports_what_local_eval_reports(scenarios) -> None:
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["image"], k)
     for k, v in local_report["metrics"].items():  # averaged across the two workers: the same numbers
         assert ray_report["metrics"][k] == (pytest.approx(v, rel=1e-5, abs=1e-6) if isinstance(v, float) else v), k
+
+
+def test_an_image_that_kills_every_worker_ends_the_job_in_one_line_and_a_rerun_resumes(scenarios, local) -> None:
+    _, out, _ = scenarios
+    status = json.loads((out / "status.json").read_text())
+    assert status.get("poison", "").startswith("ok"), status.get("poison")
+    got = json.loads((out / "poison.json").read_text())
+    assert got["message"].startswith("Ray gave up the job: ") and "\n" not in got["message"]
+    assert got["message"].endswith("run the same command again to resume")
+    report = got["report"]  # the rerun, without the poison
+    assert report["errors"] == []
+    assert [r["image"] for r in report["images"]] == got["files"]
+    assert (report["ray"]["kept"], report["ray"]["explained"]) == (got["journaled"], len(got["files"]) - got["journaled"])
+    for rec in report["images"]:
+        target, _, ref = local(rec["image"])
+        assert rec["target"] == target
+        assert float(np.abs(np.load(rec["heatmap"]) - ref).max()) <= HEATMAP_TOL

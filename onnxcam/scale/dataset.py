@@ -25,16 +25,17 @@ from .cluster import ActorPlan, cluster_shape, plan_actors, require_ray
 log = logging.getLogger(__name__)
 
 SHIP_LIMIT = 1 << 30  # models up to 1 GiB travel with the job; larger ones are read from `model` on each node
-ACTOR_RESTARTS = 3  # a crashed worker is restarted and its batches retried this many times
+ACTOR_RESTARTS = 3  # a batch whose worker died is retried this many times on the restarted worker
 
 
 def _bounded_restarts() -> dict[str, int]:
-    """Ray's default for actor pools is to restart and retry forever, so an image that crashes its
-    worker every time would hang the job. Bounded, that block fails after ACTOR_RESTARTS tries and
-    the rest goes on when `DataContext.max_errored_blocks` allows it (the CLI does, and lists the
-    images of the lost block as failures). Ray 2.60 still takes these as `ray_remote_args`, with a
-    deprecation warning that says nothing about their replacement: silenced here."""
-    return {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
+    """Ray's default for actor pools is to restart and retry forever, so an image that kills its
+    worker every time would hang the job. Actors still restart without limit, but a batch is
+    retried ACTOR_RESTARTS times; then Ray gives up the job with the reason (measured with Ray
+    2.60: `max_errored_blocks` does not cover dead workers), and `onnxcam.scale.job` keeps what
+    was written for a rerun. Ray 2.60 still takes these as `ray_remote_args`, with a deprecation
+    warning that names no replacement: silenced here."""
+    return {"max_restarts": -1, "max_task_retries": ACTOR_RESTARTS}
 
 
 def model_payload(model: str | os.PathLike | bytes) -> str | bytes:
@@ -79,7 +80,7 @@ def _plan(actors: int | None, cpus_per_actor: float | None, gpus: bool) -> Actor
 
 def map_on_actors(ds: Any, fn: type, ctor: dict[str, Any], plan: ActorPlan, batch_size: int) -> Any:
     """`ds.map_batches(fn)` on a pool of `plan.actors` actors, each `fn(**ctor)` built once, with
-    the plan's CPUs/GPUs and bounded restarts (see `_bounded_restarts`)."""
+    the plan's CPUs/GPUs and bounded retries (see `_bounded_restarts`)."""
     ray = require_ray()
     log.info("%s on %d actor(s) × %.2f CPU(s)%s, %d onnxruntime thread(s) each", fn.__name__, plan.actors,
              plan.cpus_per_actor, f" × {plan.gpus_per_actor:g} GPU" if plan.gpus_per_actor else "", plan.threads)

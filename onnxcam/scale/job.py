@@ -12,9 +12,10 @@ its name: `data.parquet/17`, `shard.tar/KEY`) and results.json last, with the sa
 
 Reruns: the records of an earlier run in OUT (its results.json, or the journal an interrupted run
 left in OUT/.onnxcam-ray/) are kept and their images skipped; images that failed are tried again.
-`overwrite` starts afresh. A block of images whose worker crashed ACTOR_RESTARTS times is dropped
-by Ray; its images are listed as errors (known for files and Parquet; tars must be read to know
-their samples, so with tars a lost block fails the job instead).
+`overwrite` starts afresh. A worker that dies is restarted and its batch retried (a crash loses
+nothing); when one batch kills its worker ACTOR_RESTARTS + 1 times, Ray gives up the whole job:
+the command then fails with Ray's reason in one line, and everything written so far stays in the
+journal, so the same command resumes from there.
 """
 
 from __future__ import annotations
@@ -187,6 +188,38 @@ def _take(state: _State, batch: dict[str, np.ndarray], on_error: Callable[[str],
     return n
 
 
+def _run_pass(state: _State, ds: Any, model: str, common: dict[str, Any], batch_size: int,
+              on_progress: Callable[[int], None], on_error: Callable[[str], None]) -> str | None:
+    """Explain `ds` on the actors and write what comes back. Returns None, or why Ray gave up
+    (e.g. a worker that kept dying); onnxcam's own errors are raised."""
+    if ds is None:
+        return None
+    explained = explain_dataset(ds, model, batch_size=batch_size, **common)
+    try:
+        with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="onnxcam-writer") as state.pool:
+            for batch in explained.iter_batches(batch_size=JOURNAL_ROWS, batch_format="numpy"):
+                on_progress(_take(state, batch, on_error))
+    except OnnxcamError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (Ray wraps the actors' errors; show theirs)
+        cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, OnnxcamError):
+            raise cause from None
+        return " ".join(str(cause).split()) or type(cause).__name__
+    finally:
+        if state.fmt == "files" or not state.pending:
+            _flush_journal(state)
+    return None
+
+
+def _missing(state: _State, expected: list[str] | None) -> list[str]:
+    """Expected rows with neither a record nor an error."""
+    if expected is None:
+        return []
+    seen = {r["image"] for r in state.records} | {e["image"] for e in state.errors}
+    return [p for p in expected if p not in seen]
+
+
 def _planned_names(src: ImageSource, stems: dict[str, str], fmt: str) -> list[str]:
     if fmt != "files":
         return []
@@ -212,7 +245,7 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
     done = {r["image"] for r in earlier}
     if out.overwrite:
         out.remove_stale("results.json")
-    ray = connect(opts.address)
+    connect(opts.address)
     plan: ActorPlan = plan_actors(cluster_shape(), opts.actors, opts.cpus_per_actor, opts.gpus)
     src = read_sources(sources, opts.image_column, exclude=str(out.root), skip=done,
                        read_cpus=min(1.0, plan.reserve), parallelism=4 * plan.actors)
@@ -233,36 +266,23 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
         out.remove_stale("results.json")
     on_total(src.total)
     expected = src.expected()
-    ctx = ray.data.DataContext.get_current()
-    ctx.max_errored_blocks = -1 if expected is not None else 0
     t0 = time.perf_counter()
-    if src.ds is not None:
-        explained = explain_dataset(src.ds, model, method=method, plan=plan, layer=layer, target=target, policy=policy,
-                                    overlay=True, batch_size=opts.batch_size, providers=providers, explainer=explainer,
-                                    gpus=opts.gpus, ship_model=opts.address is not None)
-        try:
-            with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="onnxcam-writer") as state.pool:
-                for batch in explained.iter_batches(batch_size=JOURNAL_ROWS, batch_format="numpy"):
-                    on_progress(_take(state, batch, on_error))
-        except OnnxcamError:
-            raise
-        except Exception as exc:  # noqa: BLE001  (Ray wraps the actors' errors; show theirs)
-            cause = getattr(exc, "cause", None) or exc
-            if isinstance(cause, OnnxcamError):
-                raise cause from None
-            first = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-            raise OnnxcamError(f"the Ray job failed: {first}") from None
+    common = {"method": method, "layer": layer, "target": target, "policy": policy, "overlay": True,
+              "providers": providers, "explainer": explainer, "gpus": opts.gpus, "ship_model": opts.address is not None}
+    failure = _run_pass(state, src.ds, model, {**common, "plan": plan}, opts.batch_size, on_progress, on_error)
+    if failure is not None:
+        _flush_parquet(state)
+        _flush_journal(state)
+        raise OnnxcamError(f"Ray gave up the job: {failure[:300]}; the {len(state.records)} result(s) written are kept "
+                           f"in {out.shown(JOURNAL)}: run the same command again to resume")
     if opts.fmt == "parquet":
         _flush_parquet(state)
     _flush_journal(state)
     seconds = time.perf_counter() - t0
-    if expected is not None:
-        seen = {r["image"] for r in state.records} | {e["image"] for e in state.errors}
-        for p in expected:
-            if p not in seen:
-                msg = f"{p}: lost: the worker explaining it crashed {ACTOR_RESTARTS + 1} times; run again to retry"
-                state.errors.append({"image": p, "error": msg})
-                on_error(msg)
+    for p in _missing(state, expected):  # never silently missing, whatever Ray did
+        msg = f"{p}: Ray returned no result for it; run again to retry"
+        state.errors.append({"image": p, "error": msg})
+        on_error(msg)
     new = state.records
     order = {f: k for k, (f, _) in enumerate(src.files)}
 
