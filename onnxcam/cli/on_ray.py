@@ -95,7 +95,7 @@ def _connect_quietly(address: str | None, quiet: bool) -> None:
     ctx.print_on_execution_start = False
 
 
-def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: str, layers: tuple[str, ...],
+def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: Any, layers: tuple[str, ...],
                    explainer: dict[str, Any], target: str, policy_options: dict[str, Any], batch_size: int,
                    device: str, as_json: bool, overwrite: bool, ray_options: dict[str, Any]) -> None:
     """Check the request locally, then run it on Ray (see the module docstring); exit 1 when an

@@ -32,6 +32,7 @@ import onnx
 
 from ..errors import ImageError, OnnxcamError, UsageError
 from ..explainer import Explainer
+from ..methods import CAMMethod
 from ..image import decode_image, deprocess, encode_png, overlay
 from ..output import image_record
 from ..preprocessing import InputPolicy, policy_for
@@ -57,7 +58,7 @@ class ExplainBatches:
     PNG; heatmap_dtype: "float32" (exact) or "float16" (half the size; about 5e-4 off).
     """
 
-    def __init__(self, model: str | bytes, method: str = "gradcam", layer: str | Sequence[str] | None = None,
+    def __init__(self, model: str | bytes, method: str | CAMMethod = "gradcam", layer: str | Sequence[str] | None = None,
                  target: Any = None, policy: InputPolicy | None = None, providers: Sequence[str] | None = None,
                  threads: int | None = None, overlay: bool = False, heatmap_dtype: str = "float32",
                  explainer: dict[str, Any] | None = None) -> None:

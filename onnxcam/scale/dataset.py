@@ -18,6 +18,7 @@ import os
 import warnings
 from typing import Any, Sequence
 
+from ..methods import CAMMethod
 from ..model import load_model
 from .batches import ExplainBatches
 from .cluster import ActorPlan, cluster_shape, plan_actors, require_ray
@@ -51,7 +52,7 @@ def model_payload(model: str | os.PathLike | bytes) -> str | bytes:
     return path
 
 
-def explain_dataset(ds: Any, model: str | os.PathLike | bytes, method: str = "gradcam", actors: int | None = None,
+def explain_dataset(ds: Any, model: str | os.PathLike | bytes, method: str | CAMMethod = "gradcam", actors: int | None = None,
                     batch_size: int = 8, cpus_per_actor: float | None = None, gpus: bool = False,
                     plan: ActorPlan | None = None, ship_model: bool = True, layer: str | Sequence[str] | None = None,
                     target: Any = None, **kwargs: Any) -> Any:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import OnnxcamError, UsageError
-from ..methods import get_method
+from ..methods import CAMMethod, get_method
 from ..output import OutputDir
 from ..preprocessing import InputPolicy
 from .cluster import ActorPlan, cluster_shape, connect, plan_actors
@@ -227,7 +227,7 @@ def _planned_names(src: ImageSource, stems: dict[str, str], fmt: str) -> list[st
     return [f"{row_name(p, stems)}.{k}" for p in rows for k in ("overlay.png", "heatmap.npy", "guided.png")]
 
 
-def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: InputPolicy, *, method: str = "gradcam",
+def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: InputPolicy, *, method: str | CAMMethod = "gradcam",
                    layer: str | list[str] | None = None, target: Any = None, target_spec: str = "top1",
                    explainer: dict[str, Any] | None = None, providers: list[str] | None = None,
                    options: RayOptions | None = None, on_progress: Callable[[int], None] = lambda n: None,
