@@ -262,41 +262,41 @@ def tv_detector(index: dict, x_np: np.ndarray, key: str, builder, seed: int, kin
         fg[:, 0] = -1  # background is never a detection
     # targets on the final output (whole export) ...
     r, c = mapping[0]
-    f.target("final0", "det:row=0", cand[r, c], feats, final=0, **{rows_name: r}, cls=c,
+    f.target("final0", "det:row=0", cand[r, c], feats, final=0, **{rows_name: r}, cls=c, applies=["whole"],
              what=f"the pre-NMS score behind final detection 0: {what}")
     other = next((i for i, (_, cc) in enumerate(mapping) if cc != c), min(3, n_final - 1))
     r2, c2 = mapping[other]
-    f.target(f"final{other}", f"det:row={other}", cand[r2, c2], feats, final=other, **{rows_name: r2}, cls=c2,
+    f.target(f"final{other}", f"det:row={other}", cand[r2, c2], feats, final=other, **{rows_name: r2}, cls=c2, applies=["whole"],
              what=f"final detection {other} (another class where there is one)")
     ious = D.iou(_np(boxes_f), BOX)
     i = int(ious.argmax())
     f.target("box_final", "det:box=" + ",".join(str(int(v)) for v in BOX), cand[mapping[i]], feats, final=i,
-             **{rows_name: mapping[i][0]}, cls=mapping[i][1], iou=float(ious[i]),
+             **{rows_name: mapping[i][0]}, cls=mapping[i][1], iou=float(ious[i]), applies=["whole"],
              what="the final detection whose box overlaps BOX most")
     k3 = list(range(min(3, n_final)))
     f.target_many("top3_final", "det:top=3", [cand[mapping[i]] for i in k3], feats, finals=k3,
-                  **{rows_name + "s": [mapping[i][0] for i in k3]}, classes=[mapping[i][1] for i in k3],
+                  **{rows_name + "s": [mapping[i][0] for i in k3]}, classes=[mapping[i][1] for i in k3], applies=["whole"],
                   what="the first 3 final detections")
     # ... and on the raw (head-only) output
     for cls in range(1 if kind != "retinanet" else 0, fg.shape[1]):
         r = int(fg[:, cls].argmax())
-        f.target(f"class{cls}", f"det:class={cls}", cand[r, cls], feats, **{rows_name: r}, cls=cls,
+        f.target(f"class{cls}", f"det:class={cls}", cand[r, cls], feats, **{rows_name: r}, cls=cls, applies=["whole", "head"],
                  final=next((i for i, mp in enumerate(mapping) if mp == (r, cls)), None),
                  what=f"the best-scoring {rows_name} of class {cls} (= the first final detection of that class)")
     row = min(7, len(cn) - 1)
     c = int(fg[row].argmax())
-    f.target(f"row{row}", f"det:row={row}", cand[row, c], feats, **{rows_name: row}, cls=c,
+    f.target(f"row{row}", f"det:row={row}", cand[row, c], feats, **{rows_name: row}, cls=c, applies=["head"],
              what=f"head-only export: {rows_name} {row}, its best foreground class")
     best = np.argsort(-fg.ravel(), kind="stable")[:3]
     pairs = [(int(i // fg.shape[1]), int(i % fg.shape[1])) for i in best]
     f.target_many("top3_raw", "det:top=3", [cand[p] for p in pairs], feats, **{rows_name + "s": [p[0] for p in pairs]},
-                  classes=[p[1] for p in pairs], what=f"head-only export: the 3 best ({rows_name}, class) scores")
+                  classes=[p[1] for p in pairs], applies=["head"], what=f"head-only export: the 3 best ({rows_name}, class) scores")
     a_iou = D.iou(cbn[:, 1], BOX) if kind != "fasterrcnn" else None
     if a_iou is not None:
         r = int(a_iou.argmax())
         c = int(fg[r].argmax())
         f.target("box_raw", "det:box=" + ",".join(str(int(v)) for v in BOX), cand[r, c], feats, **{rows_name: r},
-                 cls=c, iou=float(a_iou[r]), what="head-only export: the anchor whose box overlaps BOX most, its best class")
+                 cls=c, iou=float(a_iou[r]), applies=["head"], what="head-only export: the anchor whose box overlaps BOX most, its best class")
 
     # exports
     named = {"layers": {k: v.detach().numpy() for k, v in feats.items()}}

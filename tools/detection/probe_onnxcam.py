@@ -71,7 +71,10 @@ def probe(md: list[str]) -> None:
             else:
                 md.append(f"| {fname} | layers exits {code}: {err} | |")
             output = info["outputs"][0]["name"]
+            kind = "whole" if "_whole_" in fname else "head"
             for t in model["targets"]:
+                if kind not in t.get("applies", [kind]):
+                    continue
                 with tempfile.TemporaryDirectory() as td:
                     code, out, err = _cli(["explain", str(path), str(IMAGE), "-o", td, "--preset", "unit", "--target",
                                            t["spec"], "--json", "--device", "cpu"])
