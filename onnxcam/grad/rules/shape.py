@@ -62,9 +62,18 @@ def _static(e: Emitter, node: Node, t: str) -> list[int]:
     return list(s)
 
 
+def _select_back(e: Emitter, g: str, axis: int, rank: int, sel: str) -> str:
+    """g with its `axis` mapped back through a (n_out, n_in) selection matrix: Σ_j g[.., j, ..] sel[j, i]."""
+    perm = [a for a in range(rank) if a != axis] + [axis]
+    inv = [perm.index(a) for a in range(rank)]
+    moved = e.op("Transpose", [g], perm=perm)
+    return e.op("Transpose", [e.op("MatMul", [moved, sel])], perm=inv)
+
+
 @register("Slice")
 def slice_(e: Emitter, node: Node, g: G) -> G:
-    """Zero-pad the gradient back to the input's extent (unit steps)."""
+    """Unit steps: zero-pad the gradient back to the input's extent. Other steps (a stride, a
+    reversal): each sliced axis maps back through its constant one-hot selection matrix."""
     x = node.inputs[0]
     shape = _static(e, node, x)
     r = len(shape)
@@ -72,20 +81,33 @@ def slice_(e: Emitter, node: Node, g: G) -> G:
     ends = _const_ints(e, node, 2, "ends")
     axes = _const_ints(e, node, 3, "axes") or list(range(len(starts)))
     steps = _const_ints(e, node, 4, "steps") or [1] * len(starts)
-    if any(s != 1 for s in steps):
-        raise UnsupportedOpError("Slice", node.name, "steps other than 1")
     pads = [0] * (2 * r)
-    for st, en, ax in zip(starts, ends, axes):
+    strided = []
+    for st, en, ax, step in zip(starts, ends, axes, steps):
         ax %= r
         if ax == 0:
-            if st == 0 and en >= 2**31 - 1:  # the whole batch (Keras' Cropping2D writes this)
+            if st == 0 and en >= 2**31 - 1 and step == 1:  # the whole batch (Keras' Cropping2D writes this)
                 continue
             raise UnsupportedOpError("Slice", node.name, "slicing the batch axis")
         dim = shape[ax]
+        if step != 1:
+            strided.append((ax, list(range(dim))[slice(st, en, step)]))
+            continue
         st = min(max(st + dim if st < 0 else st, 0), dim)
         en = min(max(en + dim if en < 0 else en, 0), dim)
         pads[ax], pads[ax + r] = st, dim - max(en, st)
-    return [e.op("Pad", [g[0], e.ints(pads)], mode="constant") if e.opset >= 11 else e.op("Pad", [g[0]], pads=pads)]
+    out = g[0]
+    for ax, picked in strided:
+        sel = np.zeros((max(len(picked), 1), shape[ax]), dtype=e.np_dtype(x))
+        sel[np.arange(len(picked)), picked] = 1.0
+        if not picked:
+            sel = sel[:0]
+        # the unit-step axes are still at their sliced extent: fine, MatMul maps one axis only
+        out = _select_back(e, out, ax, r, e.const(sel, "slice_sel"))
+    if any(pads):
+        out = e.op("Pad", [out, e.ints(pads)], mode="constant") if e.opset >= 11 else e.op("Pad", [out], pads=pads)
+    return [out]
+
 
 
 @register("Pad", min_opset=10)
@@ -143,6 +165,8 @@ def gather(e: Emitter, node: Node, g: G) -> G:
     1-D data (PyTorch's as_strided export flattens, then gathers with run-time indices):
     ScatterElements(zeros, indices, g, reduction="add"). Constant indices on any axis: a matrix
     product with the one-hot selection matrix (folded in numpy), so dynamic batch axes stay free.
+    Indices computed at run time on N-d data (a detector's selected anchors: constants of the
+    run): the same product, the matrix built by OneHot at run time.
     """
     from onnx import helper
 
@@ -162,6 +186,8 @@ def gather(e: Emitter, node: Node, g: G) -> G:
         return [out, None]
     iv = e.value(idx)
     size = dshape[axis]
+    if iv is None and isinstance(size, int):
+        return [_gather_runtime(e, node, g[0], data, idx, axis), None]
     if iv is None or not isinstance(size, int) or iv.ndim > 1:
         raise UnsupportedOpError("Gather", node.name, "indices computed at run time on multi-dimensional data")
     sel = np.zeros((max(iv.size, 1), size), dtype=e.np_dtype(data))
@@ -172,6 +198,50 @@ def gather(e: Emitter, node: Node, g: G) -> G:
     moved = e.op("Transpose", [gy], perm=perm)
     back = e.op("MatMul", [moved, e.const(sel, "gather_sel")])
     return [e.op("Transpose", [back], perm=inv), None]
+
+
+def _gather_runtime(e: Emitter, node: Node, g: str, data: str, idx: str, axis: int) -> str:
+    """Gather on N-d data with indices known only at run time (constants of the run): the same
+    selection-matrix product as constant indices, the matrix built at run time with OneHot."""
+    dshape = e.shape(data)
+    r = len(dshape)
+    size = dshape[axis]
+    rest = dshape[axis + 1:]
+    if not isinstance(size, int) or not all(isinstance(d, int) for d in rest):
+        raise UnsupportedOpError("Gather", node.name, f"data {data!r} has no static size after axis {axis}")
+    flat = e.op("Reshape", [idx, e.ints([-1])])
+    onoff = e.const(np.array([0.0, 1.0], dtype=np.float32), "onehot_values")  # ORT's OneHot: float32 values
+    sel = e.op("OneHot", [flat, e.const(np.array(size, np.int64), "depth"), onoff], axis=-1)  # (n, size)
+    if e.np_dtype(data) != np.float32:
+        sel = e.op("Cast", [sel], to=e.elem_type(data))
+    gy = e.op("Reshape", [g, e.ints([0] * axis + [-1] + list(rest))])  # the index axes as one
+    return _select_back(e, gy, axis, r, sel)
+
+
+@register("GatherND", min_opset=16)
+def gather_nd(e: Emitter, node: Node, g: G) -> G:
+    """GatherND (batch_dims = 0) with indices of the run: ScatterND(zeros, indices, g, add)."""
+    from onnx import helper
+
+    if int(node.attr("batch_dims", 0)) != 0:
+        raise UnsupportedOpError("GatherND", node.name, "batch_dims other than 0")
+    data, idx = node.inputs[0], node.inputs[1]
+    zeros = e.op("ConstantOfShape", [e.runtime_shape(data)], value=helper.make_tensor("zero", e.elem_type(data), [1], [0]))
+    return [e.op("ScatterND", [zeros, idx, g[0]], reduction="add"), None]
+
+
+@register("TopK", min_opset=16)
+def topk(e: Emitter, node: Node, g: G) -> G:
+    """The values of TopK: their gradient goes back to where they were taken from (the indices
+    output, a constant of the run); the indices carry none."""
+    from onnx import helper
+
+    if g[0] is None:
+        return [None, None]
+    x = node.inputs[0]
+    axis = int(node.attr("axis", -1)) % e.rank(x)
+    zeros = e.op("ConstantOfShape", [e.runtime_shape(x)], value=helper.make_tensor("zero", e.elem_type(x), [1], [0]))
+    return [e.scatter_add(zeros, node.outputs[1], g[0], axis=axis), None]
 
 
 def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, ctm: str, nearest_mode: str) -> np.ndarray:
