@@ -540,14 +540,14 @@ class Explainer:
         else:
             t, x = self._seed_plan(targets, x, hw)
         results = [self._explain_layer(x, t, hw, name) for name in self._layers(hw, t.output if isinstance(t, _SeedPlan) else None)]
-        res = results[0]
+        res = replace(results[0]) if len(results) > 1 else results[0]  # layer_results keep their own
         if len(results) > 1:
             stack = np.stack([r.heatmaps for r in results])
             fused = stack.mean(axis=0) if self.fuse == "mean" else stack.max(axis=0)
             res.heatmaps = normalize_maps(fused)
             res.layer = " + ".join(r.layer for r in results)
             res.layer_results = results
-        res.errors = _item_errors(t.errors if isinstance(t, _SeedPlan) else [None] * len(x), results)
+        res.errors = _item_errors(t.errors if isinstance(t, _SeedPlan) and t.errors else [None] * len(x), results)
         return res
 
     def _layers(self, hw: Size, output: str | None) -> list[str | None]:
