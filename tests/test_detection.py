@@ -265,3 +265,21 @@ def test_cli_segmentation_class_predicted_nowhere(tmp_path: Path) -> None:
              "--target", "seg:3")
     assert r.exit_code == 1 and "class 3 is predicted nowhere" in r.stderr
     assert not list(tmp_path.glob("*.npy"))
+
+
+def test_transposed_yolov8_output_is_recognised() -> None:
+    """(A, 4 + K) rows — a YOLOv8 export with its output transposed — read as such, not as YOLOv5."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(DET / "yolov8_dynamo.onnx"))
+    out = m.graph.output[0]
+    m.graph.node.append(helper.make_node("Transpose", [out.name], ["rows"], perm=[0, 2, 1], name="to_rows"))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("rows", onnx.TensorProto.FLOAT, [1, 336, 8]))
+    g, t = _golden("yolov8"), next(t for t in INDEX["models"]["yolov8"]["targets"] if t["id"] == "class0")
+    layer = INDEX["models"]["yolov8"]["files"]["yolov8_dynamo"]["layers"]["P4"]
+    target = parse_target("det:class=0")
+    res = Explainer(m, layer=layer, providers=CPU).explain(g["x"], targets=target)
+    assert target.chosen == [(t["anchor"], 0)]
+    assert rel_err(res.gradients, g[t["grads"]["P4"]]) < 1e-3

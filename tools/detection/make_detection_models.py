@@ -3,7 +3,7 @@
 Run from the repository root with the build-time venv (torch, torchvision, ultralytics,
 transformers, onnx, onnxruntime)::
 
-    /work/venvs/torch/bin/python tools/detection/make_detection_models.py
+    /work/venvs/torch/bin/python -m tools.detection.make_detection_models [MODEL ...]
 
 For each family it writes small seeded models (128 × 128 input, 4 classes) exported by every
 exporter that works on it, one golden .npz per model and `index.json`, which describes each ONNX
@@ -29,8 +29,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import detection_models as D  # noqa: E402
+from tools.detection import detection_models as D
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "data" / "detection"
