@@ -244,6 +244,30 @@ def topk(e: Emitter, node: Node, g: G) -> G:
     return [e.scatter_add(zeros, node.outputs[1], g[0], axis=axis), None]
 
 
+@register("ScatterElements", min_opset=16)
+def scatter_elements(e: Emitter, node: Node, g: G) -> G:
+    """Positions written by `updates` (indices of the run, e.g. MultiScaleRoIAlign's per-level
+    results put back in RoI order): their gradient goes to `updates` (GatherElements), the rest
+    to `data` — all of it with reduction="add", the unwritten part with "none"."""
+    reduction = node.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise UnsupportedOpError("ScatterElements", node.name, f"reduction={reduction}")
+    data, idx, upd = node.inputs[:3]
+    axis = int(node.attr("axis", 0)) % e.rank(data)
+    g_data = g_upd = None
+    if node.needs[0]:
+        if reduction == "add":
+            g_data = g[0]
+        else:
+            from onnx import helper
+
+            zeros = e.op("ConstantOfShape", [e.runtime_shape(upd)], value=helper.make_tensor("zero", e.elem_type(upd), [1], [0]))
+            g_data = e.op("ScatterElements", [g[0], idx, zeros], axis=axis)
+    if len(node.needs) > 2 and node.needs[2]:
+        g_upd = e.op("GatherElements", [g[0], idx], axis=axis)
+    return [g_data, None, g_upd]
+
+
 def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, ctm: str, nearest_mode: str) -> np.ndarray:
     """(n_out, n_in) weights of ONNX Resize along one axis: y = R x (nearest or linear)."""
     o = np.arange(n_out, dtype=np.float64)
