@@ -121,6 +121,22 @@ def _other_inputs(info: ModelInfo, given: dict[str, np.ndarray] | None) -> dict[
     return {name: v.astype(others[name].dtype, copy=False) for name, v in values.items()}
 
 
+def _concat_results(runs: list["Result"]) -> "Result":
+    """Results of single-item runs as one (outputs kept per run where their shapes differ)."""
+    first = runs[0]
+    cat = lambda name: np.concatenate([getattr(r, name) for r in runs])  # noqa: E731
+    outs = [r.outputs for r in runs]
+    same = all(o.shape == outs[0].shape for o in outs)
+    return Result(
+        heatmaps=cat("heatmaps"), cams=cat("cams"), activations=cat("activations"),
+        gradients=None if first.gradients is None else cat("gradients"), targets=cat("targets"),
+        outputs=np.concatenate(outs) if same else np.array(outs + [None], dtype=object)[:-1],
+        layer=first.layer, method=first.method, provider=first.provider,
+        layer_results=[_concat_results([r.layer_results[i] for r in runs]) for i in range(len(first.layer_results))],
+        errors=[e for r in runs for e in r.errors],
+    )
+
+
 def _item_errors(seeded: list[Optional[str]], results: list["Result"]) -> list[Optional[str]]:
     """Per item: why its map means nothing — the target's own error, or a map that is exactly zero
     at every layer (∂y/∂A = 0 there, or the ReLU removed all of it) — else None."""
@@ -446,6 +462,9 @@ class Explainer:
         if not all(isinstance(t, Target) for t in items):
             raise UsageError("mix of targets: give Target objects for every item, or class indices for every item")
         if any(isinstance(t, DetectionTarget) for t in items) and self._whole_export(hw, x):
+            if not self._whole.batched and len(x) > 1:
+                raise UsageError("this detector's scores are per proposal, chosen at run time, with no batch axis: "
+                                 "explain one image per call (CLI --batch-size 1)")
             return self._whole_plan(items, x, hw)
         out = self._target_output(items, hw)
         if any(isinstance(t, DetectionTarget) for t in items):
@@ -513,7 +532,7 @@ class Explainer:
                 raise UsageError("a whole exported detector explains detection targets (det:...)")
             t = replace(t, output=w.tensor, final=final, pre_format=w.format, chosen=t.chosen)
             values = dict(zip(names, self._forward_all(hw, x[n : n + 1], names)))
-            item = {**{k: values[k] for k in final}, w.tensor: values[w.tensor][0]}
+            item = {**{k: values[k] for k in final}, w.tensor: values[w.tensor][0] if w.batched else values[w.tensor]}
             try:
                 seeds.append(t.seed(item, w.tensor))
                 classes.append(t.class_index(item, w.tensor))
@@ -522,7 +541,8 @@ class Explainer:
                 seeds.append(np.zeros(item[w.tensor].shape, np.float32))
                 classes.append(-1)
                 errors.append(str(exc))
-        return _SeedPlan(w.tensor, np.ascontiguousarray(np.stack(seeds)), np.asarray(classes, np.int64), errors)
+        stacked = np.stack(seeds) if w.batched else seeds[0]  # unbatched: (rows, K) of the one image
+        return _SeedPlan(w.tensor, np.ascontiguousarray(stacked), np.asarray(classes, np.int64), errors)
 
     # -- running -----------------------------------------------------------------------------
     def explain(self, batch: np.ndarray, targets: Targets = None) -> Result:
@@ -535,6 +555,8 @@ class Explainer:
         """
         x = self._check_batch(batch)
         hw = (x.shape[2], x.shape[3]) if self.info.layout == "NCHW" else (x.shape[1], x.shape[2])
+        if self._one_by_one(targets, x, hw):
+            return self._explain_each(x, targets)
         if self._is_class_targets(targets):
             t = self._targets(targets, len(x), self._build(hw).em.num_classes)
         else:
@@ -549,6 +571,25 @@ class Explainer:
             res.layer_results = results
         res.errors = _item_errors(t.errors if isinstance(t, _SeedPlan) and t.errors else [None] * len(x), results)
         return res
+
+    def _one_by_one(self, targets, x: np.ndarray, hw: Size) -> bool:
+        """A whole two-stage detector (scores per proposal, no batch axis) explains one image and
+        one detection per run."""
+        dets = isinstance(targets, DetectionTarget) or (
+            isinstance(targets, (list, tuple)) and targets and all(isinstance(t, DetectionTarget) for t in targets))
+        if not dets or not self._whole_export(hw, x) or self._whole.batched:
+            return False
+        first = targets if isinstance(targets, DetectionTarget) else targets[0]
+        return len(x) > 1 or bool(first.top)
+
+    def _explain_each(self, x: np.ndarray, targets) -> Result:
+        """Explain item by item (top=k: each of the k detections in turn); results concatenated."""
+        items = list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(x)
+        runs = []
+        for n, t in enumerate(items):
+            ranks = [replace(t, top=None, rank=j, chosen=t.chosen) for j in range(t.top)] if t.top else [t]
+            runs += [self.explain(x[n : n + 1], r) for r in ranks]
+        return _concat_results(runs)
 
     def _layers(self, hw: Size, output: str | None) -> list[str | None]:
         """The layers explained: those asked for; by default, for a multi-scale detection head,

@@ -275,6 +275,27 @@ def _to_rows(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, TensorIn
     return p is not None and p.op_type == "Conv"
 
 
+# inputs of these ops that carry a gradient; their other inputs are indices, shapes or RoIs,
+# constants of the run (a two-stage detector's proposals reach its scores only as RoIs)
+_DIFFERENTIABLE_INPUTS = {
+    "RoiAlign": (0,), "MaxRoiPool": (0,), "Gather": (0,), "GatherElements": (0,), "GatherND": (0,),
+    "ScatterElements": (0, 2), "ScatterND": (0, 2), "Slice": (0,), "Reshape": (0,), "Expand": (0,),
+    "Tile": (0,), "Pad": (0,), "Resize": (0,), "TopK": (0,), "ConstantOfShape": (), "Shape": (), "Size": (),
+    "Range": (), "NonZero": (), "NonMaxSuppression": (),
+}
+
+
+def _reaches_differentiably(index: GraphIndex, shapes: dict[str, TensorInfo], x: str, y: str) -> bool:
+    """True when a gradient can flow from `x` to `y`: a path through float tensors and the
+    differentiable inputs of each op."""
+    reach = {x}
+    for node in index.nodes:
+        diff = _DIFFERENTIABLE_INPUTS.get(node.op_type, range(len(node.input)))
+        if any(i < len(node.input) and node.input[i] in reach for i in diff):
+            reach.update(o for o in node.output if o and shapes.get(o) is not None and shapes[o].elem_type in FLOAT_TYPES)
+    return y in reach
+
+
 def _immediate_dominators(index: GraphIndex, sources: list[str]) -> dict[str, str | None]:
     """Each tensor reachable from `sources` → its immediate dominator (every path from the sources
     to it passes through that tensor): the common ancestor, in the dominator tree, of the inputs of
@@ -353,7 +374,8 @@ def detection_head(model: onnx.ModelProto, shapes: dict[str, TensorInfo], output
     for hw in joined:
         chains = {r: _dominator_chain(idom, r) for r in rows[hw]}
         for r, chain in chains.items():
-            at_hw = [t for t in chain[1:] if t in maps and (maps[t].height, maps[t].width) == hw]
+            at_hw = [t for t in chain[1:] if t in maps and (maps[t].height, maps[t].width) == hw
+                     and _reaches_differentiably(index, shapes, t, output)]
             shared = [t for t in at_hw if any(t in c for q, c in chains.items() if q != r)]
             pick = shared[0] if len(chains) > 1 and shared else (at_hw[0] if at_hw else None)
             if pick is not None:

@@ -46,6 +46,7 @@ class PreSelection:
     tensor: str
     format: str
     final: FinalOutputs
+    batched: bool = True  # (1, rows, K); False: (rows, K), rows chosen at run time (two-stage proposals)
 
 
 def final_outputs(model: onnx.ModelProto, shapes: dict[str, TensorInfo]) -> Optional[FinalOutputs]:
@@ -101,20 +102,29 @@ def final_row(s: np.ndarray, fmt: str, score: float, label: int, tol: float = 1e
 def find_preselection(model: onnx.ModelProto, shapes: dict[str, TensorInfo], final: FinalOutputs,
                       run: Callable[[onnx.ModelProto, list[str]], dict[str, np.ndarray]]) -> PreSelection:
     """S for a whole export, found by value: `run(model, names)` evaluates tensors on one image."""
-    names = [t for t in before_selection(model)  # (1, rows, classes): the batch of one image these exports take
-             if t in shapes and shapes[t].elem_type in FLOAT_TYPES and len(shapes[t].shape) == 3 and shapes[t].shape[0] == 1]
-    values = run(model, [final.scores, final.labels] + names)
+    floats = lambda t: t in shapes and shapes[t].elem_type in FLOAT_TYPES  # noqa: E731
+    early = before_selection(model)
+    # (1, rows, classes) computed before any selection (single-stage: anchors); else (rows, classes)
+    # computed from rows chosen at run time (two-stage: the RPN's proposals, constants of the run)
+    names = [t for t in early if floats(t) and len(shapes[t].shape) == 3 and shapes[t].shape[0] == 1]
+    early_set = set(early)
+    late = [o for n in GraphIndex(model.graph).nodes for o in n.output
+            if o and o not in early_set and floats(o) and len(shapes[o].shape) == 2]
+    values = run(model, [final.scores, final.labels] + names + late)
     scores, labels = values[final.scores].astype(np.float64), values[final.labels].astype(np.int64)
     if len(scores) == 0:
         raise ItemError("the detector finds nothing in this image, so its pre-selection scores cannot be "
                          "located: explain an image with detections first")
-    for t in reversed(names):
-        v = values[t]
-        if v.ndim != 3 or v.shape[0] != 1 or v.shape[1] < len(scores):
-            continue
-        for fmt in _ACTIVATIONS:
-            if all(final_row(v, fmt, float(s), int(l)) is not None for s, l in zip(scores, labels)):
-                return PreSelection(t, fmt, final)
+    # single-stage: the latest match (nearest the selection); two-stage: the first (before the
+    # scores are split per image with run-time sizes)
+    for batched, group in ((True, names[::-1]), (False, late)):
+        for t in group:
+            v = values[t]
+            if v.ndim != (3 if batched else 2) or (batched and v.shape[0] != 1) or v.shape[-2] < len(scores):
+                continue
+            for fmt in _ACTIVATIONS:
+                if all(final_row(v, fmt, float(s), int(l)) is not None for s, l in zip(scores, labels)):
+                    return PreSelection(t, fmt, final, batched)
     raise UsageError(
         "no tensor before the detector's selection (NMS, TopK, NonZero) holds its final scores; "
         "explain its raw scores instead: --output NAME with --det-format")

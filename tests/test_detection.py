@@ -75,8 +75,10 @@ def _row_of(t: dict):
 
 def _cases() -> list:
     out = []
-    for fname, key in _files("yolo", "ssd", "retinanet", "detr"):
+    for fname, key in _files("yolo", "ssd", "retinanet", "detr", "fasterrcnn"):
         kind = "whole" if "_whole_" in fname else "head"
+        if kind == "head" and INDEX["models"][key]["family"] == "fasterrcnn":
+            continue  # per-proposal outputs without a batch axis: test_two_stage_head_export_is_refused
         for t in INDEX["models"][key]["targets"]:
             if t["id"] == "tiny" or kind not in t.get("applies", [kind]):
                 continue
@@ -106,7 +108,7 @@ def test_detection_target_gradient_equals_autograd(fname: str, key: str, tid: st
     assert list(res.targets) == classes
 
 
-@pytest.mark.parametrize("fname, key", _files("yolo", "ssd", "retinanet"))
+@pytest.mark.parametrize("fname, key", _files("yolo", "ssd", "retinanet") + [("fasterrcnn_whole_torchscript", "fasterrcnn")])
 def test_multiscale_default_layers_are_the_maps_the_head_reads(fname: str, key: str) -> None:
     """Default: the map the detection head reads at each scale (1×1 levels have no extent) —
     never a DFL tensor or a head convolution, which are not even candidates."""
@@ -193,12 +195,25 @@ def test_no_detection_is_an_error_for_that_image() -> None:
         DetectionTarget(cls=1, final=t.final, output="s").seed(one, "s")
 
 
-def test_two_stage_whole_export_is_refused_clearly() -> None:
-    """Faster R-CNN's class scores come after the RPN's NMS (RoiAlign on selected proposals):
-    no pre-selection tensor holds them — a clear error, not a wrong map."""
+def test_two_stage_whole_export_one_image_at_a_time() -> None:
+    """Faster R-CNN exported whole: its scores are per proposal (chosen by the RPN's NMS at run
+    time, no batch axis), so images are explained one by one and the results concatenated; the
+    gradient passes RoiAlign with the proposals as constants of the run, as torch detaches them."""
+    g, model = _golden("fasterrcnn"), INDEX["models"]["fasterrcnn"]
+    t = next(t for t in model["targets"] if t["id"] == "final0")
+    info = model["files"]["fasterrcnn_whole_torchscript"]
+    target = parse_target("det:row=0")
+    res = _explainer("fasterrcnn_whole_torchscript", info["layers"]["0"]).explain(np.repeat(g["x"], 2, axis=0), target)
+    assert target.chosen == [(t["proposal"], t["cls"])] * 2 and res.errors == [None, None]
+    gold = g[t["grads"]["0"]]
+    assert rel_err(res.gradients, np.concatenate([gold, gold])) < 1e-3
+
+
+def test_two_stage_head_export_is_refused() -> None:
+    """The head-only Faster R-CNN returns (proposals, K) without a batch axis: a clear usage error."""
     g = _golden("fasterrcnn")
-    with pytest.raises(UsageError, match="no tensor before the detector's selection"):
-        _explainer("fasterrcnn_whole_torchscript").explain(g["x"], targets=parse_target("det:row=0"))
+    with pytest.raises(UsageError, match="cannot tell the detection format|per item"):
+        _explainer("fasterrcnn_head_torchscript").explain(g["x"], targets=parse_target("det:class=1"))
 
 
 # -- segmenters ----------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None,
     norm = normalize(model, info, hw)
     out = choose_output(norm.model, norm.shapes, output)
     layers = candidate_layers(norm.model, norm.shapes, out)
-    head = detection_head(norm.model, norm.shapes, out, layers) if len(norm.shapes[out].shape) != 2 else None
+    head = detection_head(norm.model, norm.shapes, out, layers)  # a whole detector explains (rows, K) scores
     if head is None:
         return Prepared(norm.model, norm.shapes, norm.constants, out, layers, info)
     layers = [l for l in layers if l.name not in head.after_rows]  # DFL and other anchor-major tensors
