@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from onnxcam import Explainer
 from onnxcam.cli import cli
-from onnxcam.errors import ItemError, UnsupportedOpError, UsageError
+from onnxcam.errors import ItemError, UsageError
 from onnxcam.targets import DetectionTarget, parse_target, with_detection_options
 
 from .helpers import EXAMPLES, ROOT, load_npz, rel_err
