@@ -19,9 +19,9 @@ import onnx
 import onnxruntime as ort
 
 from .backends.ort_training import OrtTrainingSession
-from .errors import UsageError
+from .errors import HeadError, UsageError
 from .graph.rewrite import (
-    ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TAP_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
+    ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
     Prepared, build_explain_model, prepare,
 )
 from .graph.split import Split, split_at
@@ -30,7 +30,8 @@ from .methods import CAMMethod, MethodInputs, get_method
 from .methods.maps import normalize_maps, scale_maps
 from .model import ModelInfo, inspect_model, load_model
 from .protos import copy_model
-from .runtime import provider_of, session_for
+from .runtime import provider_of, run, session_for
+from .types import FLOAT_TYPES
 from .targets import ClassTarget, Target, TopK
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class _Built:
     em: ExplainModel
     session: Any  # ort.InferenceSession, or OrtTrainingSession (same run/get_providers)
     head: Optional[CamHead]
+    item_bytes: int = 0  # one image's working set in a forward run (sizes Score-CAM's batches)
 
 
 @dataclass
@@ -115,6 +117,34 @@ def _other_inputs(info: ModelInfo, given: dict[str, np.ndarray] | None) -> dict[
         desc = ", ".join(f"{n} {list(others[n].shape)} {others[n].dtype}" for n in sorted(missing))
         raise UsageError(f"the model also needs input(s) {desc}: give them (inputs={{name: value}}, CLI --input NAME=VALUE)")
     return {name: v.astype(others[name].dtype, copy=False) for name, v in values.items()}
+
+
+def _in_chunks(session, feeds: dict[str, np.ndarray], key: str, fixed: int | None) -> np.ndarray:
+    """The session's first output on a batch of any size: in chunks of `fixed` rows (the last one
+    padded by repeating its last row, the padding dropped) where the model's batch is fixed."""
+    n = len(feeds[key])
+    if not fixed or fixed == n:
+        return run(session, feeds)[0]
+    outs = []
+    for s in range(0, n, fixed):
+        chunk = {k: v[s : s + fixed] for k, v in feeds.items()}
+        m = len(chunk[key])
+        if m < fixed:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], fixed - m, axis=0)]) for k, v in chunk.items()}
+        outs.append(run(session, chunk)[0][:m])
+    return np.concatenate(outs)
+
+
+def _item_bytes(prep: Prepared) -> int:
+    """One image's working set in a forward run, estimated from the shapes: its input plus twice
+    its largest intermediate tensor (onnxruntime reuses buffers, so the sum would overstate it)."""
+    def size(info) -> int:
+        dims = info.shape[1:] if info.shape else ()
+        if not all(isinstance(d, int) for d in dims):
+            return 0
+        return int(np.prod(dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(info.elem_type).itemsize
+    floats = [size(i) for i in prep.shapes.values() if i.elem_type in FLOAT_TYPES]
+    return size(prep.shapes[prep.info.image_input.name]) + 2 * max(floats, default=0)
 
 
 def _to_nchw(a: np.ndarray, layout: str) -> np.ndarray:
@@ -225,13 +255,25 @@ class Explainer:
                 em = build_explain_model(
                     prep, key.layer, self.method.needs_gradients,
                     input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
-                    seed_input=seed_input,
+                    seed_input=seed_input, method_graph=self.method.graph,
                 )
                 sess = session_for(em.model, self.providers, self.threads)
-            head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output) if self.method.needs_head else None
-            self._built[key] = _Built(prep, em, sess, head)
+            head = self._head(prep, em)
+            self._built[key] = _Built(prep, em, sess, head, _item_bytes(prep))
             log.info("explaining %s at layer %s (%s) on %s", em.output, em.layer.name, em.layer.layout, provider_of(sess))
         return self._built[key]
+
+    def _head(self, prep: Prepared, em: ExplainModel) -> CamHead | None:
+        """The GAP → linear head after the layer: required (HeadError) for methods that need it,
+        None where there is none for methods that only use it when it is there."""
+        if not (self.method.needs_head or self.method.uses_head):
+            return None
+        try:
+            return cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output)
+        except HeadError:
+            if self.method.needs_head:
+                raise
+            return None
 
     def prepared(self, hw: tuple[int, int] | None = None) -> Prepared:
         """The normalised model at image size `hw` (default: the model's own size)."""
@@ -294,13 +336,13 @@ class Explainer:
         n = len(feeds[self.info.image_input.name])
         feeds = self._with_other_inputs(feeds, n)
         if not fixed or fixed == n:
-            return sess.run(names, feeds)
+            return run(sess, feeds, names)
         parts = []
         for s in range(0, n, fixed):
             chunk = {k: (v[s : s + fixed] if v.ndim and len(v) == n else v) for k, v in feeds.items()}
             if len(chunk[self.info.image_input.name]) != fixed:
                 raise UsageError(f"the model takes batches of exactly {fixed}; got {n} images")
-            parts.append(sess.run(names, chunk))
+            parts.append(run(sess, chunk, names))
         return [np.concatenate(p) for p in zip(*parts)]
 
     def _split_sessions(self, hw: Size, layer: str, output: str | None) -> _SplitSessions:
@@ -314,18 +356,24 @@ class Explainer:
         return self._splits[key]
 
     def _tail_fn(self, hw: Size, x: np.ndarray, layer: Layer, output: str | None = None) -> Callable[[int, np.ndarray], np.ndarray]:
-        """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n."""
-        heads: dict[int, list[np.ndarray]] = {}  # image n → the head's outputs on it
+        """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n
+        (B, C, h, w). The part before the layer reruns only where the tail needs more than the
+        layer (skip connections around it); a model with a fixed batch gets padded chunks."""
+        heads: dict[int, list[np.ndarray]] = {}  # image n → what the tail needs besides the layer
+        fixed = self.info.batch if isinstance(self.info.batch, int) else None
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self._prepare(hw, output).shapes[layer.name].elem_type)
+        inv = [("NCHW".index(a)) for a in layer.layout]
 
         def tail(n: int, acts: np.ndarray) -> np.ndarray:
             ss = self._split_sessions(hw, layer.name, output)
-            if n not in heads:
-                heads[n] = self._run_fixed(ss.head, {self.info.image_input.name: x[n : n + 1]})
-            inv = [("NCHW".index(a)) for a in layer.layout]
-            feeds = {ss.split.layer: np.ascontiguousarray(acts.transpose(inv)).astype(heads[n][0].dtype)}
-            for name, v in zip(ss.split.externals, heads[n][1:]):
+            if ss.split.externals and n not in heads:
+                s = (n // fixed) * fixed if fixed else n
+                got = self._run_fixed(ss.head, {self.info.image_input.name: x[s : s + (fixed or 1)]})
+                heads[n] = [v[n - s : n - s + 1] if v.ndim else v for v in got[1:]]
+            feeds = {ss.split.layer: np.ascontiguousarray(acts.transpose(inv)).astype(dtype, copy=False)}
+            for name, v in zip(ss.split.externals, heads.get(n, [])):
                 feeds[name] = np.repeat(v, len(acts), axis=0) if v.ndim and v.shape[0] == 1 else v
-            return ss.tail.run(None, feeds)[0]
+            return _in_chunks(ss.tail, feeds, ss.split.layer, fixed)
 
         return tail
 
@@ -515,7 +563,8 @@ class Explainer:
             forward=lambda b: self._forward(hw, b, em.output), tail=self._tail_fn(hw, x, em.layer, em.output),
             seeds=plan.seeds if plan is not None else None,
             input_gradients=self._input_gradients(em, got),
-            bias_gradients=[(bias, got[TAP_OUTPUT.format(i)]) for i, (_, bias) in enumerate(em.taps)],
+            graph={key: got[name] for key, name in em.method_outputs.items()},
+            item_bytes=built.item_bytes,
             gradients_at=gradients_at if em.with_gradient else None,
         )
 
@@ -524,7 +573,12 @@ class Explainer:
         plan = t if isinstance(t, _SeedPlan) else None
         built = self._build(hw, layer, plan.output if plan else None, seed_input=plan is not None)
         inp = self._method_inputs(built, x, t, hw)
-        cams = self.method.eigen_cam(inp) if self.eigen_smooth else self.method.cam(inp)
+        if self.eigen_smooth:
+            cams = self.method.eigen_cam(inp)
+        elif "cam" in inp.graph:  # the method's map, computed inside the run
+            cams = inp.graph["cam"].astype(np.float32, copy=False)
+        else:
+            cams = self.method.cam(inp)
         return Result(
             heatmaps=scale_maps(cams, hw), cams=cams, activations=inp.activations, gradients=inp.gradients,
             targets=inp.targets, outputs=inp.outputs, layer=built.em.layer.name, method=self.method.name,
