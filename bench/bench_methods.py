@@ -96,7 +96,7 @@ def make_method(name: str, max_n: int | None):
 def estimate_channel_loop(ex: onnxcam.Explainer, name: str, plain, x: np.ndarray, feeds_name: str) -> dict:
     """Full Score-CAM-family cost, estimated: ⌈C/B⌉ forwards of B masked images per image and sample."""
     m = get_method(name)
-    b = getattr(m, "batch_size", 32)
+    b = getattr(m, "batch_size", None) or 32
     samples = {"sscam": getattr(m, "num_samples", 35), "iscam": getattr(m, "num_samples", 10)}.get(name, 1)
     c = ex.explain(x[:1]).activations.shape[1]
     xb = np.repeat(x[:1], b, axis=0)

@@ -116,12 +116,10 @@ def paired(a: Callable[[], object], b: Callable[[], object], rounds: int, settle
 
 
 def map_diff(name: str, ours: np.ndarray, theirs: np.ndarray) -> float:
+    """max |Δ| of the heatmaps (guided backprop: of the per-image min-max of max_c |R|)."""
     theirs = np.asarray(theirs, np.float32)
-    if name == "guidedbackprop":  # raw gradients: compare after the per-image min-max both maps get
-        theirs = scale_cam_image(theirs)
-        ours = scale_cam_image(ours)
-    if name in EIGEN:  # either sign: the reference's map, or its negation's
-        return float(np.abs(ours - theirs).max())  # the raw sign is handled by the caller
+    if name == "guidedbackprop":
+        theirs, ours = scale_cam_image(theirs), scale_cam_image(ours)
     return float(np.abs(ours - theirs).max())
 
 
