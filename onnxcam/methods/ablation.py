@@ -41,9 +41,11 @@ class AblationCAM(CAMMethod):
         assert inp.head is not None
         n = len(inp.activations)
         w = inp.head.weight.astype(np.float64)  # (K, C)
-        u = (inp.seeds.reshape(n, -1).astype(np.float64) if inp.seeds is not None
-             else np.eye(len(w))[inp.targets.astype(np.int64)])
-        drop = (u @ w) * inp.activations.mean(axis=(2, 3), dtype=np.float64)
+        if inp.seeds is None:  # uᵀW of a one-hot u: the target's row (no BLAS call: see bench/DESIGN-issue15.md)
+            uw = w[inp.targets.astype(np.int64)]
+        else:
+            uw = np.einsum("nk,kc->nc", inp.seeds.reshape(n, -1).astype(np.float64), w)
+        drop = uw * inp.activations.mean(axis=(2, 3), dtype=np.float64)
         y = np.array([float(inp.score(i, inp.outputs[i : i + 1])[0]) for i in range(n)])
         return drop / y[:, None]
 
