@@ -53,17 +53,19 @@ BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
 CHANNEL_LOOPS = ("scorecam", "sscam", "iscam")
 
 
-def paired_ratio(plain: Callable[[], object], method: Callable[[], object], rounds: int, settle_s: float) -> dict:
-    """Median over rounds of method time / plain time, the two timed next to each other."""
+def paired_ratio(plain: Callable[[], object], method: Callable[[], object], rounds: int, settle_s: float,
+                 clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Median over rounds of method time / plain time, the two timed next to each other, on
+    `clock` (wall time, or this process's CPU time)."""
     def block(fn: Callable[[], object], slow: bool) -> float:
-        if not slow:
+        if not slow and settle_s > 0:
             end = time.perf_counter() + settle_s
             fn()
             while time.perf_counter() < end:
                 fn()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        return time.perf_counter() - t0
+        return clock() - t0
 
     t0 = time.perf_counter()
     method()
@@ -93,7 +95,8 @@ def make_method(name: str, max_n: int | None):
     return m
 
 
-def estimate_channel_loop(ex: onnxcam.Explainer, name: str, plain, x: np.ndarray, feeds_name: str) -> dict:
+def estimate_channel_loop(ex: onnxcam.Explainer, name: str, plain, x: np.ndarray, feeds_name: str,
+                          clock: Callable[[], float] = time.perf_counter) -> dict:
     """Full Score-CAM-family cost, estimated: ⌈C/B⌉ forwards of B masked images per image and sample."""
     m = get_method(name)
     b = getattr(m, "batch_size", None) or 32
@@ -103,15 +106,15 @@ def estimate_channel_loop(ex: onnxcam.Explainer, name: str, plain, x: np.ndarray
     plain.run(None, {feeds_name: xb})
     ts = []
     for _ in range(3):
-        t0 = time.perf_counter()
+        t0 = clock()
         plain.run(None, {feeds_name: xb})
-        ts.append(time.perf_counter() - t0)
+        ts.append(clock() - t0)
     ms = statistics.median(ts) * 1e3 * math.ceil(c / b) * samples * len(x)
     return {"method_ms": ms, "estimated": True, "channels": c, "batch_size": b, "samples": samples}
 
 
 def run(models: list[str], batches: list[int], methods: list[str], threads: int, rounds: int, settle: float,
-        slow_s: float, slow_rounds: int, max_n: int) -> list[dict]:
+        slow_s: float, slow_rounds: int, max_n: int, clock: Callable[[], float] = time.perf_counter) -> list[dict]:
     paths = {"mobilenet_v2": MOBILENET}
     if "resnet50" in models:
         paths["resnet50"] = build_resnet50()
@@ -132,8 +135,8 @@ def run(models: list[str], batches: list[int], methods: list[str], threads: int,
                 others = OtherLoad()
                 if name in CHANNEL_LOOPS:
                     ex = onnxcam.Explainer(str(path), method=name, providers=["CPUExecutionProvider"], threads=threads)
-                    est = estimate_channel_loop(ex, name, plain, x, name_in)
-                    p = statistics.median([_timed(plain_fn) for _ in range(5)])
+                    est = estimate_channel_loop(ex, name, plain, x, name_in, clock)
+                    p = statistics.median([_timed(plain_fn, clock) for _ in range(5)])
                     row.update(est, plain_ms=p, ratio=est["method_ms"] / p)
                     rows.append(dict(row, other_load_cores=others.cores()))
                     _log(rows[-1])
@@ -151,7 +154,7 @@ def run(models: list[str], batches: list[int], methods: list[str], threads: int,
                 ex.explain(x)
                 one = time.perf_counter() - t0
                 k = slow_rounds if one > slow_s else rounds
-                row.update(paired_ratio(plain_fn, lambda: ex.explain(x), k, settle))
+                row.update(paired_ratio(plain_fn, lambda: ex.explain(x), k, settle, clock))
                 row["other_load_cores"] = others.cores()
                 rows.append(row)
                 _log(row)
@@ -159,10 +162,10 @@ def run(models: list[str], batches: list[int], methods: list[str], threads: int,
     return rows
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+def _timed(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
+    t0 = clock()
     fn()
-    return (time.perf_counter() - t0) * 1e3
+    return (clock() - t0) * 1e3
 
 
 def _log(r: dict) -> None:
@@ -221,13 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=sorted(METHODS))
     ap.add_argument("--json", default=str(JSON))
     ap.add_argument("--readme", action="store_true", help="write the table into bench/README.md")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with this process's CPU time, not the wall clock (with --threads 1 and --settle 0: "
+                         "the work each call does, robust to other processes on a loaded machine)")
     a = ap.parse_args(argv)
     unknown = set(a.methods) - set(METHODS)
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}")
     load_before = load_average()
     t0 = time.perf_counter()
-    rows = run(a.models, a.batches, a.methods, a.threads, a.rounds, a.settle, a.slow, a.slow_rounds, a.max_n)
+    rows = run(a.models, a.batches, a.methods, a.threads, a.rounds, a.settle, a.slow, a.slow_rounds, a.max_n,
+               time.process_time if a.cpu_time else time.perf_counter)
     total = time.perf_counter() - t0
     tab = table(rows, a.models, a.batches)
     loads = [r["other_load_cores"] for r in rows if r.get("other_load_cores") is not None]
@@ -236,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{a.threads} threads, onnxruntime {ort.__version__}, CPU provider; load average "
             f"{load_before[0] if load_before else '?'} before, {load_average()[0] if load_average() else '?'} after; "
             f"other processes kept {statistics.median(loads) if loads else '?'} cores busy (median over rows); "
-            f"{total:.0f} s in total. Each cell: method time ÷ plain inference time of the same model and batch "
+            f"{total:.0f} s in total. Each cell: method {'CPU' if a.cpu_time else 'wall'} time ÷ plain inference "
+            f"{'CPU' if a.cpu_time else 'wall'} time of the same model and batch "
             f"(median over {a.rounds} interleaved rounds; {a.slow_rounds} for calls over {a.slow:g} s).")
     print(tab)
     print("\n" + note)

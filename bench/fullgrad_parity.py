@@ -103,6 +103,29 @@ def torch_grads(model: torch.nn.Module, x: np.ndarray, targets: np.ndarray, bns:
     return xt.grad.double().numpy(), grads
 
 
+def _tap_model(prep):
+    """The explain model of FullGrad with every bias tap's gradient as an extra output."""
+    from onnx import helper
+
+    from onnxcam.graph.rewrite import build_explain_model
+
+    outs: list[str] = []
+
+    def expose(g):
+        for i, (grad, _, _, _) in enumerate(g.taps):
+            outs.append(grad)
+        return {}
+    em = build_explain_model(prep, None, False, input_gradient="plain", with_bias_taps=True, method_graph=expose)
+    m = em.model
+    names = []
+    for i, t in enumerate(outs):
+        name = f"tap_{i}"
+        m.graph.node.append(helper.make_node("Identity", [t], [name]))
+        m.graph.output.append(helper.make_tensor_value_info(name, 1, None))
+        names.append(name)
+    return m, em, names
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=1)
@@ -144,16 +167,22 @@ def main() -> int:
     ex = onnxcam.Explainer(str(path), method="fullgrad", providers=["CPUExecutionProvider"], threads=a.threads)
     res = ex.explain(x, targets=targets)
     ours = res.heatmaps
-    from onnxcam.graph.rewrite import INPUT_GRAD_OUTPUT, TAP_OUTPUT, TARGET_INPUT
-    _, em, sess, _ = ex._build((224, 224))
-    got = dict(zip(em.output_names, sess.run(em.output_names, {"input": x, TARGET_INPUT: targets.astype(np.int64)})))
+    # onnxcam's own gradients (input and bias taps) through the float64 formula: a model whose
+    # extra outputs are the taps' gradients, built with the rewrite's own pieces
+    from onnxcam.graph.rewrite import INPUT_GRAD_OUTPUT, TARGET_INPUT
+    prep = ex.prepared((224, 224))
+    taps_model, em, tap_outputs = _tap_model(prep)
+    import onnxruntime as ort
+    sess = ort.InferenceSession(taps_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [INPUT_GRAD_OUTPUT] + tap_outputs
+    got = dict(zip(names, sess.run(names, {"input": x, TARGET_INPUT: targets.astype(np.int64)})))
     tap_names = []
     for t, _ in em.taps:  # "/layer1/layer1.0/conv1/Conv_output_0" → "layer1.0.bn1"
         mod = t.split("/")[-2] if t.count("/") >= 2 else ""
         scope = ".".join(p for p in t.split("/")[1:-2] if "." in p)
         bn = {"conv1": "bn1", "conv2": "bn2", "conv3": "bn3", "downsample.0": "downsample.1"}[mod]
         tap_names.append(f"{scope}.{bn}" if scope else bn)
-    ours_pairs = [(b, got[TAP_OUTPUT.format(i)]) for i, (_, b) in enumerate(em.taps)]
+    ours_pairs = [(b, got[name]) for (_, b), name in zip(em.taps, tap_outputs)]
     ours64 = fullgrad_formula(x, got[INPUT_GRAD_OUTPUT], ours_pairs, np.float64)
 
     d = lambda p, q: float(np.abs(p - q).max())  # noqa: E731

@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from .backends.ort_training import OrtTrainingSession
+from .blas import one_blas_thread
 from .errors import HeadError, UsageError
 from .graph.rewrite import (
     ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
@@ -573,14 +574,16 @@ class Explainer:
         plan = t if isinstance(t, _SeedPlan) else None
         built = self._build(hw, layer, plan.output if plan else None, seed_input=plan is not None)
         inp = self._method_inputs(built, x, t, hw)
-        if self.eigen_smooth:
-            cams = self.method.eigen_cam(inp)
-        elif "cam" in inp.graph:  # the method's map, computed inside the run
-            cams = inp.graph["cam"].astype(np.float32, copy=False)
-        else:
-            cams = self.method.cam(inp)
+        with one_blas_thread():  # numpy's small linear algebra, without OpenBLAS's spinning workers
+            if self.eigen_smooth:
+                cams = self.method.eigen_cam(inp)
+            elif "cam" in inp.graph:  # the method's map, computed inside the run
+                cams = inp.graph["cam"].astype(np.float32, copy=False)
+            else:
+                cams = self.method.cam(inp)
+            heatmaps = scale_maps(cams, hw)
         return Result(
-            heatmaps=scale_maps(cams, hw), cams=cams, activations=inp.activations, gradients=inp.gradients,
+            heatmaps=heatmaps, cams=cams, activations=inp.activations, gradients=inp.gradients,
             targets=inp.targets, outputs=inp.outputs, layer=built.em.layer.name, method=self.method.name,
             provider=provider_of(built.session), extra=inp.pixel_maps,
         )
