@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import OnnxcamError, UsageError
 from ..output import OutputDir, dumps, unique_names
-from ..review import METRIC_COLUMNS, Evaluation, ModelRun, evaluate, load_boxes, load_images, review as run_review, write_report
+from ..review import METRIC_COLUMNS, Evaluation, ModelRun, evaluate, load_images, review as run_review, write_report
+from . import gating
 from . import options as opt
 from .common import collect_images, guarded, report_error
 
@@ -21,19 +22,22 @@ from .common import collect_images, guarded, report_error
 Images = list[tuple[str, np.ndarray]]
 
 
-def _inputs(inputs: tuple[str, ...], boxes_file: str | None, verb: str,
-            exclude: Path | None = None) -> tuple[dict | None, Images, list[dict[str, str]]]:
-    """The boxes and the readable images (each unreadable one reported in one line)."""
+def _files(inputs: tuple[str, ...], verb: str, exclude: Path | None = None) -> list[Path]:
+    """The image files of the inputs (folders searched, OUT skipped); UsageError when none."""
     files = [p for p, _ in collect_images(inputs, exclude)]
     if not files:
         raise UsageError(f"no images to {verb}")
-    boxes = load_boxes(boxes_file) if boxes_file else None
+    return files
+
+
+def _load(files: list[Path]) -> tuple[Images, list[dict[str, str]]]:
+    """The readable images (each unreadable one reported in one line) and the error records."""
     loaded, errors = load_images(files)
     for err in errors:
         report_error(err["error"])
     if not loaded:
         raise OnnxcamError("no readable image")
-    return boxes, loaded, errors
+    return loaded, errors
 
 
 def _metric_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -61,6 +65,11 @@ def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
         if "pointing_hit" in r:
             line += (f"  pointing {'hit' if r['pointing_hit'] else 'miss'}  energy {r['energy']:.3f}  "
                      f"box IoU {r['localisation_iou']:.3f}")
+        if "energy_in_forbidden" in r:
+            e = r["energy_in_forbidden"]
+            line += f"  forbidden {'undefined' if e is None else f'{e:.3f}'}"
+        if "correct" in r:
+            line += f"  {'right' if r['correct'] else 'wrong'} (true {r['true_label']})"
         click.echo(line)
     for key, title, _ in METRIC_COLUMNS:
         if s.get(key) is not None:
@@ -73,27 +82,48 @@ def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
 @_metric_options
 @opt.input_options()
 @opt.labels_option
+@opt.layer_option
+@click.option("--target", default="top1", show_default=True,
+              help="What to explain, as explain's --target (one map per image: not topK).")
+@gating.gate_options
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for --junit/--markdown (eval writes nothing else).")
+@opt.overwrite_option
 @opt.json_option
 @guarded
 def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | None, steps: int, road: bool,
           tolerance: float, batch_size: int, device: str, preset: str | None, config_file: str | None,
-          size: str | None, letterbox: bool | None, labels_file: str | None, as_json: bool) -> None:
+          size: str | None, letterbox: bool | None, labels_file: str | None, layer: str | None, target: str,
+          forbidden_file: str | None, truth_file: str | None, requires: tuple[str, ...], junit_name: str | None,
+          markdown_name: str | None, out_dir: str | None, overwrite: bool, as_json: bool) -> None:
     """Measure how faithful and well placed a model's explanations are on IMAGES (files or folders).
 
     Per image and on average: average drop and increase in confidence (Grad-CAM++), deletion and
     insertion AUC (RISE), optionally ROAD (--road); with --boxes, the pointing game, the
-    energy-based pointing game and the IoU of the CAM paper's box. Writes nothing.
+    energy-based pointing game and the IoU of the CAM paper's box; with --forbidden, the share of
+    the map's energy inside regions it must avoid; with --truth, the accuracy. --require gates the
+    numbers (exit code 3 when one fails, one stderr line each); --junit/--markdown write CI files
+    inside -o OUT.
     """
-    boxes, loaded, errors = _inputs(images, boxes_file, "evaluate")
+    gp = gating.plan(requires, boxes_file, forbidden_file, truth_file, road, junit_name, markdown_name, bool(out_dir))
+    gating.check(gp, [Path(model).stem])
+    files = _files(images, "evaluate", Path(out_dir) if out_dir else None)
+    out = None
+    if out_dir:
+        out = OutputDir(out_dir, overwrite, protect=[model, *files])
+        out.check_free(gp.planned())
+    loaded, errors = _load(files)
     run = ModelRun.load(model, method, preset, size, providers=opt.providers(device), config=config_file,
-                        letterbox=letterbox, labels_file=labels_file)
-    ev = evaluate(run, loaded, boxes, steps, road, batch_size, tolerance)
+                        letterbox=letterbox, labels_file=labels_file, layer=layer, target=target)
+    ev = evaluate(run, loaded, gp.notes.boxes, steps, road, batch_size, tolerance, notes=gp.notes)
+    report = {"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors}
+    gating.judge(gp, report)
+    gating.write_ci(gp, out, report, dict(loaded), {(run.name, n): m for (n, _), m in zip(loaded, ev.maps)})
     if as_json:
-        click.echo(dumps({"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors}))
+        click.echo(dumps(report))
     else:
         _print_eval(model, run, ev)
-    if errors:
-        sys.exit(1)
+    gating.finish(gp, errors)
 
 
 def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:
@@ -110,12 +140,21 @@ def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @_metric_options
 @opt.input_options(per_model=True)
-@click.option("--overwrite", is_flag=True, help="Replace index.html / review.json in OUT.")
+@click.option("--layer", "layers", multiple=True,
+              help="ONNX tensor to explain: once for every model, or once per model in order ('-' = the default).")
+@click.option("--target", "targets", multiple=True,
+              help="What to explain (explain's --target, not topK): once, or once per model ('-' = top1).")
+@click.option("--labels", "labels_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Class names, one per line: once, or once per model ('-' = the model's own).")
+@gating.gate_options
+@click.option("--overwrite", is_flag=True, help="Replace index.html, review.json and the CI files in OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Also print review.json on stdout.")
 @guarded
 def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, method: str, boxes_file: str | None,
            steps: int, road: bool, tolerance: float, batch_size: int, device: str, presets: tuple[str, ...],
-           configs: tuple[str, ...], size: str | None, letterbox: bool | None, overwrite: bool, as_json: bool) -> None:
+           configs: tuple[str, ...], size: str | None, letterbox: bool | None, layers: tuple[str, ...],
+           targets: tuple[str, ...], labels_files: tuple[str, ...], forbidden_file: str | None, truth_file: str | None, requires: tuple[str, ...],
+           junit_name: str | None, markdown_name: str | None, overwrite: bool, as_json: bool) -> None:
     """Compare models' explanations on the same images in one self-contained HTML page.
 
     Writes OUT/index.html (images inlined, no network needed to view it) with, per image, the
@@ -123,20 +162,38 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     models' maps agree; a table of metrics per model; the agreement of every pair (Spearman ρ and
     top-20% IoU of the maps at the image's own size). OUT/review.json, written last, holds all the
     numbers. Each model is prepared as `explain` would prepare it: its own input size, layout,
-    metadata (onnxcam.preprocess / onnxcam.preset / onnxcam.labels), --config and --preset.
+    metadata (onnxcam.preprocess / onnxcam.preset / onnxcam.labels), --config, --preset, --labels,
+    --layer and --target (each once, or once per model).
+
+    `onnxcam review OLD NEW` compares model versions: review.json's "drift" lists, per image (most
+    changed first) and per class, the rank correlation, top-k IoU, label changes and the energy
+    moved onto --forbidden regions of every model against the first. --require gates any metric
+    per model or per pair (exit code 3 when one fails); --junit/--markdown write CI files in OUT.
     """
-    chosen_presets = per_model(presets, len(models), "--preset")
-    chosen_configs = per_model(configs, len(models), "--config")
-    out = OutputDir(out_dir, overwrite, protect=models)
-    out.check_free(("index.html", "review.json"))
-    boxes, loaded, errors = _inputs(images, boxes_file, "review", exclude=Path(out_dir))
-    runs = [ModelRun.load(m, method, p, size, name=n, providers=opt.providers(device), config=c, letterbox=letterbox)
-            for m, p, c, n in zip(models, chosen_presets, chosen_configs, unique_names([Path(m).stem for m in models]))]
-    report, evals = run_review(runs, loaded, boxes, steps, road, batch_size, tolerance)
+    n = len(models)
+    chosen_presets = per_model(presets, n, "--preset")
+    chosen_configs = per_model(configs, n, "--config")
+    chosen_layers = per_model(layers, n, "--layer")
+    chosen_targets = per_model(targets, n, "--target")
+    chosen_labels = per_model(labels_files, n, "--labels")
+    names = unique_names([Path(m).stem for m in models])
+    gp = gating.plan(requires, boxes_file, forbidden_file, truth_file, road, junit_name, markdown_name, True)
+    gating.check(gp, names)
+    files = _files(images, "review", exclude=Path(out_dir))
+    out = OutputDir(out_dir, overwrite, protect=[*models, *files])
+    out.check_free(["index.html", "review.json", *gp.planned()])
+    loaded, errors = _load(files)
+    runs = [ModelRun.load(m, method, p, size, name=nm, providers=opt.providers(device), config=c, letterbox=letterbox,
+                          labels_file=lb, layer=ly, target=t)
+            for m, p, c, nm, ly, t, lb in zip(models, chosen_presets, chosen_configs, names, chosen_layers,
+                                              chosen_targets, chosen_labels)]
+    report, evals = run_review(runs, loaded, gp.notes.boxes, steps, road, batch_size, tolerance, notes=gp.notes)
     report["errors"] = errors
+    gating.judge(gp, report)
+    gating.write_ci(gp, out, report, dict(loaded),
+                    {(r.name, name): ev.maps[i] for r, ev in zip(runs, evals) for i, (name, _) in enumerate(loaded)})
     page, _ = write_report(out, report, loaded, evals)
     if as_json:
         click.echo(dumps(report))
     click.echo(f"reviewed {len(loaded)} image(s) with {len(runs)} model(s); open {page}", err=True)
-    if errors:
-        sys.exit(1)
+    gating.finish(gp, errors)
