@@ -88,9 +88,9 @@ def paired_ratio(plain: Callable[[], object], method: Callable[[], object], roun
 def make_method(name: str, max_n: int | None):
     """The method instance to time: SS-CAM / IS-CAM / Score-CAM with max_N where given."""
     m = get_method(name)
-    if max_n and name in CHANNEL_LOOPS:
-        if not hasattr(m, "max_N"):
-            return None
+    if name in CHANNEL_LOOPS:
+        if not max_n or max_n < 1 or not hasattr(m, "max_N"):
+            return None  # no timed row (the full method is only estimated)
         m.max_N = max_n
     return m
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=0.1, help="untimed calls before each timed one (seconds)")
     ap.add_argument("--slow", type=float, default=5.0, help="a call longer than this (s) gets --slow-rounds rounds")
     ap.add_argument("--slow-rounds", type=int, default=2)
-    ap.add_argument("--max-n", type=int, default=32, help="max_N for the Score-CAM family rows")
+    ap.add_argument("--max-n", type=int, default=32, help="max_N for the Score-CAM family's timed rows (0: none)")
     ap.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"], choices=["mobilenet_v2", "resnet50"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--methods", nargs="+", default=sorted(METHODS))
