@@ -22,7 +22,7 @@ from .backends.ort_training import OrtTrainingSession
 from .blas import one_blas_thread
 from .errors import HeadError, UsageError
 from .graph.rewrite import (
-    ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
+    ATTN_GRAD_OUTPUT, ATTN_OUTPUT, ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
     Prepared, build_explain_model, prepare,
 )
 from .graph.split import Split, split_at
@@ -34,6 +34,7 @@ from .protos import copy_model
 from .runtime import provider_of, run, session_for
 from .types import FLOAT_TYPES
 from .targets import ClassTarget, Target, TopK
+from .tokens import from_grid, to_grid
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +121,20 @@ def _other_inputs(info: ModelInfo, given: dict[str, np.ndarray] | None) -> dict[
     return {name: v.astype(others[name].dtype, copy=False) for name, v in values.items()}
 
 
-def _in_chunks(session, feeds: dict[str, np.ndarray], key: str, fixed: int | None) -> np.ndarray:
-    """The session's first output on a batch of any size: in chunks of `fixed` rows (the last one
-    padded by repeating its last row, the padding dropped) where the model's batch is fixed."""
-    n = len(feeds[key])
+def _in_chunks(session, key: str, rows: np.ndarray, others: dict[str, np.ndarray], fixed: int | None) -> np.ndarray:
+    """The session's first output for `rows` fed as `key` (with `others` as they are): in chunks of
+    `fixed` rows where the model's batch is fixed (the last chunk padded by repeating its last row,
+    the padding dropped)."""
+    n = len(rows)
     if not fixed or fixed == n:
-        return run(session, feeds)[0]
+        return run(session, {key: rows, **others})[0]
     outs = []
     for s in range(0, n, fixed):
-        chunk = {k: v[s : s + fixed] for k, v in feeds.items()}
-        m = len(chunk[key])
+        chunk = rows[s : s + fixed]
+        m = len(chunk)
         if m < fixed:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], fixed - m, axis=0)]) for k, v in chunk.items()}
-        outs.append(run(session, chunk)[0][:m])
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - m, axis=0)])
+        outs.append(run(session, {key: chunk, **others})[0][:m])
     return np.concatenate(outs)
 
 
@@ -148,11 +150,30 @@ def _item_bytes(prep: Prepared) -> int:
     return size(prep.shapes[prep.info.image_input.name]) + 2 * max(floats, default=0)
 
 
-def _to_nchw(a: np.ndarray, layout: str) -> np.ndarray:
-    """A 4-D tensor in `layout` as channels-first float32 (no copy when it already is)."""
-    perm = [layout.index(c) for c in "NCHW"]
-    a = a if perm == [0, 1, 2, 3] else np.ascontiguousarray(a.transpose(perm))
-    return a.astype(np.float32, copy=False)
+def _to_nchw(a: np.ndarray, layer: Layer) -> np.ndarray:
+    """A layer's tensor as channels-first (N, C, h, w) float32: 4-D tensors transposed (no copy
+    when already NCHW), token tensors without their prefix tokens, on the patch grid."""
+    return to_grid(a, layer.layout, layer.prefix, (layer.height, layer.width))
+
+
+def _from_nchw(acts: np.ndarray, layer: Layer, own: np.ndarray) -> np.ndarray:
+    """(B, C, h, w) activations back in the layer's layout; token layers with image's own prefix
+    tokens (`own`: its activation, batch 1), zeroed in the channels `acts` ablates."""
+    if not layer.is_tokens:
+        return from_grid(acts, layer.layout)
+    ntc = own.transpose([layer.layout.index(a) for a in "NTC"])
+    prefix = np.repeat(ntc[:, : layer.prefix], len(acts), axis=0)
+    ablated = ~acts.reshape(len(acts), acts.shape[1], -1).any(axis=2)
+    ablated &= ntc[:, layer.prefix:].any(axis=1)
+    prefix = prefix * ~ablated[:, None, :]
+    return from_grid(acts, layer.layout, prefix)
+
+
+def _per_head(a: np.ndarray, n: int) -> np.ndarray:
+    """Attention probabilities as (N, heads, T, T): exporters keep the batch outermost, heads
+    next, or fold them into one axis (N·heads, T, T)."""
+    t = a.shape[-1]
+    return a.reshape(n, -1, t, t)
 
 
 class Explainer:
@@ -256,7 +277,8 @@ class Explainer:
                 em = build_explain_model(
                     prep, key.layer, self.method.needs_gradients,
                     input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
-                    seed_input=seed_input, method_graph=self.method.graph,
+                    seed_input=seed_input, method_graph=self.method.graph, attention=self.method.needs_attention,
+                    attention_gradients=self.method.attention_gradients,
                 )
                 sess = session_for(em.model, self.providers, self.threads)
             head = self._head(prep, em)
@@ -357,24 +379,28 @@ class Explainer:
         return self._splits[key]
 
     def _tail_fn(self, hw: Size, x: np.ndarray, layer: Layer, output: str | None = None) -> Callable[[int, np.ndarray], np.ndarray]:
-        """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n
-        (B, C, h, w). The part before the layer reruns only where the tail needs more than the
-        layer (skip connections around it); a model with a fixed batch gets padded chunks."""
-        heads: dict[int, list[np.ndarray]] = {}  # image n → what the tail needs besides the layer
+        """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n.
+        Token layers get their prefix tokens back from image n's own activation, with every channel
+        that `acts` zeroes on all patch tokens (and image n does not) zeroed on them too: a channel
+        ablated on every token, as pytorch-grad-cam's ViT ablation layer does. The part before the
+        layer reruns only where the tail needs more than the layer (prefix tokens, tensors around
+        it); a model with a fixed batch gets padded chunks."""
+        heads: dict[tuple[int, int], list[np.ndarray]] = {}  # (image n, batch) → the head's outputs
         fixed = self.info.batch if isinstance(self.info.batch, int) else None
         dtype = onnx.helper.tensor_dtype_to_np_dtype(self._prepare(hw, output).shapes[layer.name].elem_type)
-        inv = [("NCHW".index(a)) for a in layer.layout]
 
         def tail(n: int, acts: np.ndarray) -> np.ndarray:
             ss = self._split_sessions(hw, layer.name, output)
-            if ss.split.externals and n not in heads:
-                s = (n // fixed) * fixed if fixed else n
-                got = self._run_fixed(ss.head, {self.info.image_input.name: x[s : s + (fixed or 1)]})
-                heads[n] = [v[n - s : n - s + 1] if v.ndim else v for v in got[1:]]
-            feeds = {ss.split.layer: np.ascontiguousarray(acts.transpose(inv)).astype(dtype, copy=False)}
-            for name, v in zip(ss.split.externals, heads.get(n, [])):
-                feeds[name] = np.repeat(v, len(acts), axis=0) if v.ndim and v.shape[0] == 1 else v
-            return _in_chunks(ss.tail, feeds, ss.split.layer, fixed)
+            if not ss.split.externals and not layer.is_tokens:
+                return _in_chunks(ss.tail, ss.split.layer, from_grid(acts, layer.layout).astype(dtype, copy=False), {}, fixed)
+            b = fixed or len(acts)
+            key = (n, b)
+            if key not in heads:  # at the tail's batch size: values computed from shapes (the
+                # flat indices of Swin's pooling) are only right at the batch they were made for
+                heads[key] = self._run_fixed(ss.head, {self.info.image_input.name: np.repeat(x[n : n + 1], b, 0)})
+            own = heads[key]
+            rows = _from_nchw(acts, layer, own[0][:1]).astype(own[0].dtype)
+            return _in_chunks(ss.tail, ss.split.layer, rows, dict(zip(ss.split.externals, own[1:])), fixed)
 
         return tail
 
@@ -553,11 +579,11 @@ class Explainer:
 
         def gradients_at(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             r = dict(zip(names, self._run_fixed(sess, {**feeds, self.info.image_input.name: batch}, names)))
-            return _to_nchw(r[ACT_OUTPUT], em.layer.layout), _to_nchw(r[GRAD_OUTPUT], em.layer.layout)
+            return _to_nchw(r[ACT_OUTPUT], em.layer), _to_nchw(r[GRAD_OUTPUT], em.layer)
 
         return MethodInputs(
-            _to_nchw(got[ACT_OUTPUT], em.layer.layout),
-            _to_nchw(got[GRAD_OUTPUT], em.layer.layout) if em.with_gradient else None,
+            _to_nchw(got[ACT_OUTPUT], em.layer),
+            _to_nchw(got[GRAD_OUTPUT], em.layer) if em.with_gradient else None,
             got[TARGETS_OUTPUT].astype(np.int64) if plan is None else plan.classes,
             got[em.output].astype(np.float32), built.head,
             inputs=x, layout=self.info.layout, input_size=hw,
@@ -567,6 +593,10 @@ class Explainer:
             graph={key: got[name] for key, name in em.method_outputs.items()},
             item_bytes=built.item_bytes,
             gradients_at=gradients_at if em.with_gradient else None,
+            tokens=built.prep.tokens,
+            attentions=[_per_head(got[ATTN_OUTPUT.format(i)], len(x)) for i in range(len(em.attention))],
+            attention_gradients=[_per_head(got[ATTN_GRAD_OUTPUT.format(i)], len(x)) for i in range(len(em.attention))]
+            if em.attention_gradients else None,
         )
 
     def _explain_once(self, x: np.ndarray, t, hw: Size, layer: str | None) -> Result:

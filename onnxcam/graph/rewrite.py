@@ -7,7 +7,9 @@
    runs with the image alone): −1 means the predicted class (ArgMax inside the graph);
 3. seeds the output with OneHot(target) (or a fed cotangent, `onnxcam_seed`) and appends
    ∂y_target/∂A as plain ai.onnx ops;
-4. exposes A, the gradient and the chosen targets as extra graph outputs.
+4. exposes A, the gradient and the chosen targets as extra graph outputs; for the transformer
+   methods, every block's attention probabilities and, when asked, their gradients (one
+   reverse pass from the first block's, with the others as taps).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..model import ModelInfo, default_opset, inspect_model
 from ..protos import copy_model
 from ..shapes import Shapes
 from ..storage import PROTOBUF_LIMIT, proto_size
+from ..tokens import TokenModel, token_model
 from ..types import FLOAT_TYPES, LAYOUTS, TensorInfo
 from .constants import Constants, constant_values, fold_constants
 from .index import GraphIndex
@@ -43,6 +46,8 @@ ACT_OUTPUT = "onnxcam_activation"
 INPUT_GRAD_OUTPUT = "onnxcam_input_gradient"
 SEED_INPUT = "onnxcam_seed"
 METHOD_OUTPUT = "onnxcam_{}"  # a method's in-graph result, by its key ("cam", "gram", "fullgrad", ...)
+ATTN_OUTPUT = "onnxcam_attention_{}"
+ATTN_GRAD_OUTPUT = "onnxcam_attention_gradient_{}"
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Prepared:
     output: str
     layers: list[Layer]
     info: ModelInfo
+    tokens: TokenModel | None = None  # vision transformers: prefix, grid, head tokens, attention
 
     def layer(self, name: str | None) -> Layer:
         if name is not None:
@@ -76,6 +82,8 @@ class ExplainModel:
     taps: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (tensor, bias (C,))
     seed_input: bool = False  # the cotangent is fed (onnxcam_seed), not chosen by class inside
     method_outputs: dict[str, str] = field(default_factory=dict)  # key → graph output (the method's part)
+    attention: list[str] = field(default_factory=list)  # Softmax outputs exposed (transformer methods)
+    attention_gradients: bool = False
 
     @property
     def output_names(self) -> list[str]:
@@ -83,6 +91,8 @@ class ExplainModel:
         names += [GRAD_OUTPUT] if self.with_gradient else []
         names += [INPUT_GRAD_OUTPUT] if self.input_gradient else []
         names += list(self.method_outputs.values())
+        names += [ATTN_OUTPUT.format(i) for i in range(len(self.attention))]
+        names += [ATTN_GRAD_OUTPUT.format(i) for i in range(len(self.attention))] if self.attention_gradients else []
         return names
 
 
@@ -90,13 +100,13 @@ class ExplainModel:
 class GraphTensors:
     """What a method's in-graph part reads — tensor names of the rewritten graph — and the
     Emitter it writes through. `acts`/`grads` are the layer's A and ∂y/∂A channels-first (N, C, h, w)
-    in float32; `targets` the (N,) int64 classes (None when a seed is fed); `input_grad` ∂y/∂x in
+    in float32 (None for a transformer's token layer: methods then compute in numpy); `targets` the (N,) int64 classes (None when a seed is fed); `input_grad` ∂y/∂x in
     the image's layout and `taps` (∂y/∂z_l, bias b_l, (h, w), element type) per biased layer when
     the method asked for them."""
 
     e: Emitter
     layer: Layer
-    acts: str
+    acts: Optional[str]
     grads: Optional[str]
     targets: Optional[str]
     image: str
@@ -135,8 +145,10 @@ def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None,
     explain and its candidate layers; `model` is not changed."""
     norm = normalize(model, info, hw)
     out = choose_output(norm.model, norm.shapes, output)
-    layers = candidate_layers(norm.model, norm.shapes, out)
-    return Prepared(norm.model, norm.shapes, norm.constants, out, layers, info)
+    image = info.image_input.name if info else None
+    layers = candidate_layers(norm.model, norm.shapes, out, norm.constants, image)
+    tokens = token_model(norm.model, norm.shapes, norm.constants, image, out) if image else None
+    return Prepared(norm.model, norm.shapes, norm.constants, out, layers, info, tokens)
 
 
 def _find_or_none(layers: list[Layer], name: str) -> Layer | None:
@@ -250,6 +262,8 @@ def build_explain_model(
     with_bias_taps: bool = False,
     seed_input: bool = False,
     method_graph: MethodGraph | None = None,
+    attention: bool = False,
+    attention_gradients: bool = False,
 ) -> ExplainModel:
     """Rewrite `prep.model` so that one run returns outputs, A, ∂y_c/∂A and the targets; and,
     when asked, the input's gradient (plain or guided) and, for the method's in-graph part, the
@@ -259,22 +273,29 @@ def build_explain_model(
     `onnxcam_seed`, shaped like the output: the gradient is ∂⟨u, y⟩/∂A (any target: a region of a
     segmentation map, one detection, a regression output, a counterfactual).
     method_graph: the method's reductions over A, ∂y/∂A (and ∂y/∂x, the taps) emitted into the
-    same graph; what it returns becomes outputs `onnxcam_<key>` (`ExplainModel.method_outputs`)."""
+    same graph; what it returns becomes outputs `onnxcam_<key>` (`ExplainModel.method_outputs`).
+    attention: also return every block's attention probabilities (`prep.tokens.attention`), and
+    with `attention_gradients` their gradients ∂⟨seed, y⟩/∂A_l."""
     target = _explained_layer(prep, layer)
+    probs = _attention_tensors(prep) if attention else []
+    attention_gradients = attention_gradients and bool(probs)
     y, image = prep.output, prep.info.image_input.name
     k = _classes(prep, seed_input)
     taps = bias_taps(prep) if with_bias_taps else []
     m, shapes = copy_model(prep.model), prep.shapes
-    if with_gradient or input_gradient:
-        need = max(required_opset(m.graph, target.name, y), required_opset(m.graph, image, y) if input_gradient else 1)
+    if with_gradient or input_gradient or attention_gradients:
+        need = max(required_opset(m.graph, target.name, y), required_opset(m.graph, image, y) if input_gradient else 1,
+                   required_opset(m.graph, probs[0], y) if attention_gradients else 1)
         m, shapes = with_opset(m, shapes, need)
     add = _Additions()
     if not seed_input:
         _select_target(add, y)
     add.expose(target.name, ACT_OUTPUT, shapes[target.name])
+    for i, p in enumerate(probs):
+        add.expose(p, ATTN_OUTPUT.format(i), shapes[p])
     layer_grad = input_grad = None
     tap_grads: dict[str, str] = {}
-    if with_gradient or input_gradient:
+    if with_gradient or input_gradient or attention_gradients:
         seed, shapes = _seed(add, shapes, y, int(k) if isinstance(k, int) else 0, fed=seed_input)
         grads = _Gradients(m.graph, shapes, dict(prep.constants), default_opset(m), y, seed)
         if with_gradient:
@@ -282,11 +303,15 @@ def build_explain_model(
             add.expose(layer_grad, GRAD_OUTPUT, shapes[target.name])
         if input_gradient:
             input_grad, tap_grads = grads.input(add, image, taps, input_gradient == "guided")
+        if attention_gradients:
+            grads.attention(add, probs)
     outputs = {}
     if method_graph is not None:
         e = Emitter(shapes, {}, default_opset(m), prefix="onnxcam_method/")
+        spatial = sorted(target.layout) == sorted("NCHW")  # token layers: the numpy path (to_grid)
         g = GraphTensors(
-            e, target, _channels_first(e, target, shapes, target.name), _channels_first(e, target, shapes, layer_grad),
+            e, target, _channels_first(e, target, shapes, target.name if spatial else None),
+            _channels_first(e, target, shapes, layer_grad if spatial else None),
             None if seed_input else TARGETS_OUTPUT, image, prep.info.layout, shapes[image].elem_type,
             prep.info.fixed_size or _input_size(shapes[image], prep.info.layout), input_grad,
             [(tap_grads[t], b, (int(shapes[t].shape[2]), int(shapes[t].shape[3])), shapes[t].elem_type)
@@ -304,7 +329,7 @@ def build_explain_model(
     add.apply(m.graph)
     _check_rewritten(m)
     return ExplainModel(m, target, y, int(k) if isinstance(k, int) else 0, with_gradient, input_gradient, taps, seed_input,
-                        outputs)
+                        outputs, probs, attention_gradients)
 
 
 def _input_size(info: TensorInfo, layout: str) -> tuple[int, int]:
@@ -325,6 +350,18 @@ def _channels_first(e: Emitter, layer: Layer, shapes: Shapes, tensor: str | None
     return e.set_info(x, (None, layer.channels, layer.height, layer.width), TensorProto.FLOAT)
 
 
+def _attention_tensors(prep: Prepared) -> list[str]:
+    """The attention probabilities over all tokens, or a clear error where the model has none."""
+    if prep.tokens is None:
+        raise UsageError("this method reads the attention of a vision transformer, and the model has no patch "
+                         "embedding (a Conv with kernel = stride on the image): use a CAM method such as gradcam")
+    if not prep.tokens.attention:
+        raise UsageError(
+            f"this method reads self-attention over all {prep.tokens.tokens} tokens, and the model has none "
+            "(windowed attention, as in Swin, has no token-to-token matrix over the image): use gradcam")
+    return prep.tokens.attention
+
+
 @dataclass
 class _Gradients:
     """Appends gradients of ⟨seed, y⟩ to `_Additions`."""
@@ -342,6 +379,16 @@ class _Gradients:
         add.nodes += grad.nodes
         add.inits += grad.initializers
         return grad.grad
+
+    def attention(self, add: _Additions, probs: list[str]) -> None:
+        """∂⟨seed, y⟩/∂A_l of every block as ATTN_GRAD_OUTPUT.format(l): one reverse pass from
+        the first block's probabilities, the later ones as taps on the way."""
+        grad = append_gradient(self.graph, self.shapes, self.constants, self.opset, probs[0], self.y, self.seed,
+                               prefix="onnxcam_agrad/", also=probs[1:])
+        add.nodes += grad.nodes
+        add.inits += grad.initializers
+        for i, p in enumerate(probs):
+            add.expose(grad.grad if i == 0 else grad.also[p], ATTN_GRAD_OUTPUT.format(i), self.shapes[p])
 
     def input(self, add: _Additions, image: str, taps: list[tuple[str, np.ndarray]], guided: bool) -> tuple[str, dict[str, str]]:
         """The image's gradient (guided backpropagation with `guided`) as INPUT_GRAD_OUTPUT; returns
@@ -362,6 +409,8 @@ def _any_tensor(prep: Prepared, name: str) -> Layer:
     info = prep.shapes.get(name)
     if info is None or info.elem_type not in FLOAT_TYPES or len(info.shape) != 4:
         return find_layer(prep.layers, name)  # raises with suggestions
+    if prep.tokens is not None and name != prep.info.image_input.name:
+        return find_layer(prep.layers, name)  # inside a transformer's attention: no spatial reading
     ranks = {k: len(v.shape) for k, v in prep.shapes.items()}
     lay = prep.info.layout if name == prep.info.image_input.name else tensor_layouts(prep.model, ranks).get(name, "NCHW")
     if lay not in LAYOUTS:

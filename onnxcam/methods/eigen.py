@@ -7,6 +7,7 @@ import numpy as np
 from ..graph.gram import append_gram
 from ..graph.rewrite import GraphTensors
 from .base import CAMMethod, MethodInputs, register
+from .graph_ops import on_spatial_layers
 from .maps import component_from_gram, first_component
 
 
@@ -41,6 +42,7 @@ class EigenCAM(CAMMethod):
     name = "eigencam"
     needs_gradients = False
 
+    @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
         return _gram_outputs(g, g.acts)
 
@@ -61,6 +63,7 @@ class EigenGradCAM(CAMMethod):
 
     name = "eigengradcam"
 
+    @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
         return _gram_outputs(g, g.e.op("Mul", [g.grads, g.acts]))
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..graph.rewrite import GraphTensors
 from .base import CAMMethod, MethodInputs, register
-from .graph_ops import channel_relu_sum, layer_map, spatial_sum, weighted_sum
+from .graph_ops import channel_relu_sum, layer_map, on_spatial_layers, spatial_sum, weighted_sum
 
 
 @register
@@ -23,6 +23,7 @@ class GradCAM(CAMMethod):
 
     name = "gradcam"
 
+    @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
         return layer_map(g, weighted_sum(g, g.e.reduce("ReduceMean", g.grads, [2, 3], keepdims=True)))
 
@@ -43,6 +44,7 @@ class HiResCAM(CAMMethod):
 
     name = "hirescam"
 
+    @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
         return layer_map(g, channel_relu_sum(g, g.e.op("Mul", [g.grads, g.acts])))
 
@@ -68,6 +70,7 @@ class GradCAMPlusPlus(CAMMethod):
 
     name = "gradcam++"
 
+    @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
         """α and w in float32 (pytorch-grad-cam's precision); where g = 0, α = 0 / 1e-6 = 0."""
         e = g.e
@@ -103,6 +106,7 @@ class XGradCAM(CAMMethod):
 
     name = "xgradcam"
 
+    @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
         e = g.e
         den = e.op("Add", [spatial_sum(g, g.acts), e.scalar(1e-7, g.acts)])
@@ -126,6 +130,7 @@ class LayerCAM(CAMMethod):
 
     name = "layercam"
 
+    @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
         return layer_map(g, channel_relu_sum(g, g.e.op("Mul", [g.e.op("Relu", [g.grads]), g.acts])))
 
@@ -148,6 +153,7 @@ class GradCAMElementWise(CAMMethod):
 
     name = "gradcam-elementwise"
 
+    @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
         return layer_map(g, g.e.reduce_sum(g.e.op("Relu", [g.e.op("Mul", [g.grads, g.acts])]), [1], keepdims=False))
 

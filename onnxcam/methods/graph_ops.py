@@ -3,6 +3,9 @@ of channels-first (N, C, h, w) tensors, written through the rewrite's Emitter.""
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 from onnx import TensorProto
 
 from ..graph.rewrite import GraphTensors
@@ -26,3 +29,12 @@ def weighted_sum(g: GraphTensors, w: str) -> str:
 def layer_map(g: GraphTensors, m: str) -> dict[str, str]:
     """{"cam": m} for a float32 map m (N, h, w) at the layer's resolution (its shape declared)."""
     return {"cam": g.e.set_info(m, (None, g.layer.height, g.layer.width), TensorProto.FLOAT)}
+
+
+def on_spatial_layers(graph: Callable) -> Callable:
+    """A method's `graph` that reads A: nothing in the graph for token layers (`g.acts` None),
+    where the method's numpy `cam` runs on the patch grid instead."""
+    @functools.wraps(graph)
+    def wrapped(self, g: GraphTensors) -> dict[str, str]:
+        return {} if g.acts is None else graph(self, g)
+    return wrapped
