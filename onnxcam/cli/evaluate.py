@@ -4,7 +4,6 @@ uses (onnxcam.preprocessing), so their maps are explain's maps."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 

@@ -17,7 +17,8 @@ from ..image import deprocess, load_image, overlay
 from ..methods import configured
 from ..output import OutputDir, dumps, output_names
 from ..preprocessing import Batch, InputPolicy, policy_for
-from ..targets import TopK, parse_target
+from ..detection import FORMATS
+from ..targets import maps_per_image, parse_target, with_detection_options
 from . import options as opt
 from .common import chunks, collect_images, guarded, parse_inputs, progress, report_error
 
@@ -70,6 +71,9 @@ def _write_item(job: Job, res: Result, batch: Batch, policy: InputPolicy, i: int
     for j, sfx in enumerate(job.suffixes):
         r = i * len(job.suffixes) + j
         heat = res.heatmaps[r]
+        if res.errors and res.errors[r]:
+            _error(job, path, f"{path}: {res.errors[r]}; no map written")
+            continue
         if not (np.isfinite(heat).all() and np.isfinite(res.outputs[r]).all()):
             _error(job, path, f"{path}: the model's outputs or the map are not finite (NaN or Inf); no map written")
             continue
@@ -143,6 +147,10 @@ def _report(job: Job, model: str, ex: Explainer, policy: InputPolicy, output_nam
 @opt.target_option
 @click.option("--output", "output_name", default=None,
               help="The model output to explain (default: the first (batch, classes) output).")
+@click.option("--det-format", default=None, type=click.Choice(["auto", *FORMATS]),
+              help="A detector's output format, where it is not recognised (det: targets; README's target table).")
+@click.option("--boxes-output", default=None,
+              help="The output holding a detector's boxes (det:box=... on score + box outputs; default: found).")
 @opt.input_options()
 @click.option("--input", "extra_inputs", multiple=True, help="Another model input, NAME=VALUE (numbers or a .npy file).")
 @opt.batch_size_option
@@ -155,7 +163,8 @@ def _report(job: Job, model: str, ex: Explainer, policy: InputPolicy, output_nam
 @guarded
 def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, head_fusion: str | None,
             discard_ratio: float | None, start_layer: int | None, layers_opt: tuple[str, ...], fuse: str,
-            aug_smooth: bool, eigen_smooth: bool, target: str, output_name: str | None, preset: str | None,
+            aug_smooth: bool, eigen_smooth: bool, target: str, output_name: str | None, det_format: str | None,
+            boxes_output: str | None, preset: str | None,
             config_file: str | None, size: str | None, letterbox: bool | None, extra_inputs: tuple[str, ...],
             batch_size: int, labels_file: str | None, device: str, backend: str, as_json: bool, overwrite: bool) -> None:
     """Explain images (files or folders) with a CAM method.
@@ -177,8 +186,8 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, head
                    aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, output=output_name, backend=backend, inputs=extra)
     policy = policy_for(ex, config_file=config_file, preset=preset, size=size, letterbox=letterbox,
                         labels_file=labels_file)
-    tgt = parse_target(target, policy.labels)
-    per_image = tgt.k if isinstance(tgt, TopK) else 1
+    tgt = with_detection_options(parse_target(target, policy.labels), det_format, boxes_output)
+    per_image = maps_per_image(tgt)
     images = [p for p, _ in found]
     out = OutputDir(out_dir, overwrite, protect=[model, *images])
     job = Job(out, images, output_names(found), [""] if per_image == 1 else [f".top{j + 1}" for j in range(per_image)],
