@@ -101,7 +101,7 @@ def estimate_channel_loop(ex: onnxcam.Explainer, name: str, plain, x: np.ndarray
     m = get_method(name)
     b = getattr(m, "batch_size", None) or 32
     samples = {"sscam": getattr(m, "num_samples", 35), "iscam": getattr(m, "num_samples", 10)}.get(name, 1)
-    c = ex.explain(x[:1]).activations.shape[1]
+    c = int(ex.prepared((x.shape[2], x.shape[3])).layer(ex.layer_name).channels)  # C, without running the method
     xb = np.repeat(x[:1], b, axis=0)
     plain.run(None, {feeds_name: xb})
     ts = []
