@@ -48,13 +48,21 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"image not found: {p}")
     try:
         data = np.fromfile(p, dtype=np.uint8)
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     except OSError as exc:
         raise ImageError(f"cannot read image {p}: {exc.strerror or exc}") from None
+    return decode_image(data, p)
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
+    """Encoded image bytes (a file's whole content) → RGB uint8 (H, W, 3), as `load_image` decodes
+    files (the Ray path decodes the same bytes the same way); ImageError naming `name` otherwise."""
+    buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     except (cv2.error, MemoryError) as exc:
-        raise ImageError(f"cannot decode image: {p} ({type(exc).__name__})") from None
+        raise ImageError(f"cannot decode image: {name} ({type(exc).__name__})") from None
     if img is None:
-        raise ImageError(f"cannot decode image: {p}")
+        raise ImageError(f"cannot decode image: {name}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

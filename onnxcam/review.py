@@ -230,7 +230,9 @@ def _image_record(run: ModelRun, name: str, big: np.ndarray, k: int, sc: _BatchS
     return rec
 
 
-def _summary(records: list[dict[str, Any]], steps: int, tolerance: float) -> dict[str, Any]:
+def summarise(records: list[dict[str, Any]], steps: int, tolerance: float) -> dict[str, Any]:
+    """The metrics over per-image records (means, rates): the same whether the records come from
+    one process or from many Ray workers (onnxcam.scale.evaluate)."""
     with_boxes = [r for r in records if "pointing_hit" in r]
     with_forbidden = [r for r in records if "energy_in_forbidden" in r]
     with_truth = [r for r in records if "correct" in r]
@@ -283,7 +285,7 @@ def evaluate(run: ModelRun, images: Sequence[tuple[str, np.ndarray]], boxes: dic
             _annotate(records[-1], run, name, big, sc.probs[i], notes)
     model = run.describe()
     model["layer"] = layer
-    return Evaluation(model, records, _summary(records, steps, tolerance), maps, layer)
+    return Evaluation(model, records, summarise(records, steps, tolerance), maps, layer)
 
 
 # -- review ---------------------------------------------------------------------------------------
@@ -599,7 +601,12 @@ def load_images(paths: Sequence[Path]) -> tuple[list[tuple[str, np.ndarray]], li
             good.append((p, load_image(p)))
         except ImageError as exc:
             errors.append({"image": str(p), "error": str(exc)})
-    names = [p.name for p, _ in good]
+    return list(zip(image_names([p for p, _ in good]), [im for _, im in good])), errors
+
+
+def image_names(paths: Sequence[Path]) -> list[str]:
+    """The names eval and review show: file names, made unique with their parent folders where
+    two share one (then with -2, -3, ...)."""
+    names = [p.name for p in paths]
     dup = {n for n in names if names.count(n) > 1}
-    keys = [(p.parent.name + "/" + p.name) if p.name in dup else p.name for p, _ in good]
-    return list(zip(unique_names(keys), [im for _, im in good])), errors
+    return unique_names([(p.parent.name + "/" + p.name) if p.name in dup else p.name for p in paths])
