@@ -13,7 +13,7 @@ $(BIN)/onnxcam: pyproject.toml
 	touch $(BIN)/onnxcam
 
 demo: $(BIN)/onnxcam
-	$(BIN)/onnxcam explain models/mobilenet_v2/mobilenet_v2.onnx examples -o results --overwrite
+	$(BIN)/onnxcam explain models/mobilenet_v2/mobilenet_v2.onnx examples/*.png -o results --overwrite
 	@echo "results: overlays, heatmaps (.npy) and results.json in $(CURDIR)/results"
 
 test: $(BIN)/onnxcam

@@ -1,17 +1,20 @@
 """onnxcam: CAM and Grad-CAM explanations for any ONNX vision model, computed by onnxruntime."""
 
-from .errors import HeadError, ImageError, ModelLoadError, OnnxcamError, UnsupportedOpError, UsageError
+from .errors import (
+    GradientRuleError, HeadError, ImageError, ModelLoadError, OnnxcamError, UnsupportedOpError, UsageError,
+)
 from .explainer import Explainer, Result
 from .image import PRESETS, load_image, overlay, preprocess
 from .layers import Layer
 from .methods import CAM, METHODS, CAMMethod, GradCAM, HiResCAM
 from .model import ModelInfo, inspect_model, load_model
+from .targets import parse_target
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CAM", "CAMMethod", "Explainer", "GradCAM", "HeadError", "HiResCAM", "ImageError", "Layer",
+    "CAM", "CAMMethod", "Explainer", "GradCAM", "GradientRuleError", "HeadError", "HiResCAM", "ImageError", "Layer",
     "METHODS", "ModelInfo", "ModelLoadError", "OnnxcamError", "PRESETS", "Result",
     "UnsupportedOpError", "UsageError", "inspect_model", "load_image", "load_model", "overlay",
-    "preprocess",
+    "parse_target", "preprocess",
 ]

@@ -10,17 +10,21 @@ by onnx's reference evaluator.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from .errors import OnnxcamError
 from .grad.engine import missing_rules
 from .graph.rewrite import GRAD_OUTPUT, SEED_INPUT, gradient_model, prepare
-from .graph.split import split_at
+from .graph.split import Split, split_at
 from .model import inspect_model, load_model
-from .runtime import session_for
+from .protos import copy_model
+from .runtime import CPU, session_for
+from .types import DEFAULT_SIZE
 
 QUANTISED_OPS = {
     "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QLinearAdd", "QLinearMul",
@@ -59,8 +63,7 @@ class CheckReport:
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with float32 initializers, constants, casts and graph values made float64, for
     onnx's numpy reference evaluator (onnxruntime has no float64 Conv)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     f32, f64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
     for init in m.graph.initializer:
         if init.data_type == f32:
@@ -77,57 +80,77 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def _fd_check(prep, layer: str, directions: int, rng: np.random.Generator) -> tuple[float, float]:
-    """(median, max) over random directions v of |⟨v, ∇⟩ − FD| / max(|FD|, |⟨v, ∇⟩|), FD being
-    the central difference of the model's tail evaluated in float64 with a tiny step (so ReLU
-    and max-pool kinks are almost never crossed)."""
+def _random_image(prep, rng: np.random.Generator) -> np.ndarray:
+    """A random batch for the image input (2 where the batch is dynamic); the self-check feeds
+    nothing else."""
     info = prep.info
-    for extra in info.inputs:
-        if extra.name != info.image_input.name:
-            raise OnnxcamError(f"self-check feeds only the image input; the model also needs {extra.name!r}")
+    for other in info.inputs:
+        if other.name != info.image_input.name:
+            raise OnnxcamError(f"self-check feeds only the image input; the model also needs {other.name!r}")
     shape = [d if isinstance(d, int) else 2 for d in prep.shapes[info.image_input.name].shape]
     shape[0] = 2 if not isinstance(info.batch, int) else info.batch
-    x = rng.normal(size=shape).astype(info.image_input.dtype)
-    sp = split_at(prep.model, prep.shapes, layer, prep.output)
-    head = session_for(sp.head, ["CPUExecutionProvider"])
-    gm = gradient_model(prep.model, layer, prep.output)
-    gsess = session_for(gm, ["CPUExecutionProvider"])
-    feeds = {info.image_input.name: x}
-    acts, *externals = head.run(None, feeds)
-    try:
-        from onnx.reference import ReferenceEvaluator
+    return rng.normal(size=shape).astype(info.image_input.dtype)
 
+
+Tail = Callable[[np.ndarray], np.ndarray]
+
+
+def _float64_tail(sp: Split, acts: np.ndarray, externals: list[np.ndarray]) -> tuple[Tail, np.ndarray]:
+    """The model after the layer evaluated in float64 by onnx's reference evaluator, and its value
+    at `acts`; an error where it cannot run it or disagrees with onnxruntime."""
+    try:
         ref = ReferenceEvaluator(to_float64(sp.tail))
-        tail = lambda a: np.asarray(ref.run(None, {layer: a, **ext})[0], np.float64)  # noqa: E731
         ext = {n: (v.astype(np.float64) if v.dtype == np.float32 else v) for n, v in zip(sp.externals, externals)}
+        tail = lambda a: np.asarray(ref.run(None, {sp.layer: a, **ext})[0], np.float64)  # noqa: E731
         y = tail(acts.astype(np.float64))
-    except Exception as exc:
-        raise OnnxcamError(f"the float64 reference evaluator cannot run the model after {layer!r}: {exc}") from None
-    y32 = session_for(sp.tail, ["CPUExecutionProvider"]).run(None, {layer: acts, **dict(zip(sp.externals, externals))})[0]
+    except Exception as exc:  # the evaluator raises whatever its op implementations raise
+        raise OnnxcamError(f"the float64 reference evaluator cannot run the model after {sp.layer!r}: {exc}") from None
+    y32 = session_for(sp.tail, [CPU]).run(None, {sp.layer: acts, **dict(zip(sp.externals, externals))})[0]
     if np.abs(y32 - y).max() > 1e-3 * (np.abs(y).max() + 1e-6):
         raise OnnxcamError(
-            f"onnx's reference evaluator and onnxruntime disagree on the model after {layer!r} "
+            f"onnx's reference evaluator and onnxruntime disagree on the model after {sp.layer!r} "
             f"(max difference {np.abs(y32 - y).max():.2e}); no trustworthy reference for this layer"
         )
-    u = rng.normal(size=y.shape)
-    grad = gsess.run([GRAD_OUTPUT], {**feeds, SEED_INPUT: u.astype(y.dtype if y.dtype != np.float64 else np.float32)})[0]
-    grad = grad.astype(np.float64)
+    return tail, y
+
+
+def _directional_errors(grad: np.ndarray, acts: np.ndarray, u: np.ndarray, tail: Tail, directions: int,
+                        rng: np.random.Generator) -> list[float]:
+    """|⟨v, ∇⟩ − FD| / max(|FD|, |⟨v, ∇⟩|) for random directions v, FD = ⟨u, tail(A + hv) −
+    tail(A − hv)⟩ / 2h, the smaller error of two step sizes (a kink crossed at one is rarely
+    crossed at both)."""
     a64 = acts.astype(np.float64)
     scale = np.abs(a64).max() + 1e-3
-    errors = []
     # saturated values (0 after ReLU, 6 after ReLU6: any value shared by many entries) sit on
     # kinks, or tie inside max-pooling windows, where no derivative exists: not perturbed
     vals, counts = np.unique(acts, return_counts=True)
     live = ~np.isin(acts, vals[counts > max(2, acts.size // 1000)])
+    errors = []
     for _ in range(directions):
         v = rng.normal(size=acts.shape) * (live if live.mean() > 0.01 else 1)
         an = float((grad * v).sum())
         err = np.inf
-        for rel in (1e-6, 1e-8):  # a kink crossed at one step size is rarely crossed at both
+        for rel in (1e-6, 1e-8):
             h = rel * scale / np.abs(v).max()
             fd = float((u * (tail(a64 + h * v) - tail(a64 - h * v))).sum() / (2 * h))
             err = min(err, abs(fd - an) / max(abs(fd), abs(an), 1e-12))
         errors.append(err)
+    return errors
+
+
+def _fd_check(prep, layer: str, directions: int, rng: np.random.Generator) -> tuple[float, float]:
+    """(median, max) over random directions v of |⟨v, ∇⟩ − FD| / max(|FD|, |⟨v, ∇⟩|), FD being
+    the central difference of the model's tail evaluated in float64 with a tiny step (so ReLU
+    and max-pool kinks are almost never crossed)."""
+    x = _random_image(prep, rng)
+    sp = split_at(prep.model, prep.shapes, layer, prep.output)
+    feeds = {prep.info.image_input.name: x}
+    acts, *externals = session_for(sp.head, [CPU]).run(None, feeds)
+    gsess = session_for(gradient_model(prep.model, layer, prep.output), [CPU])
+    tail, y = _float64_tail(sp, acts, externals)
+    u = rng.normal(size=y.shape)
+    grad = gsess.run([GRAD_OUTPUT], {**feeds, SEED_INPUT: u.astype(y.dtype if y.dtype != np.float64 else np.float32)})[0]
+    errors = _directional_errors(grad.astype(np.float64), acts, u, tail, directions, rng)
     return float(np.median(errors)), float(np.max(errors))
 
 
@@ -145,7 +168,7 @@ def self_check(
     quant = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTISED_OPS})
     if quant:
         return CheckReport(path, quant, [])
-    prep = prepare(model, info, None if info.fixed_size else (size or (224, 224)))
+    prep = prepare(model, info, None if info.fixed_size else (size or DEFAULT_SIZE))
     names = layers or [prep.layer(None).name]
     rng = np.random.default_rng(seed)
     out = []

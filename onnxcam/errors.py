@@ -37,6 +37,18 @@ class UnsupportedOpError(OnnxcamError):
         super().__init__(msg)
 
 
+class GradientRuleError(OnnxcamError):
+    """A gradient rule failed in a way it did not mean to: a bug in onnxcam, not a missing rule."""
+
+    def __init__(self, op_type: str, node_name: str, cause: BaseException) -> None:
+        self.op_type = op_type
+        self.node_name = node_name
+        super().__init__(
+            f"the gradient rule for op {op_type} failed on node {node_name!r} "
+            f"({type(cause).__name__}: {cause}); this is a bug in onnxcam: please report it with the model"
+        )
+
+
 class HeadError(OnnxcamError):
     """CAM asked for, but the layer does not feed a global-average-pooling + linear head."""
 

@@ -1,4 +1,10 @@
-"""The Python API: `Explainer(model).explain(batch)` → `Result`."""
+"""The Python API: `Explainer(model).explain(batch)` → `Result`.
+
+The explainer ties the layers together: it prepares the model at each image size (graph/), builds
+the rewritten model and its onnxruntime session (graph/rewrite.py, runtime.py), runs a batch, hands
+the activations and gradients to the method (methods/) and turns the method's maps into heatmaps
+(methods/maps.py). What it builds is cached per image size in named caches.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +12,31 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
+from .backends.ort_training import OrtTrainingSession
 from .errors import UsageError
-from .graph.split import split_at
 from .graph.rewrite import (
     ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TAP_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
-    Prepared,
-    build_explain_model, prepare,
+    Prepared, build_explain_model, prepare,
 )
+from .graph.split import Split, split_at
 from .layers import CamHead, Layer, cam_head
-from .methods import CAMMethod, MethodInputs, get_method, normalize_maps, scale_maps
+from .methods import CAMMethod, MethodInputs, get_method
+from .methods.maps import normalize_maps, scale_maps
 from .model import ModelInfo, inspect_model, load_model
+from .protos import copy_model
 from .runtime import provider_of, session_for
 from .targets import ClassTarget, Target, TopK
 
 log = logging.getLogger(__name__)
 
 Targets = Union[None, int, Sequence[int], np.ndarray, Target, Sequence[Target], TopK]
+Size = tuple[int, int]
 
 
 @dataclass
@@ -36,6 +46,36 @@ class _SeedPlan:
     output: str
     seeds: np.ndarray
     classes: np.ndarray
+
+
+@dataclass(frozen=True)
+class _BuildKey:
+    """What a rewritten model depends on besides the method: image size, layer, output, and
+    whether the cotangent is fed (targets other than classes)."""
+
+    hw: Size
+    layer: Optional[str]
+    output: Optional[str]
+    seed_input: bool
+
+
+@dataclass
+class _Built:
+    """A rewritten model, the session that runs it, and the CAM head where the method needs it."""
+
+    prep: Prepared
+    em: ExplainModel
+    session: Any  # ort.InferenceSession, or OrtTrainingSession (same run/get_providers)
+    head: Optional[CamHead]
+
+
+@dataclass
+class _SplitSessions:
+    """The model cut at a layer (Ablation-CAM): sessions for the part before and after it."""
+
+    split: Split
+    head: ort.InferenceSession
+    tail: ort.InferenceSession
 
 
 @dataclass
@@ -51,7 +91,37 @@ class Result:
     layer: str
     method: str
     provider: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # pixel-space maps a method adds (guided backprop, ...)
+    layer_results: list["Result"] = field(default_factory=list)  # per layer, when several are fused
+
+
+def _read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[str, onnx.ModelProto]:
+    if isinstance(model, onnx.ModelProto):
+        return "<model>", model
+    path = os.fspath(model)
+    return path, load_model(path)
+
+
+def _other_inputs(info: ModelInfo, given: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The values of the model's inputs besides the image, checked against its inputs and cast
+    to their types."""
+    values = {k: np.asarray(v) for k, v in (given or {}).items()}
+    others = {i.name: i for i in info.inputs if i.name != info.image_input.name}
+    unknown = set(values) - set(others)
+    if unknown:
+        raise UsageError(f"the model has no input(s) {sorted(unknown)}; its other inputs: {sorted(others) or 'none'}")
+    missing = set(others) - set(values)
+    if missing:
+        desc = ", ".join(f"{n} {list(others[n].shape)} {others[n].dtype}" for n in sorted(missing))
+        raise UsageError(f"the model also needs input(s) {desc}: give them (inputs={{name: value}}, CLI --input NAME=VALUE)")
+    return {name: v.astype(others[name].dtype, copy=False) for name, v in values.items()}
+
+
+def _to_nchw(a: np.ndarray, layout: str) -> np.ndarray:
+    """A 4-D tensor in `layout` as channels-first float32 (no copy when it already is)."""
+    perm = [layout.index(c) for c in "NCHW"]
+    a = a if perm == [0, 1, 2, 3] else np.ascontiguousarray(a.transpose(perm))
+    return a.astype(np.float32, copy=False)
 
 
 class Explainer:
@@ -90,12 +160,7 @@ class Explainer:
         backend: str = "onnx",
         inputs: dict[str, np.ndarray] | None = None,
     ) -> None:
-        if isinstance(model, onnx.ModelProto):
-            self.path = "<model>"
-            self._model = model
-        else:
-            self.path = os.fspath(model)
-            self._model = load_model(self.path)
+        self.path, self._model = _read_model(model)
         self.info: ModelInfo = inspect_model(self._model, self.path)
         self.method = get_method(method)
         if fuse not in ("mean", "max"):
@@ -108,67 +173,63 @@ class Explainer:
         if backend not in ("onnx", "ort-training"):
             raise UsageError(f"backend must be 'onnx' (onnxcam's engine) or 'ort-training', got {backend!r}")
         self.backend = backend
-        self.extra_inputs = {k: np.asarray(v) for k, v in (inputs or {}).items()}
-        others = {i.name: i for i in self.info.inputs if i.name != self.info.image_input.name}
-        unknown = set(self.extra_inputs) - set(others)
-        if unknown:
-            raise UsageError(f"the model has no input(s) {sorted(unknown)}; its other inputs: {sorted(others) or 'none'}")
-        missing = set(others) - set(self.extra_inputs)
-        if missing:
-            desc = ", ".join(f"{n} {list(others[n].shape)} {others[n].dtype}" for n in sorted(missing))
-            raise UsageError(f"the model also needs input(s) {desc}: give them (inputs={{name: value}}, CLI --input NAME=VALUE)")
-        for name, v in self.extra_inputs.items():
-            self.extra_inputs[name] = v.astype(others[name].dtype, copy=False)
+        self.other_inputs = _other_inputs(self.info, inputs)
         self.aug_smooth = aug_smooth
         self.eigen_smooth = eigen_smooth
         self.providers = list(providers) if providers else None
         self.output_name = output
         self.threads = threads
-        self._extra: dict = {}
-        self._built: dict[tuple, tuple[Prepared, ExplainModel, object, CamHead | None]] = {}
-        if self.info.fixed_size is not None:  # fail early: unknown layer, missing rule, no CAM head
-            prep = self._prepare(self.info.fixed_size)
-            for name in self.layer_names:
-                if len(prep.shapes[prep.output].shape) == 2:
-                    self._build(self.info.fixed_size, name)
-                elif name is None or any(l.name == name for l in prep.layers):
-                    prep.layer(name)  # a segmenter or detector: check the layer now, build on first use
+        self._prepared: dict[tuple[Size, Optional[str]], Prepared] = {}
+        self._built: dict[_BuildKey, _Built] = {}
+        self._forward_sessions: dict[Size, ort.InferenceSession] = {}
+        self._splits: dict[tuple[Size, str, Optional[str]], _SplitSessions] = {}
+        if self.info.fixed_size is not None:
+            self._check_early(self.info.fixed_size)
+
+    def _check_early(self, hw: Size) -> None:
+        """Fail at construction, not at the first batch: unknown layer, missing rule, no CAM head."""
+        prep = self._prepare(hw)
+        for name in self.layer_names:
+            if len(prep.shapes[prep.output].shape) == 2:
+                self._build(hw, name)
+            elif name is None or any(l.name == name for l in prep.layers):
+                prep.layer(name)  # a segmenter or detector: check the layer now, build on first use
 
     # -- set-up per image size --------------------------------------------------------------
-    def _prepare(self, hw: tuple[int, int], output: str | None = None) -> Prepared:
+    def _prepare(self, hw: Size, output: str | None = None) -> Prepared:
         output = output or self.output_name
-        pkey = ("prepared", hw, output)
-        if pkey not in self._extra:
-            self._extra[pkey] = prepare(self._model, self.info, hw if self.info.fixed_size is None else None, output)
-        return self._extra[pkey]
+        key = (hw, output)
+        if key not in self._prepared:
+            self._prepared[key] = prepare(self._model, self.info, hw if self.info.fixed_size is None else None, output)
+        return self._prepared[key]
 
-    def _build(self, hw: tuple[int, int], layer: str | None = None, output: str | None = None, seed_input: bool = False):
-        layer = layer if layer is not None else self.layer_names[0]
-        key = (hw, layer, output, seed_input)
+    def _ort_training_session(self, prep: Prepared, layer: str | None, seed_input: bool) -> tuple[ExplainModel, Any]:
+        """The rewritten model's interface with onnxruntime-training's gradient behind it."""
+        if seed_input:
+            raise UsageError("the ort-training backend explains class targets only; use the default backend")
+        if self.method.input_gradient or self.method.bias_taps:
+            raise UsageError(f"the ort-training backend gives layer gradients only; {self.method.name} "
+                             "needs the input's: use the default backend")
+        em = build_explain_model(prep, layer, False)
+        em.with_gradient = True
+        sess = OrtTrainingSession(prep.model, self.info.image_input.name, em.layer.name, em.output, self.providers)
+        return em, sess
+
+    def _build(self, hw: Size, layer: str | None = None, output: str | None = None, seed_input: bool = False) -> _Built:
+        key = _BuildKey(hw, layer if layer is not None else self.layer_names[0], output, seed_input)
         if key not in self._built:
             prep = self._prepare(hw, output)
-            head = None
             if self.backend == "ort-training" and self.method.needs_gradients:
-                if seed_input:
-                    raise UsageError("the ort-training backend explains class targets only; use the default backend")
-                if self.method.input_gradient or self.method.bias_taps:
-                    raise UsageError(f"the ort-training backend gives layer gradients only; {self.method.name} "
-                                     "needs the input's: use the default backend")
-                from .backends.ort_training import OrtTrainingSession
-
-                em = build_explain_model(prep, layer, False)
-                em.with_gradient = True
-                sess = OrtTrainingSession(prep.model, self.info.image_input.name, em.layer.name, em.output, self.providers)
+                em, sess = self._ort_training_session(prep, key.layer, seed_input)
             else:
                 em = build_explain_model(
-                    prep, layer, self.method.needs_gradients,
+                    prep, key.layer, self.method.needs_gradients,
                     input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
                     seed_input=seed_input,
                 )
                 sess = session_for(em.model, self.providers, self.threads)
-            if self.method.needs_head:
-                head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output)
-            self._built[key] = (prep, em, sess, head)
+            head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output) if self.method.needs_head else None
+            self._built[key] = _Built(prep, em, sess, head)
             log.info("explaining %s at layer %s (%s) on %s", em.output, em.layer.name, em.layer.layout, provider_of(sess))
         return self._built[key]
 
@@ -178,12 +239,13 @@ class Explainer:
 
     def explain_model(self, hw: tuple[int, int] | None = None) -> onnx.ModelProto:
         """The rewritten model (outputs, activation, gradient, targets) at image size `hw`."""
-        return self._build(self._size_or(hw))[1].model
+        return self._build(self._size_or(hw)).em.model
 
     def layers(self, hw: tuple[int, int] | None = None) -> list[Layer]:
+        """The candidate layers at image size `hw` (default: the model's own size)."""
         return self.prepared(hw).layers
 
-    def _size_or(self, hw: tuple[int, int] | None) -> tuple[int, int]:
+    def _size_or(self, hw: tuple[int, int] | None) -> Size:
         size = hw or self.info.fixed_size
         if size is None:
             raise UsageError("the model's input size is dynamic; give the image size (height, width)")
@@ -191,6 +253,7 @@ class Explainer:
 
     @property
     def labels(self) -> list[str] | None:
+        """Class names from the model's metadata (`onnxcam.labels`, a JSON list), if any."""
         raw = self.info.metadata.get("onnxcam.labels")
         if raw:
             try:
@@ -203,29 +266,33 @@ class Explainer:
     def input_size(self) -> tuple[int, int] | None:
         return self.info.fixed_size
 
-    # -- extra sessions for forward-only methods ----------------------------------------------
-    def _forward(self, hw: tuple[int, int], batch: np.ndarray, output: str | None = None) -> np.ndarray:
+    # -- sessions for forward-only methods ----------------------------------------------------
+    def _forward(self, hw: Size, batch: np.ndarray, output: str | None = None) -> np.ndarray:
         """The plain model's explained output on a batch (a second session, built once)."""
         return self._forward_all(hw, batch, [output or self._prepare(hw).output])[0]
 
-    def _forward_all(self, hw: tuple[int, int], batch: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+    def _forward_all(self, hw: Size, batch: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
         """The plain model's outputs (all, or `names`) on a batch."""
-        key = ("forward", hw)
-        if key not in self._extra:
-            m = onnx.ModelProto()
-            m.CopyFrom(self._prepare(hw).model)
-            self._extra[key] = session_for(m, self.providers, self.threads)
-        return self._run_fixed(self._extra[key], {self.info.image_input.name: batch}, names)
+        if hw not in self._forward_sessions:
+            m = copy_model(self._prepare(hw).model)
+            self._forward_sessions[hw] = session_for(m, self.providers, self.threads)
+        return self._run_fixed(self._forward_sessions[hw], {self.info.image_input.name: batch}, names)
+
+    def _with_other_inputs(self, feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """`feeds` plus the model's other inputs, a leading axis of 1 repeated to the batch `n`
+        where the model's batch is dynamic."""
+        feeds = dict(feeds)
+        for name, v in self.other_inputs.items():
+            declared = next(i for i in self.info.inputs if i.name == name).shape
+            tile = v.ndim and v.shape[0] == 1 and declared and not isinstance(declared[0], int)
+            feeds.setdefault(name, np.repeat(v, n, axis=0) if tile and n > 1 else v)
+        return feeds
 
     def _run_fixed(self, sess, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
         """Run in chunks of the model's fixed batch size, if it has one."""
         fixed = self.info.batch if isinstance(self.info.batch, int) else None
         n = len(feeds[self.info.image_input.name])
-        feeds = dict(feeds)
-        for name, v in self.extra_inputs.items():
-            declared = next(i for i in self.info.inputs if i.name == name).shape
-            tile = v.ndim and v.shape[0] == 1 and declared and not isinstance(declared[0], int)
-            feeds.setdefault(name, np.repeat(v, n, axis=0) if tile and n > 1 else v)
+        feeds = self._with_other_inputs(feeds, n)
         if not fixed or fixed == n:
             return sess.run(names, feeds)
         parts = []
@@ -236,34 +303,33 @@ class Explainer:
             parts.append(sess.run(names, chunk))
         return [np.concatenate(p) for p in zip(*parts)]
 
-    def _tail_fn(self, hw: tuple[int, int], x: np.ndarray, layer: Layer, output: str | None = None):
+    def _split_sessions(self, hw: Size, layer: str, output: str | None) -> _SplitSessions:
+        key = (hw, layer, output)
+        if key not in self._splits:
+            prep = self._prepare(hw, output)
+            sp = split_at(prep.model, prep.shapes, layer, prep.output)
+            self._splits[key] = _SplitSessions(
+                sp, session_for(sp.head, self.providers, self.threads), session_for(sp.tail, self.providers, self.threads),
+            )
+        return self._splits[key]
+
+    def _tail_fn(self, hw: Size, x: np.ndarray, layer: Layer, output: str | None = None) -> Callable[[int, np.ndarray], np.ndarray]:
         """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n."""
-        cache: dict[int, list[np.ndarray]] = {}
+        heads: dict[int, list[np.ndarray]] = {}  # image n → the head's outputs on it
 
         def tail(n: int, acts: np.ndarray) -> np.ndarray:
-            key = ("split", hw, layer.name, output)
-            if key not in self._extra:
-                prep = self._prepare(hw, output)
-                sp = split_at(prep.model, prep.shapes, layer.name, prep.output)
-                self._extra[key] = (
-                    sp,
-                    session_for(sp.head, self.providers, self.threads),
-                    session_for(sp.tail, self.providers, self.threads),
-                )
-            sp, head, tail_sess = self._extra[key]
-            if n not in cache:
-                cache[n] = self._run_fixed(head, {self.info.image_input.name: x[n : n + 1]})
-            externals = cache[n][1:]
+            ss = self._split_sessions(hw, layer.name, output)
+            if n not in heads:
+                heads[n] = self._run_fixed(ss.head, {self.info.image_input.name: x[n : n + 1]})
             inv = [("NCHW".index(a)) for a in layer.layout]
-            b = len(acts)
-            feeds = {sp.layer: np.ascontiguousarray(acts.transpose(inv)).astype(cache[n][0].dtype)}
-            for name, v in zip(sp.externals, externals):
-                feeds[name] = np.repeat(v, b, axis=0) if v.ndim and v.shape[0] == 1 else v
-            return tail_sess.run(None, feeds)[0]
+            feeds = {ss.split.layer: np.ascontiguousarray(acts.transpose(inv)).astype(heads[n][0].dtype)}
+            for name, v in zip(ss.split.externals, heads[n][1:]):
+                feeds[name] = np.repeat(v, len(acts), axis=0) if v.ndim and v.shape[0] == 1 else v
+            return ss.tail.run(None, feeds)[0]
 
         return tail
 
-    # -- running -----------------------------------------------------------------------------
+    # -- targets -----------------------------------------------------------------------------
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
         x = np.asarray(batch)
         if x.ndim == 3:
@@ -304,36 +370,43 @@ class Explainer:
             return all(isinstance(v, (int, np.integer)) for v in targets)
         raise UsageError(f"targets must be None, a class index, one per item, a Target or a seed array; got {type(targets).__name__}")
 
-    def _item_shape(self, hw: tuple[int, int], output: str, x: np.ndarray) -> tuple:
+    def _item_shape(self, hw: Size, output: str, x: np.ndarray) -> tuple:
         """One item's shape of `output`: from shape inference, or measured where it is dynamic."""
         shape = self._prepare(hw, output).shapes[output].shape[1:]
         if all(isinstance(d, int) for d in shape):
             return tuple(shape)
         return tuple(self._forward(hw, x[:1], output).shape[1:])
 
-    def _seed_plan(self, targets, x: np.ndarray, hw: tuple[int, int]) -> tuple[_SeedPlan, np.ndarray]:
+    def _seed_plan(self, targets, x: np.ndarray, hw: Size) -> tuple[_SeedPlan, np.ndarray]:
         """Turn Target objects or a seed array into cotangents (and expand the batch for TopK)."""
         if isinstance(targets, TopK):
-            out = targets.output or self._prepare(hw).output
-            y = self._forward(hw, x, out).reshape(len(x), -1)
-            k = min(targets.k, y.shape[1])
-            order = np.argsort(-y, axis=1)[:, :k]
-            x = np.repeat(x, k, axis=0)
-            return self._seed_plan([ClassTarget(int(c), out) for c in order.reshape(-1)], x, hw)
+            return self._topk_plan(targets, x, hw)
         if isinstance(targets, np.ndarray):
-            out = self._prepare(hw).output
-            shape = self._item_shape(hw, out, x)
-            u = np.asarray(targets, np.float32)
-            if u.shape == shape:
-                u = np.broadcast_to(u, (len(x),) + shape)
-            if u.shape != (len(x),) + tuple(shape):
-                raise UsageError(f"seed shaped {list(targets.shape)} does not match output {out!r}: {[len(x)] + list(shape)}")
-            return _SeedPlan(out, np.ascontiguousarray(u), np.full(len(x), -1, np.int64)), x
-        items = list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(x)
-        if len(items) != len(x):
-            raise UsageError(f"got {len(items)} targets for a batch of {len(x)}")
-        if not all(isinstance(t, Target) for t in items):
-            raise UsageError("mix of targets: give Target objects for every item, or class indices for every item")
+            return self._array_plan(targets, x, hw), x
+        return self._target_plan(targets, x, hw), x
+
+    def _topk_plan(self, targets: TopK, x: np.ndarray, hw: Size) -> tuple[_SeedPlan, np.ndarray]:
+        """k class targets per item (the batch repeated k times), the k best scores first."""
+        out = targets.output or self._prepare(hw).output
+        y = self._forward(hw, x, out).reshape(len(x), -1)
+        k = min(targets.k, y.shape[1])
+        order = np.argsort(-y, axis=1)[:, :k]
+        x = np.repeat(x, k, axis=0)
+        return self._target_plan([ClassTarget(int(c), out) for c in order.reshape(-1)], x, hw), x
+
+    def _array_plan(self, seeds: np.ndarray, x: np.ndarray, hw: Size) -> _SeedPlan:
+        """A float seed array shaped like the output (one item's shape: the same for all)."""
+        out = self._prepare(hw).output
+        shape = self._item_shape(hw, out, x)
+        u = np.asarray(seeds, np.float32)
+        if u.shape == shape:
+            u = np.broadcast_to(u, (len(x),) + shape)
+        if u.shape != (len(x),) + tuple(shape):
+            raise UsageError(f"seed shaped {list(seeds.shape)} does not match output {out!r}: {[len(x)] + list(shape)}")
+        return _SeedPlan(out, np.ascontiguousarray(u), np.full(len(x), -1, np.int64))
+
+    def _target_output(self, items: list[Target], hw: Size) -> str:
+        """The one output a batch of Target objects explains (checked to exist)."""
         outs = {t.output or self._prepare(hw).output for t in items}
         if len(outs) != 1:
             raise UsageError(f"one batch explains one output; these targets name {sorted(outs)}")
@@ -341,7 +414,18 @@ class Explainer:
         names = [o.name for o in self._prepare(hw).model.graph.output]
         if out not in names:
             raise UsageError(f"output {out!r} is not one of the model's outputs {names}")
+        return out
+
+    def _target_plan(self, targets, x: np.ndarray, hw: Size) -> _SeedPlan:
+        """One Target for every item, or one per item: their seeds from the items' outputs."""
+        items = list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(x)
+        if len(items) != len(x):
+            raise UsageError(f"got {len(items)} targets for a batch of {len(x)}")
+        if not all(isinstance(t, Target) for t in items):
+            raise UsageError("mix of targets: give Target objects for every item, or class indices for every item")
+        out = self._target_output(items, hw)
         if any(t.needs_outputs for t in items):
+            names = [o.name for o in self._prepare(hw).model.graph.output]
             values = dict(zip(names, self._forward_all(hw, x, names)))
         else:
             values = {out: np.zeros((len(x),) + self._item_shape(hw, out, x), np.float32)}  # only shapes used
@@ -350,8 +434,9 @@ class Explainer:
             item = {k: v[n] for k, v in values.items()}
             seeds.append(t.seed(item, out))
             classes.append(t.class_index(item, out))
-        return _SeedPlan(out, np.ascontiguousarray(np.stack(seeds)), np.asarray(classes, np.int64)), x
+        return _SeedPlan(out, np.ascontiguousarray(np.stack(seeds)), np.asarray(classes, np.int64))
 
+    # -- running -----------------------------------------------------------------------------
     def explain(self, batch: np.ndarray, targets: Targets = None) -> Result:
         """Explain a preprocessed batch in the model's own layout.
 
@@ -363,7 +448,7 @@ class Explainer:
         x = self._check_batch(batch)
         hw = (x.shape[2], x.shape[3]) if self.info.layout == "NCHW" else (x.shape[1], x.shape[2])
         if self._is_class_targets(targets):
-            t = self._targets(targets, len(x), self._build(hw)[1].num_classes)
+            t = self._targets(targets, len(x), self._build(hw).em.num_classes)
         else:
             t, x = self._seed_plan(targets, x, hw)
         results = [self._explain_layer(x, t, hw, name) for name in self.layer_names]
@@ -373,10 +458,10 @@ class Explainer:
             fused = stack.mean(axis=0) if self.fuse == "mean" else stack.max(axis=0)
             res.heatmaps = normalize_maps(fused)
             res.layer = " + ".join(r.layer for r in results)
-            res.extra["layers"] = results
+            res.layer_results = results
         return res
 
-    def _explain_layer(self, x: np.ndarray, t: np.ndarray, hw: tuple[int, int], layer: str | None) -> Result:
+    def _explain_layer(self, x: np.ndarray, t, hw: Size, layer: str | None) -> Result:
         if not self.aug_smooth:
             return self._explain_once(x, t, hw, layer)
         # pytorch-grad-cam's TTA: horizontal flip × value scaling 0.9 / 1 / 1.1, maps de-augmented
@@ -395,57 +480,53 @@ class Explainer:
         first.heatmaps = np.mean(maps, axis=0).astype(np.float32)
         return first
 
-    def _explain_once(self, x: np.ndarray, t, hw: tuple[int, int], layer: str | None) -> Result:
-        plan = t if isinstance(t, _SeedPlan) else None
-        prep, em, sess, head = self._build(hw, layer, plan.output if plan else None, seed_input=plan is not None)
-        names = em.output_names
+    def _feeds(self, built: _Built, x: np.ndarray, t) -> dict[str, np.ndarray]:
+        """The rewritten model's inputs: the image, and the class targets or the seeds."""
         feeds = {self.info.image_input.name: x}
-        if plan is None:
+        if not isinstance(t, _SeedPlan):
             feeds[TARGET_INPUT] = t
-        elif em.with_gradient or em.input_gradient:
-            feeds[SEED_INPUT] = plan.seeds.astype(prep.shapes[em.output].dtype)
+        elif built.em.with_gradient or built.em.input_gradient:
+            feeds[SEED_INPUT] = t.seeds.astype(built.prep.shapes[built.em.output].dtype)
+        return feeds
+
+    def _input_gradients(self, em: ExplainModel, got: dict[str, np.ndarray]) -> np.ndarray | None:
+        """∂y/∂x channels-first float32, where the method asked for it."""
+        if not em.input_gradient:
+            return None
+        g = got[INPUT_GRAD_OUTPUT].astype(np.float32)
+        return np.ascontiguousarray(g.transpose(0, 3, 1, 2)) if self.info.layout == "NHWC" else g
+
+    def _method_inputs(self, built: _Built, x: np.ndarray, t, hw: Size) -> MethodInputs:
+        """Run the rewritten model on a batch; what the method needs, channels-first."""
+        em, sess, plan = built.em, built.session, (t if isinstance(t, _SeedPlan) else None)
+        names, feeds = em.output_names, self._feeds(built, x, t)
         got = dict(zip(names, self._run_fixed(sess, feeds, names)))
-        outputs = got[em.output]
-        tg = got[TARGETS_OUTPUT].astype(np.int64) if plan is None else plan.classes
-        perm = [em.layer.layout.index(c) for c in "NCHW"]
-
-        def to_nchw(a: np.ndarray) -> np.ndarray:  # no copy when already NCHW float32
-            a = a if perm == [0, 1, 2, 3] else np.ascontiguousarray(a.transpose(perm))
-            return a.astype(np.float32, copy=False)
-
-        acts = to_nchw(got[ACT_OUTPUT])
-        grads = to_nchw(got[GRAD_OUTPUT]) if em.with_gradient else None
-        input_grads = None
-        if em.input_gradient:
-            input_grads = got[INPUT_GRAD_OUTPUT].astype(np.float32)
-            if self.info.layout == "NHWC":
-                input_grads = np.ascontiguousarray(input_grads.transpose(0, 3, 1, 2))
-        taps = [(bias, got[TAP_OUTPUT.format(i)]) for i, (_, bias) in enumerate(em.taps)]
 
         def gradients_at(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            f = dict(feeds)
-            f[self.info.image_input.name] = batch
-            r = dict(zip(names, self._run_fixed(sess, f, names)))
-            return to_nchw(r[ACT_OUTPUT]), to_nchw(r[GRAD_OUTPUT])
+            r = dict(zip(names, self._run_fixed(sess, {**feeds, self.info.image_input.name: batch}, names)))
+            return _to_nchw(r[ACT_OUTPUT], em.layer.layout), _to_nchw(r[GRAD_OUTPUT], em.layer.layout)
 
-        inp = MethodInputs(
-            acts, grads, tg, outputs.astype(np.float32), head,
+        return MethodInputs(
+            _to_nchw(got[ACT_OUTPUT], em.layer.layout),
+            _to_nchw(got[GRAD_OUTPUT], em.layer.layout) if em.with_gradient else None,
+            got[TARGETS_OUTPUT].astype(np.int64) if plan is None else plan.classes,
+            got[em.output].astype(np.float32), built.head,
             inputs=x, layout=self.info.layout, input_size=hw,
             forward=lambda b: self._forward(hw, b, em.output), tail=self._tail_fn(hw, x, em.layer, em.output),
             seeds=plan.seeds if plan is not None else None,
-            input_gradients=input_grads, bias_gradients=taps,
+            input_gradients=self._input_gradients(em, got),
+            bias_gradients=[(bias, got[TAP_OUTPUT.format(i)]) for i, (_, bias) in enumerate(em.taps)],
             gradients_at=gradients_at if em.with_gradient else None,
         )
+
+    def _explain_once(self, x: np.ndarray, t, hw: Size, layer: str | None) -> Result:
+        """One batch at one layer: run, apply the method, scale the maps."""
+        plan = t if isinstance(t, _SeedPlan) else None
+        built = self._build(hw, layer, plan.output if plan else None, seed_input=plan is not None)
+        inp = self._method_inputs(built, x, t, hw)
         cams = self.method.eigen_cam(inp) if self.eigen_smooth else self.method.cam(inp)
         return Result(
-            heatmaps=scale_maps(cams, hw),
-            cams=cams,
-            activations=acts,
-            gradients=grads,
-            targets=tg,
-            outputs=outputs.astype(np.float32),
-            layer=em.layer.name,
-            method=self.method.name,
-            provider=provider_of(sess),
-            extra=inp.extra,
+            heatmaps=scale_maps(cams, hw), cams=cams, activations=inp.activations, gradients=inp.gradients,
+            targets=inp.targets, outputs=inp.outputs, layer=built.em.layer.name, method=self.method.name,
+            provider=provider_of(built.session), extra=inp.pixel_maps,
         )

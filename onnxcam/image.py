@@ -41,12 +41,18 @@ PRESETS: dict[str, Preset] = {
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H, W, 3); ImageError if it cannot be read."""
+    """Decode an image file to RGB uint8 (H, W, 3); ImageError if it cannot be read or decoded
+    (also when OpenCV fails or runs out of memory), so a command can report it and go on."""
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise ImageError(f"image not found: {p}")
-    data = np.fromfile(p, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except OSError as exc:
+        raise ImageError(f"cannot read image {p}: {exc.strerror or exc}") from None
+    except (cv2.error, MemoryError) as exc:
+        raise ImageError(f"cannot decode image: {p} ({type(exc).__name__})") from None
     if img is None:
         raise ImageError(f"cannot decode image: {p}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -107,11 +113,18 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, image_weight: float = 0.5) -
     return np.uint8(255 * cam)
 
 
-def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+def encode_png(rgb: np.ndarray) -> bytes:
+    """An RGB uint8 image as PNG file bytes."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:
-        raise ImageError(f"cannot encode PNG for {path}")
-    buf.tofile(os.fspath(path))
+        raise ImageError("cannot encode PNG")
+    return buf.tobytes()
+
+
+def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image as a PNG file (commands write through onnxcam.output instead)."""
+    with open(os.fspath(path), "wb") as f:
+        f.write(encode_png(rgb))
 
 
 def deprocess(grad: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -156,70 +169,3 @@ def unletterbox_map(heatmap: np.ndarray, box: Letterbox) -> np.ndarray:
     nh, nw = max(1, round(box.height * box.scale)), max(1, round(box.width * box.scale))
     inner = heatmap[box.pad_y : box.pad_y + nh, box.pad_x : box.pad_x + nw]
     return resize_map(inner, (box.height, box.width))
-
-
-# -- preprocessing configs ----------------------------------------------------------------------
-def _parse_flat_yaml(text: str) -> dict:
-    """The flat subset of YAML a preprocessing config needs: `key: value` lines, values being
-    numbers, true/false, quoted or bare strings, or [a, b, c] lists; # comments."""
-    import json as _json
-
-    out: dict = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.split(" #")[0].strip() if not raw.strip().startswith("#") else ""
-        if not line:
-            continue
-        if ":" not in line:
-            raise UsageError(f"config line {n}: expected 'key: value', got {raw.strip()!r}")
-        key, value = (p.strip() for p in line.split(":", 1))
-        low = value.lower()
-        if low in ("true", "false"):
-            out[key] = low == "true"
-        elif value.startswith("[") or value.startswith('"') or value.replace(".", "", 1).lstrip("-").isdigit():
-            try:
-                out[key] = _json.loads(value.replace("'", '"'))
-            except ValueError:
-                raise UsageError(f"config line {n}: cannot read value {value!r}") from None
-        else:
-            out[key] = value.strip("'")
-    return out
-
-
-CONFIG_KEYS = {"preset", "mean", "std", "scale", "bgr", "size", "letterbox", "labels", "multiple"}
-
-
-def load_config(path: str | os.PathLike | None = None, text: str | None = None) -> dict:
-    """A preprocessing config from a JSON or YAML file (or text, e.g. the model's metadata
-    `onnxcam.preprocess`). Keys: preset, or mean/std/scale/bgr; size [H, W] or "native";
-    multiple (native sizes rounded down to it); letterbox; labels (a list)."""
-    import json as _json
-
-    if text is None:
-        p = os.fspath(path)
-        try:
-            text = open(p, encoding="utf-8").read()
-        except OSError as exc:
-            raise UsageError(f"cannot read config {p}: {exc.strerror}") from None
-    text = text.strip()
-    try:
-        cfg = _json.loads(text) if text.startswith("{") else _parse_flat_yaml(text)
-    except ValueError as exc:
-        raise UsageError(f"config is not valid JSON: {exc}") from None
-    unknown = set(cfg) - CONFIG_KEYS
-    if unknown:
-        raise UsageError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
-    return cfg
-
-
-def preset_from_config(cfg: dict) -> Preset:
-    """The preset a config names, or a custom one from its mean/std/scale/bgr."""
-    if "preset" in cfg and not any(k in cfg for k in ("mean", "std", "scale")):
-        return get_preset(str(cfg["preset"]))
-    base = get_preset(str(cfg.get("preset", "unit")))
-    mean = tuple(float(v) for v in cfg.get("mean", base.mean))
-    std = tuple(float(v) for v in cfg.get("std", base.std))
-    if len(mean) == 1:
-        mean = mean * 3
-    if len(std) == 1:
-        std = std * 3
-    return Preset("custom", float(cfg.get("scale", base.scale)), mean, std, bool(cfg.get("bgr", base.bgr)))

@@ -15,7 +15,10 @@ import numpy as np
 import onnx
 
 from .errors import HeadError, UsageError
-from .model import FLOAT_TYPES, TensorInfo, tensor_layouts
+from .graph.index import GraphIndex
+from .layouts import tensor_layouts
+from .protos import node_attrs
+from .types import FLOAT_TYPES, LAYOUTS, TensorInfo
 
 
 @dataclass(frozen=True)
@@ -38,16 +41,8 @@ class Layer:
         }
 
 
-def ancestors(graph: onnx.GraphProto, outputs: list[str]) -> set[str]:
-    """Tensors that one of `outputs` depends on (outputs included)."""
-    need = set(outputs)
-    for node in reversed(graph.node):
-        if any(o in need for o in node.output):
-            need.update(i for i in node.input if i)
-    return need
-
-
-def _spatial(shape: tuple, layout: str) -> tuple:
+def spatial_dims(shape: tuple, layout: str) -> tuple:
+    """(C, H, W) of a 4-D shape read in `layout`."""
     return (shape[layout.index("C")], shape[layout.index("H")], shape[layout.index("W")])
 
 
@@ -61,7 +56,7 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
     """All candidate layers feeding `output`, in topological order."""
     ranks = {k: len(v.shape) for k, v in shapes.items()}
     layouts = tensor_layouts(model, ranks)
-    feeding = ancestors(model.graph, [output])
+    feeding = GraphIndex(model.graph).ancestors([output])
     out: list[Layer] = []
     for idx, node in enumerate(model.graph.node):
         for t in node.output:
@@ -74,12 +69,12 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
             if lay is None:
                 # unknown layout: a candidate only if spatial under both readings, so that a
                 # pooled (N, 1, 1, C) tensor is never taken for a 1×C map
-                if any(_extent(_spatial(info.shape, l)) <= 1 for l in ("NCHW", "NHWC")):
+                if any(_extent(spatial_dims(info.shape, l)) <= 1 for l in ("NCHW", "NHWC")):
                     continue
                 lay = "NCHW"
-            if lay not in ("NCHW", "NHWC"):
+            if lay not in LAYOUTS:
                 continue
-            c, h, w = _spatial(info.shape, lay)
+            c, h, w = spatial_dims(info.shape, lay)
             if _extent((c, h, w)) <= 1:
                 continue
             out.append(Layer(t, node.op_type, node.name, lay, c, h, w, idx))
@@ -97,30 +92,16 @@ def default_layer(layers: list[Layer], model: onnx.ModelProto | None = None, out
         raise UsageError("the model has no 4-D activation with spatial extent > 1 feeding its output; "
                          "name a layer with --layer")
     if dense and model is not None and output is not None:
-        consumers: dict[str, set[str]] = {}
-        for node in model.graph.node:
-            for i in node.input:
-                consumers.setdefault(i, set()).add(node.op_type)
+        index = GraphIndex(model.graph)
         sources = [i.name for i in model.graph.input]
         fed = [l for l in sorted(layers, key=lambda l: -l.index)
-               if l.name != output and "Conv" in consumers.get(l.name, set())]
+               if l.name != output and any(n.op_type == "Conv" for n in index.consumers(l.name))]
         for layer in fed:
-            if _dominates(model.graph, layer.name, sources, output):
+            if index.dominates(layer.name, sources, output):
                 return layer
         if fed:  # skip connections from early layers (LR-ASPP, U-Nets): the widest feature map
             return max(fed, key=lambda l: (l.channels if isinstance(l.channels, int) else 0, l.index))
     return max(layers, key=lambda l: l.index)
-
-
-def _dominates(graph: onnx.GraphProto, tensor: str, sources: list[str], output: str) -> bool:
-    """True when every path from the graph inputs to `output` passes through `tensor`."""
-    reach = set(sources)
-    for node in graph.node:
-        if tensor in node.output:
-            continue  # the only producer of `tensor`: cut
-        if any(i in reach for i in node.input if i and i != tensor):
-            reach.update(o for o in node.output if o)
-    return output not in reach
 
 
 def find_layer(layers: list[Layer], name: str) -> Layer:
@@ -147,6 +128,90 @@ class CamHead:
     description: str
 
 
+class _HeadWalk:
+    """A walk down the single chain of nodes after a layer, remembering the ops it passed."""
+
+    def __init__(self, model: onnx.ModelProto, layer: Layer, output: str) -> None:
+        self.index = GraphIndex(model.graph)
+        self.feeding = self.index.ancestors([output])
+        self.layer = layer
+        self.seen: list[str] = []
+
+    def next_node(self, t: str) -> onnx.NodeProto | None:
+        """The one node after `t` on the way to the output (None: none, or a branch)."""
+        nodes = [
+            n for n in self.index.consumers(t)
+            if n.op_type not in ("Shape", "Size") and any(o in self.feeding for o in n.output)
+        ]
+        return nodes[0] if len(nodes) == 1 else None
+
+    def step(self, node: onnx.NodeProto, op: str | None = None) -> str:
+        self.seen.append(op or node.op_type)
+        return node.output[0]
+
+    def fail(self, why: str) -> HeadError:
+        path = " → ".join(self.seen) or "nothing"
+        return HeadError(
+            f"CAM needs layer {self.layer.name!r} to feed global average pooling then one linear layer; "
+            f"found {path} ({why}); use --method gradcam, which works on any head"
+        )
+
+
+def _check_global_pooling(walk: _HeadWalk, node: onnx.NodeProto | None, constants: dict[str, np.ndarray]) -> str:
+    """Accept GlobalAveragePool, ReduceMean over the spatial axes or a whole-map AveragePool;
+    return the pooled tensor."""
+    layer = walk.layer
+    if node is None:
+        raise walk.fail("the layer feeds more than one branch")
+    t = walk.step(node)
+    attrs = node_attrs(node)
+    if node.op_type == "GlobalAveragePool":
+        return t
+    if node.op_type == "ReduceMean":
+        hw = [layer.layout.index("H"), layer.layout.index("W")]
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = constants.get(node.input[1], np.array([])).tolist()
+        if sorted(int(a) % 4 for a in (axes or [])) != sorted(hw):
+            raise walk.fail(f"ReduceMean over axes {axes}, not the spatial axes {hw}")
+        return t
+    if node.op_type == "AveragePool":
+        if list(attrs.get("kernel_shape", [])) != [layer.height, layer.width]:
+            raise walk.fail("AveragePool whose kernel is not the whole map")
+        return t
+    raise walk.fail("no global average pooling")
+
+
+def _gemm_weights(walk: _HeadWalk, node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(K, C) weight and (K,) bias of y = alpha·x·B' + beta·C with constant B and C."""
+    a = node_attrs(node)
+    b = constants.get(node.input[1])
+    if b is None or a.get("transA", 0):
+        raise walk.fail("Gemm with run-time weights")
+    w = (b if a.get("transB", 0) else b.T) * float(a.get("alpha", 1.0))
+    c = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    bias = np.broadcast_to(c * float(a.get("beta", 1.0)), (w.shape[0],)) if c is not None else np.zeros(w.shape[0])
+    return w, bias
+
+
+def _matmul_weights(walk: _HeadWalk, node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(K, C) weight and (K,) bias of MatMul by a constant, with the constant Add after it if any;
+    and the tensor after them."""
+    b = constants.get(node.input[1])
+    if b is None or b.ndim != 2:
+        raise walk.fail("MatMul with run-time weights")
+    w, bias = b.T, np.zeros(b.shape[1])
+    t = node.output[0]
+    nxt = walk.next_node(t)
+    if nxt is not None and nxt.op_type == "Add":
+        other = [i for i in nxt.input if i != t]
+        c = constants.get(other[0]) if other else None
+        if c is not None:
+            bias = np.broadcast_to(c.reshape(-1), (w.shape[0],))
+            t = walk.step(nxt)
+    return w, bias, t
+
+
 def cam_head(
     model: onnx.ModelProto,
     shapes: dict[str, TensorInfo],
@@ -154,98 +219,32 @@ def cam_head(
     layer: Layer,
     output: str,
 ) -> CamHead:
-    """Recognise GAP → [Flatten/Reshape] → Gemm|MatMul(+Add) → output after `layer`."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    feeding = ancestors(model.graph, [output])
-    seen: list[str] = []
-
-    def next_node(t: str) -> onnx.NodeProto | None:
-        nodes = [
-            n for n in consumers.get(t, [])
-            if n.op_type not in ("Shape", "Size") and any(o in feeding for o in n.output)
-        ]
-        return nodes[0] if len(nodes) == 1 else None
-
-    def fail(why: str) -> HeadError:
-        path = " → ".join(seen) or "nothing"
-        return HeadError(
-            f"CAM needs layer {layer.name!r} to feed global average pooling then one linear layer; "
-            f"found {path} ({why}); use --method gradcam, which works on any head"
-        )
-
-    t = layer.name
-    hw = [a for a in (layer.layout.index("H"), layer.layout.index("W"))]
-    node = next_node(t)
-    # 1. global average pooling
-    if node is None:
-        raise fail("the layer feeds more than one branch")
-    seen.append(node.op_type)
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "GlobalAveragePool":
-        pass
-    elif node.op_type == "ReduceMean":
-        axes = attrs.get("axes")
-        if axes is None and len(node.input) > 1:
-            axes = constants.get(node.input[1], np.array([])).tolist()
-        if sorted(int(a) % 4 for a in (axes or [])) != sorted(hw):
-            raise fail(f"ReduceMean over axes {axes}, not the spatial axes {hw}")
-    elif node.op_type == "AveragePool":
-        if list(attrs.get("kernel_shape", [])) != [layer.height, layer.width]:
-            raise fail("AveragePool whose kernel is not the whole map")
-    else:
-        raise fail("no global average pooling")
-    t = node.output[0]
-    # 2. reshapes, then the linear layer
-    node = next_node(t)
+    """Recognise GAP → [Flatten/Reshape] → Gemm|MatMul(+Add) → [monotone activation] → output
+    after `layer`; raise HeadError naming what was found instead."""
+    walk = _HeadWalk(model, layer, output)
+    t = _check_global_pooling(walk, walk.next_node(layer.name), constants)
+    node = walk.next_node(t)
     while node is not None and node.op_type in _PASS:
-        seen.append(node.op_type)
-        t = node.output[0]
-        node = next_node(t)
+        t = walk.step(node)
+        node = walk.next_node(t)
     if node is None:
         if t == output and layer.channels == (shapes[output].shape[-1] if output in shapes else None):
             k = int(layer.channels)  # the layer already holds one map per class (1x1-conv classifier)
             return CamHead(np.eye(k, dtype=np.float32), np.zeros(k, np.float32), "class maps → GAP")
-        raise fail("no linear layer after the pooling")
-    seen.append(node.op_type)
+        raise walk.fail("no linear layer after the pooling")
+    walk.step(node)
     if node.op_type == "Gemm":
-        b = constants.get(node.input[1])
-        if b is None or attrs_of(node).get("transA", 0):
-            raise fail("Gemm with run-time weights")
-        a = attrs_of(node)
-        w = (b if a.get("transB", 0) else b.T) * float(a.get("alpha", 1.0))
-        c = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        bias = np.broadcast_to(c * float(a.get("beta", 1.0)), (w.shape[0],)) if c is not None else np.zeros(w.shape[0])
-        t = node.output[0]
+        (w, bias), t = _gemm_weights(walk, node, constants), node.output[0]
     elif node.op_type == "MatMul":
-        b = constants.get(node.input[1])
-        if b is None or b.ndim != 2:
-            raise fail("MatMul with run-time weights")
-        w, bias = b.T, np.zeros(b.shape[1])
-        t = node.output[0]
-        nxt = next_node(t)
-        if nxt is not None and nxt.op_type == "Add":
-            other = [i for i in nxt.input if i != t]
-            c = constants.get(other[0]) if other else None
-            if c is not None:
-                bias = np.broadcast_to(c.reshape(-1), (w.shape[0],))
-                seen.append("Add")
-                t = nxt.output[0]
+        w, bias, t = _matmul_weights(walk, node, constants)
     else:
-        raise fail(f"{node.op_type} instead of Gemm/MatMul")
-    # 3. up to the output, only reshapes or a monotone activation
-    while t != output:
-        node = next_node(t)
+        raise walk.fail(f"{node.op_type} instead of Gemm/MatMul")
+    while t != output:  # up to the output, only reshapes or a monotone activation
+        node = walk.next_node(t)
         if node is None or node.op_type not in _MONOTONE_TAIL:
-            raise fail(f"{node.op_type if node else 'a branch'} after the linear layer")
-        seen.append(node.op_type)
-        t = node.output[0]
+            raise walk.fail(f"{node.op_type if node else 'a branch'} after the linear layer")
+        t = walk.step(node)
     if w.shape[1] != layer.channels:
-        raise fail(f"linear layer takes {w.shape[1]} features, the layer has {layer.channels} channels")
-    return CamHead(np.asarray(w, np.float32), np.asarray(bias, np.float32), " → ".join(seen))
+        raise walk.fail(f"linear layer takes {w.shape[1]} features, the layer has {layer.channels} channels")
+    return CamHead(np.asarray(w, np.float32), np.asarray(bias, np.float32), " → ".join(walk.seen))
 
-
-def attrs_of(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

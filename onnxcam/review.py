@@ -7,9 +7,9 @@ several models, measures how much their maps agree (Spearman's ρ and top-20% Io
 own size) and writes REPORT_DIR/index.html (one self-contained page: images inlined as base64 PNG
 data URIs, CSS inline, no script, nothing fetched at view time) and REPORT_DIR/review.json.
 
-Each model gets its own preprocessing: input size, layout and channels from the model, preset from
-the caller, else the model's ``onnxcam.preset`` metadata, else ``imagenet``; labels from its
-``onnxcam.labels`` metadata.
+Each model gets the input policy `explain` gives it (onnxcam.preprocessing: the model's metadata
+``onnxcam.preprocess``/``onnxcam.preset``/``onnxcam.labels``, a config file, a preset, the size,
+letterboxing), so review's maps are explain's maps for the same model and image.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ import cv2
 import numpy as np
 
 from . import metrics as M
-from .errors import ImageError, OnnxcamError, UsageError
-from .explainer import Explainer
-from .image import PRESETS, load_image, overlay, preprocess, resize_map
+from .errors import ImageError, UsageError
+from .explainer import Explainer, Result
+from .image import encode_png, load_image, overlay
+from .output import OutputDir, json_safe, unique_names
+from .preprocessing import Batch, InputPolicy, policy_for
 
 TOP_PERCENT = 20.0
 
@@ -85,43 +87,54 @@ def boxes_for(boxes: dict[str, list[list[float]]] | None, image: str | os.PathLi
 
 @dataclass
 class ModelRun:
-    """One model ready to explain: its Explainer, preprocessing, labels and plain forward."""
+    """One model ready to explain: its Explainer, input policy (onnxcam.preprocessing) and plain
+    forward (one per input size, built when first needed)."""
 
     name: str
     path: str
     explainer: Explainer
-    preset: str
-    size: tuple[int, int]
-    channels: int
-    labels: list[str] | None
-    forward: M.Forward = field(repr=False)
+    policy: InputPolicy
+    batch_size: int = 32
+    _forwards: dict[tuple[int, int], M.Forward] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, path: str, method: str = "gradcam", preset: str | None = None, size: tuple[int, int] | None = None,
-             name: str | None = None, providers: Sequence[str] | None = None, batch_size: int = 32) -> "ModelRun":
+    def load(cls, path: str, method: str = "gradcam", preset: str | None = None,
+             size: str | Sequence[int] | None = None, name: str | None = None,
+             providers: Sequence[str] | None = None, batch_size: int = 32,
+             config: str | os.PathLike | None = None, letterbox: bool | None = None,
+             labels_file: str | os.PathLike | None = None) -> "ModelRun":
+        """The model at `path` with the same input policy `explain` would give it."""
         ex = Explainer(path, method=method, providers=providers)
-        hw = ex.input_size or size or (224, 224)
-        chosen = preset or ex.info.metadata.get("onnxcam.preset") or "imagenet"
-        if chosen not in PRESETS:
-            if preset:
-                raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-            chosen = "imagenet"
-        channels = ex.info.channels if isinstance(ex.info.channels, int) else 3
-        return cls(name or Path(path).stem, path, ex, chosen, hw, channels, ex.labels,
-                   M.scores_fn(ex, hw, batch_size=batch_size))
+        policy = policy_for(ex, config_file=config, preset=preset, size=size, letterbox=letterbox,
+                            labels_file=labels_file)
+        return cls(name or Path(path).stem, path, ex, policy, batch_size)
+
+    @property
+    def preset(self) -> str:
+        return self.policy.preset.name
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.policy.labels
+
+    def forward(self, size: tuple[int, int]) -> M.Forward:
+        """The plain forward of the explained output at input size `size`."""
+        if size not in self._forwards:
+            self._forwards[size] = M.scores_fn(self.explainer, size, batch_size=self.batch_size)
+        return self._forwards[size]
 
     def label(self, k: int) -> str:
-        return self.labels[k] if self.labels and 0 <= k < len(self.labels) else f"class {k}"
+        return self.policy.label(k) or f"class {k}"
 
     def describe(self) -> dict[str, Any]:
+        info = self.explainer.info
         return {
             "name": self.name,
             "path": self.path,
             "sha256": hashlib.sha256(Path(self.path).read_bytes()).hexdigest(),
-            "input_size": list(self.size),
-            "layout": self.explainer.info.layout,
-            "channels": self.channels,
-            "preset": self.preset,
+            **self.policy.describe(),
+            "layout": info.layout,
+            "channels": self.policy.channels,
             "method": self.explainer.method.name,
         }
 
@@ -142,53 +155,56 @@ def _nanmean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def evaluate(run: ModelRun, images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
-             steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0) -> Evaluation:
-    """Explain `images` ((name, RGB uint8) pairs) with `run` and measure every metric per image."""
-    ex = run.explainer
-    layout = ex.info.layout
-    records: list[dict[str, Any]] = []
-    maps: list[np.ndarray] = []
-    layer = ""
-    for s in range(0, len(images), batch_size):
-        chunk = images[s : s + batch_size]
-        x = preprocess([im for _, im in chunk], run.size, run.preset, layout, run.channels)
-        res = ex.explain(x)
-        layer = res.layer
-        t = res.targets
-        probs = M.probabilities(res.outputs)
-        adic = M.average_drop_increase(x, res.heatmaps, run.forward, targets=t, layout=layout)
-        dele = M.deletion(x, res.heatmaps, run.forward, targets=t, steps=steps, layout=layout)
-        ins = M.insertion(x, res.heatmaps, run.forward, targets=t, steps=steps, layout=layout)
-        rd = M.road(x, res.heatmaps, run.forward, targets=t, layout=layout) if road else None
-        for i, (name, img) in enumerate(chunk):
-            h, w = img.shape[:2]
-            big = np.clip(resize_map(res.heatmaps[i], (h, w)), 0, 1)
-            maps.append(big)
-            k = int(t[i])
-            rec: dict[str, Any] = {
-                "image": name,
-                "target": k,
-                "label": run.label(k),
-                "probability": float(probs[i, k]),
-                "drop": float(adic.drop[i]),
-                "increase": bool(adic.increase[i]),
-                "deletion_auc": float(dele.auc[i]),
-                "insertion_auc": float(ins.auc[i]),
-                "cam_box": M.cam_box(big),
-            }
-            if rd is not None:
-                rec["road_morf"] = rd.morf[i].tolist()
-                rec["road_lerf"] = rd.lerf[i].tolist()
-            gt = boxes_for(boxes, name)
-            if gt is not None:
-                rec["boxes"] = gt
-                rec["pointing_hit"] = M.pointing_game(big, np.asarray(gt), tolerance)
-                rec["energy"] = M.energy_pointing_game(big, np.asarray(gt))
-                rec["localisation_iou"] = max(M.box_iou(rec["cam_box"], b) for b in gt)
-            records.append(rec)
+@dataclass
+class _BatchScores:
+    """The faithfulness metrics of one batch (per item)."""
+
+    probs: np.ndarray
+    adic: M.DropIncrease
+    deletion: M.Curves
+    insertion: M.Curves
+    road: M.RoadResult | None
+
+
+def _batch_scores(run: ModelRun, batch: Batch, res: Result, steps: int, road: bool) -> _BatchScores:
+    fwd, x, t, layout = run.forward(batch.size), batch.x, res.targets, run.explainer.info.layout
+    return _BatchScores(
+        M.probabilities(res.outputs),
+        M.average_drop_increase(x, res.heatmaps, fwd, targets=t, layout=layout),
+        M.deletion(x, res.heatmaps, fwd, targets=t, steps=steps, layout=layout),
+        M.insertion(x, res.heatmaps, fwd, targets=t, steps=steps, layout=layout),
+        M.road(x, res.heatmaps, fwd, targets=t, layout=layout) if road else None,
+    )
+
+
+def _image_record(run: ModelRun, name: str, big: np.ndarray, k: int, sc: _BatchScores, i: int,
+                  boxes: dict | None, tolerance: float) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "image": name,
+        "target": k,
+        "label": run.label(k),
+        "probability": float(sc.probs[i, k]),
+        "drop": float(sc.adic.drop[i]),
+        "increase": bool(sc.adic.increase[i]),
+        "deletion_auc": float(sc.deletion.auc[i]),
+        "insertion_auc": float(sc.insertion.auc[i]),
+        "cam_box": M.cam_box(big),
+    }
+    if sc.road is not None:
+        rec["road_morf"] = sc.road.morf[i].tolist()
+        rec["road_lerf"] = sc.road.lerf[i].tolist()
+    gt = boxes_for(boxes, name)
+    if gt is not None:
+        rec["boxes"] = gt
+        rec["pointing_hit"] = M.pointing_game(big, np.asarray(gt), tolerance)
+        rec["energy"] = M.energy_pointing_game(big, np.asarray(gt))
+        rec["localisation_iou"] = max(M.box_iou(rec["cam_box"], b) for b in gt)
+    return rec
+
+
+def _summary(records: list[dict[str, Any]], steps: int, tolerance: float) -> dict[str, Any]:
     with_boxes = [r for r in records if "pointing_hit" in r]
-    summary: dict[str, Any] = {
+    return {
         "images": len(records),
         "images_with_boxes": len(with_boxes),
         "pointing_game": (100.0 * sum(r["pointing_hit"] for r in with_boxes) / len(with_boxes)) if with_boxes else None,
@@ -203,43 +219,60 @@ def evaluate(run: ModelRun, images: Sequence[tuple[str, np.ndarray]], boxes: dic
         "deletion_steps": steps,
         "pointing_tolerance_px": tolerance,
     }
+
+
+def evaluate(run: ModelRun, images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
+             steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0) -> Evaluation:
+    """Explain `images` ((name, RGB uint8) pairs) with `run` and measure every metric per image.
+
+    The images are prepared by the model's input policy and the maps put back onto the photos as
+    `explain` does (same size, normalisation, letterbox), so the maps are explain's maps."""
+    records: list[dict[str, Any]] = []
+    maps: list[np.ndarray] = []
+    layer = ""
+    step = run.policy.batch_step(batch_size)
+    for s in range(0, len(images), step):
+        chunk = images[s : s + step]
+        batch = run.policy.batch([im for _, im in chunk])
+        res = run.explainer.explain(batch.x)
+        layer = res.layer
+        sc = _batch_scores(run, batch, res, steps, road)
+        for i, (name, _) in enumerate(chunk):
+            big = np.clip(batch.image_map(i, res.heatmaps[i]), 0, 1)
+            maps.append(big)
+            records.append(_image_record(run, name, big, int(res.targets[i]), sc, i, boxes, tolerance))
     model = run.describe()
     model["layer"] = layer
-    return Evaluation(model, records, summary, maps, layer)
+    return Evaluation(model, records, _summary(records, steps, tolerance), maps, layer)
 
 
 # -- review ---------------------------------------------------------------------------------------
-def _unique_names(paths: Sequence[str]) -> list[str]:
-    names = [Path(p).stem for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
-    return out
-
-
 def agreement(maps_a: Sequence[np.ndarray], maps_b: Sequence[np.ndarray], percent: float = TOP_PERCENT) -> list[dict[str, float]]:
     """Per image: Spearman's ρ and top-`percent`% IoU of two models' maps (same image size)."""
     return [{"spearman": M.spearman(a, b), "top_iou": M.top_k_iou(a, b, percent)} for a, b in zip(maps_a, maps_b)]
 
 
-def _clean(v: Any) -> Any:
-    """JSON-safe: NaN/inf → None, numpy scalars → Python."""
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v
+def _pairs(runs: Sequence[ModelRun], evals: Sequence[Evaluation], n: int, percent: float
+           ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
+    """Pairwise agreement: (pair records, ρ matrix, IoU matrix, per-image pair records)."""
+    m = len(runs)
+    pairs = []
+    sp = np.full((m, m), np.nan)
+    iou = np.full((m, m), np.nan)
+    per_image: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    for a, b in itertools.combinations(range(m), 2):
+        ag = agreement(evals[a].maps, evals[b].maps, percent)
+        for i, g in enumerate(ag):
+            per_image[i].append({"a": runs[a].name, "b": runs[b].name, **g})
+        ms = _nanmean([g["spearman"] for g in ag])
+        mi = _nanmean([g["top_iou"] for g in ag])
+        sp[a, b] = sp[b, a] = np.nan if ms is None else ms
+        iou[a, b] = iou[b, a] = np.nan if mi is None else mi
+        pairs.append({"a": runs[a].name, "b": runs[b].name, "spearman": ms, "top_iou": mi,
+                      "same_label": sum(evals[a].images[i]["label"] == evals[b].images[i]["label"] for i in range(n))})
+    for i in range(m):
+        sp[i, i] = iou[i, i] = 1.0
+    return pairs, sp, iou, per_image
 
 
 def review(runs: Sequence[ModelRun], images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
@@ -252,22 +285,7 @@ def review(runs: Sequence[ModelRun], images: Sequence[tuple[str, np.ndarray]], b
         raise UsageError("no images to review")
     evals = [evaluate(r, images, boxes, steps, road, batch_size, tolerance) for r in runs]
     n, m = len(images), len(runs)
-    pairs = []
-    sp = np.full((m, m), np.nan)
-    iou = np.full((m, m), np.nan)
-    per_image_pairs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-    for a, b in itertools.combinations(range(m), 2):
-        ag = agreement(evals[a].maps, evals[b].maps, percent)
-        for i, g in enumerate(ag):
-            per_image_pairs[i].append({"a": runs[a].name, "b": runs[b].name, **g})
-        ms = _nanmean([g["spearman"] for g in ag])
-        mi = _nanmean([g["top_iou"] for g in ag])
-        sp[a, b] = sp[b, a] = np.nan if ms is None else ms
-        iou[a, b] = iou[b, a] = np.nan if mi is None else mi
-        pairs.append({"a": runs[a].name, "b": runs[b].name, "spearman": ms, "top_iou": mi,
-                      "same_label": sum(evals[a].images[i]["label"] == evals[b].images[i]["label"] for i in range(n))})
-    for i in range(m):
-        sp[i, i] = iou[i, i] = 1.0
+    pairs, sp, iou, per_image_pairs = _pairs(runs, evals, n, percent)
     per_image = []
     for i, (name, img) in enumerate(images):
         ms = _nanmean([p["spearman"] for p in per_image_pairs[i]])
@@ -288,25 +306,18 @@ def review(runs: Sequence[ModelRun], images: Sequence[tuple[str, np.ndarray]], b
         "method": runs[0].explainer.method.name,
         "top_percent": percent,
         "models": [{**e.model, "metrics": e.summary} for e in evals],
-        "agreement": {
-            "models": [r.name for r in runs],
-            "spearman": sp.tolist(),
-            "top_iou": iou.tolist(),
-            "pairs": pairs,
-        },
+        "agreement": {"models": [r.name for r in runs], "spearman": sp.tolist(), "top_iou": iou.tolist(),
+                      "pairs": pairs},
         "order": [per_image[i]["image"] for i in order],
         "images": [per_image[i] for i in order],
     }
-    return _clean(report), evals
+    return json_safe(report), evals
 
 
 # -- HTML -----------------------------------------------------------------------------------------
 def png_data_uri(rgb: np.ndarray) -> str:
     """An RGB uint8 image as a data:image/png;base64 URI."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ImageError("cannot encode PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(encode_png(rgb)).decode("ascii")
 
 
 def _thumb(rgb: np.ndarray, width: int) -> tuple[np.ndarray, float]:
@@ -355,6 +366,99 @@ figcaption b{font-size:14px}.p{color:#5b6673}
 """
 
 
+def _size_text(size: Any) -> str:
+    return f"{size[0]}×{size[1]}" if isinstance(size, list) else html.escape(str(size))
+
+
+def _models_table(report: dict[str, Any]) -> list[str]:
+    e = html.escape
+    out = ["<h2>Models</h2><table><tr><th class=name>model</th><th class=name>file</th><th>input</th><th>layout</th>"
+           "<th>preset</th><th class=name>layer</th></tr>"]
+    for m in report["models"]:
+        out.append(
+            f"<tr><td class=name>{e(m['name'])}</td><td class=name>{e(os.path.basename(m['path']))}</td>"
+            f"<td>{_size_text(m['input_size'])}</td><td>{e(m['layout'])}</td><td>{e(m['preset'])}</td>"
+            f"<td class=name>{e(m.get('layer', ''))}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
+def _metrics_table(report: dict[str, Any]) -> list[str]:
+    """Models × metrics, only the columns with a value; the best of each column marked."""
+    e = html.escape
+    models = report["models"]
+    cols = [c for c in METRIC_COLUMNS if any(m["metrics"].get(c[0]) is not None for m in models)]
+    out = ['<h2>Metrics</h2><table class="metrics"><tr><th class=name>model</th>']
+    for _, t, better in cols:
+        out.append(f"<th>{e(t)}<br><span class=better>{'↑' if better == 'higher' else '↓'} {better} is better</span></th>")
+    out.append("</tr>")
+    for m in models:
+        out.append(f"<tr><td class=name>{e(m['name'])}</td>")
+        for key, title, better in cols:
+            vals = [x["metrics"].get(key) for x in models if x["metrics"].get(key) is not None]
+            v = m["metrics"].get(key)
+            best = v is not None and len(vals) > 1 and v == (max(vals) if better == "higher" else min(vals))
+            out.append(f"<td{' class=best' if best else ''}>{_fmt(v, 1 if '(%)' in title else 3)}</td>")
+        out.append("</tr>")
+    out.append("</table>")
+    if models:
+        met = models[0]["metrics"]
+        out.append(f'<p class="sub">{met["images"]} image(s), {met["images_with_boxes"]} with a ground-truth box; '
+                   f'deletion/insertion in {met["deletion_steps"]} steps; pointing-game tolerance '
+                   f'{met["pointing_tolerance_px"]:g} px.</p>')
+    return out
+
+
+def _agreement_table(report: dict[str, Any]) -> list[str]:
+    e = html.escape
+    out = ["<h2>Agreement between models</h2><table><tr><th class=name>model A</th><th class=name>model B</th>"
+           f"<th>mean Spearman ρ</th><th>mean top-{report['top_percent']:g}% IoU</th></tr>"]
+    for p in report["agreement"]["pairs"]:
+        out.append(f"<tr><td class=name>{e(p['a'])}</td><td class=name>{e(p['b'])}</td>"
+                   f"<td>{_fmt(p['spearman'])}</td><td>{_fmt(p['top_iou'])}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def _caption(name: str, r: dict[str, Any]) -> str:
+    e = html.escape
+    lines = [f"<b>{e(name)}</b>", f"{e(r['label'])} <span class=p>p = {r['probability']:.3f}</span>",
+             f"<span class=p>deletion {r['deletion_auc']:.3f} · insertion {r['insertion_auc']:.3f} · drop {r['drop']:.1f}%</span>"]
+    if "pointing_hit" in r:
+        hit = "hit" if r["pointing_hit"] else "miss"
+        lines.append(f"pointing <span class={hit}>{hit}</span> <span class=p>· energy {r['energy']:.2f} · "
+                     f"box IoU {r['localisation_iou']:.2f}</span>")
+    return "<br>".join(lines)
+
+
+def _image_card(rec: dict[str, Any], img: np.ndarray, maps: Sequence[np.ndarray], names: Sequence[str],
+                top_percent: float, thumb_width: int) -> list[str]:
+    """One image: the photo (boxes in green), each model's overlay and caption, the pairs."""
+    e = html.escape
+    small, s = _thumb(img, thumb_width)
+    ag = rec["agreement"]
+    head = f"<h3>{e(rec['image'])}"
+    if len(names) > 1:
+        cls = " class=low" if ag["spearman"] is not None and ag["spearman"] < 0.5 else ""
+        head += (f" <span{cls}>· agreement ρ = {_fmt(ag['spearman'])}, top-{top_percent:g}% IoU = "
+                 f"{_fmt(ag['top_iou'])}</span>")
+    out = [f'<section class="card">{head}</h3><div class="row">']
+    photo = _draw_boxes(small, rec.get("boxes"), s, (0, 200, 0))
+    cap = "photo" + (" · ground truth in green" if rec.get("boxes") else "")
+    out.append(f'<figure><img alt="{e(rec["image"])}" src="{png_data_uri(photo)}"><figcaption class=p>{cap}</figcaption></figure>')
+    for name, heat in zip(names, maps):
+        ov = _draw_boxes(_thumb(overlay(img, heat), thumb_width)[0], rec.get("boxes"), s, (0, 200, 0))
+        out.append(f'<figure><img alt="{e(name)} on {e(rec["image"])}" src="{png_data_uri(ov)}">'
+                   f'<figcaption>{_caption(name, rec["models"][name])}</figcaption></figure>')
+    out.append("</div>")
+    if len(ag["pairs"]) > 1:
+        out.append('<div class="pairs">' + " · ".join(
+            f"{e(p['a'])} vs {e(p['b'])}: ρ {_fmt(p['spearman'])}, IoU {_fmt(p['top_iou'])}" for p in ag["pairs"]) + "</div>")
+    out.append("</section>")
+    return out
+
+
 def render_html(report: dict[str, Any], images: Sequence[tuple[str, np.ndarray]], evals: Sequence[Evaluation],
                 thumb_width: int = 300, title: str = "onnxcam review") -> str:
     """The report as one self-contained HTML page (no external resources, no script)."""
@@ -367,96 +471,33 @@ def render_html(report: dict[str, Any], images: Sequence[tuple[str, np.ndarray]]
         f"<h1>{e(title)}</h1>",
         f'<p class="sub">{len(names)} model(s) · {len(images)} image(s) · method {e(report["method"])} · '
         f'agreement at each image\'s own size (Spearman ρ, top-{report["top_percent"]:g}% IoU)</p>',
-        "<h2>Models</h2><table><tr><th class=name>model</th><th class=name>file</th><th>input</th><th>layout</th>"
-        "<th>preset</th><th class=name>layer</th></tr>",
     ]
-    for m in report["models"]:
-        out.append(
-            f"<tr><td class=name>{e(m['name'])}</td><td class=name>{e(os.path.basename(m['path']))}</td>"
-            f"<td>{m['input_size'][0]}×{m['input_size'][1]}</td><td>{e(m['layout'])}</td><td>{e(m['preset'])}</td>"
-            f"<td class=name>{e(m.get('layer', ''))}</td></tr>"
-        )
-    out.append("</table>")
-    # metrics table: models × metrics, only the columns with a value
-    cols = [c for c in METRIC_COLUMNS if any(m["metrics"].get(c[0]) is not None for m in report["models"])]
-    out.append('<h2>Metrics</h2><table class="metrics"><tr><th class=name>model</th>')
-    for _, t, better in cols:
-        out.append(f"<th>{e(t)}<br><span class=better>{'↑' if better == 'higher' else '↓'} {better} is better</span></th>")
-    out.append("</tr>")
-    for m in report["models"]:
-        out.append(f"<tr><td class=name>{e(m['name'])}</td>")
-        for key, title, better in cols:
-            vals = [x["metrics"].get(key) for x in report["models"] if x["metrics"].get(key) is not None]
-            v = m["metrics"].get(key)
-            best = v is not None and len(vals) > 1 and v == (max(vals) if better == "higher" else min(vals))
-            out.append(f"<td{' class=best' if best else ''}>{_fmt(v, 1 if '(%)' in title else 3)}</td>")
-        out.append("</tr>")
-    out.append("</table>")
-    n_img = report["models"][0]["metrics"]["images"] if report["models"] else 0
-    wb = report["models"][0]["metrics"]["images_with_boxes"] if report["models"] else 0
-    out.append(f'<p class="sub">{n_img} image(s), {wb} with a ground-truth box; deletion/insertion in '
-               f'{report["models"][0]["metrics"]["deletion_steps"]} steps; pointing-game tolerance '
-               f'{report["models"][0]["metrics"]["pointing_tolerance_px"]:g} px.</p>')
-    # agreement
+    out += _models_table(report) + _metrics_table(report)
     if len(names) > 1:
-        out.append("<h2>Agreement between models</h2><table><tr><th class=name>model A</th><th class=name>model B</th>"
-                   f"<th>mean Spearman ρ</th><th>mean top-{report['top_percent']:g}% IoU</th></tr>")
-        for p in report["agreement"]["pairs"]:
-            out.append(f"<tr><td class=name>{e(p['a'])}</td><td class=name>{e(p['b'])}</td>"
-                       f"<td>{_fmt(p['spearman'])}</td><td>{_fmt(p['top_iou'])}</td></tr>")
-        out.append("</table>")
+        out += _agreement_table(report)
     out.append(f"<h2>Images{' (lowest agreement first)' if len(names) > 1 else ''}</h2>")
     for rec in report["images"]:
         i = index[rec["image"]]
-        img = images[i][1]
-        small, s = _thumb(img, thumb_width)
-        ag = rec["agreement"]
-        head = f"<h3>{e(rec['image'])}"
-        if len(names) > 1:
-            cls = " class=low" if ag["spearman"] is not None and ag["spearman"] < 0.5 else ""
-            head += f" <span{cls}>· agreement ρ = {_fmt(ag['spearman'])}, top-{report['top_percent']:g}% IoU = {_fmt(ag['top_iou'])}</span>"
-        out.append(f'<section class="card">{head}</h3><div class="row">')
-        photo = _draw_boxes(small, rec.get("boxes"), s, (0, 200, 0))
-        cap = "photo" + (" · ground truth in green" if rec.get("boxes") else "")
-        out.append(f'<figure><img alt="{e(rec["image"])}" src="{png_data_uri(photo)}"><figcaption class=p>{cap}</figcaption></figure>')
-        for k, name in enumerate(names):
-            r = rec["models"][name]
-            ov = _thumb(overlay(img, evals[k].maps[i]), thumb_width)[0]
-            ov = _draw_boxes(ov, rec.get("boxes"), s, (0, 200, 0))
-            lines = [f"<b>{e(name)}</b>", f"{e(r['label'])} <span class=p>p = {r['probability']:.3f}</span>",
-                     f"<span class=p>deletion {r['deletion_auc']:.3f} · insertion {r['insertion_auc']:.3f} · drop {r['drop']:.1f}%</span>"]
-            if "pointing_hit" in r:
-                hit = "hit" if r["pointing_hit"] else "miss"
-                lines.append(f"pointing <span class={hit}>{hit}</span> <span class=p>· energy {r['energy']:.2f} · box IoU {r['localisation_iou']:.2f}</span>")
-            out.append(f'<figure><img alt="{e(name)} on {e(rec["image"])}" src="{png_data_uri(ov)}">'
-                       f'<figcaption>{"<br>".join(lines)}</figcaption></figure>')
-        out.append("</div>")
-        if len(ag["pairs"]) > 1:
-            out.append('<div class="pairs">' + " · ".join(
-                f"{e(p['a'])} vs {e(p['b'])}: ρ {_fmt(p['spearman'])}, IoU {_fmt(p['top_iou'])}" for p in ag["pairs"]) + "</div>")
-        out.append("</section>")
+        out += _image_card(rec, images[i][1], [ev.maps[i] for ev in evals], names, report["top_percent"], thumb_width)
     out.append('<p class="sub">Generated by onnxcam review. Self-contained: no external resources.</p></body></html>')
     return "\n".join(out)
 
 
-def write_report(out_dir: str | os.PathLike, report: dict[str, Any], images: Sequence[tuple[str, np.ndarray]],
-                 evals: Sequence[Evaluation], overwrite: bool = False) -> tuple[Path, Path]:
-    """Write OUT/index.html and OUT/review.json; refuses to replace them without `overwrite`."""
-    out = Path(out_dir)
-    page, js = out / "index.html", out / "review.json"
-    for p in (page, js):
-        if p.exists() and not overwrite:
-            raise OnnxcamError(f"{p} exists; pass --overwrite or choose another -o")
-    text = render_html(report, images, evals)
-    out.mkdir(parents=True, exist_ok=True)
-    page.write_text(text, encoding="utf-8")
-    js.write_text(json.dumps(report, indent=2), encoding="utf-8")
+def write_report(out: OutputDir, report: dict[str, Any], images: Sequence[tuple[str, np.ndarray]],
+                 evals: Sequence[Evaluation]) -> tuple[Path, Path]:
+    """Write OUT/index.html, then OUT/review.json (last: its presence marks a complete run),
+    each atomically through the output writer (inside OUT, no links, no silent replacing)."""
+    names = ("index.html", "review.json")
+    out.check_free(names)
+    out.remove_stale("review.json")
+    page = out.write_text("index.html", render_html(report, images, evals))
+    js = out.write_json("review.json", report)
     return page, js
 
 
 def load_images(paths: Sequence[Path]) -> tuple[list[tuple[str, np.ndarray]], list[dict[str, str]]]:
     """(name, RGB) pairs and one error record per unreadable file. Names are file names, made
-    unique with their parent folders where two share one."""
+    unique with their parent folders where two share one (then with -2, -3, ...)."""
     good, errors = [], []
     for p in paths:
         try:
@@ -465,4 +506,5 @@ def load_images(paths: Sequence[Path]) -> tuple[list[tuple[str, np.ndarray]], li
             errors.append({"image": str(p), "error": str(exc)})
     names = [p.name for p, _ in good]
     dup = {n for n in names if names.count(n) > 1}
-    return [((p.parent.name + "/" + p.name) if p.name in dup else p.name, im) for p, im in good], errors
+    keys = [(p.parent.name + "/" + p.name) if p.name in dup else p.name for p, _ in good]
+    return list(zip(unique_names(keys), [im for _, im in good])), errors

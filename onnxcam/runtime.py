@@ -23,6 +23,8 @@ from typing import Sequence
 import onnx
 import onnxruntime as ort
 
+from .storage import proto_size, without_big_data
+
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
@@ -42,6 +44,7 @@ def cuda_driver_present() -> bool:
 
 
 def default_providers() -> list[str]:
+    """CUDA then CPU where onnxruntime has CUDA and a driver is installed, else CPU."""
     available = ort.get_available_providers()
     if CUDA in available and cuda_driver_present():
         return [CUDA, CPU]
@@ -78,6 +81,7 @@ def make_session(
 
 
 def provider_of(session: ort.InferenceSession) -> str:
+    """The provider a session runs on first (what the user's results report)."""
     return session.get_providers()[0]
 
 
@@ -91,8 +95,6 @@ WEIGHTS_FILE = "weights.bin"
 def model_size(model: onnx.ModelProto) -> int:
     """The model's serialised size in bytes (computed, not serialised; over 2 GB, where protobuf
     refuses to compute it, a number above 2**31 - 1)."""
-    from .model import proto_size
-
     return proto_size(model)
 
 
@@ -112,7 +114,6 @@ def session_for(
     """
     if model_size(model) < INLINE_LIMIT:
         return make_session(model.SerializeToString(), providers, threads, profile)
-    from .model import without_big_data
 
     tmp = tempfile.TemporaryDirectory(prefix="onnxcam-")
     try:

@@ -268,3 +268,84 @@ class TopK:
 
 
 TargetSpec = Target  # re-exported name for type hints
+
+
+# -- target strings -------------------------------------------------------------------------------
+TARGET_HELP = (
+    "What to explain: top1 (default), a class index, a class label, topK (K maps per image), "
+    "softmax:C, counterfactual:C, index:I[,J...] (one element of the output, e.g. a regression "
+    "value), seg:C (the pixels predicted as C) or seg:C:x0,y0,x1,y1 (a region of the output map), "
+    "det:best | det:row=R | det:class=C | det:box=x0,y0,x1,y1 (one detection of a YOLO-style raw "
+    "output; det-scores:... for a (boxes, classes) scores output)."
+)
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def _parse_detection(kind: str, rest: str) -> DetectionTarget:
+    fmt = "yolo" if kind == "det" else "scores"
+    key, _, val = rest.partition("=")
+    if key in ("", "best"):
+        return DetectionTarget(format=fmt)
+    if key == "row":
+        return DetectionTarget(index=int(val), format=fmt)
+    if key == "class":
+        return DetectionTarget(cls=int(val), format=fmt)
+    if key == "box":
+        return DetectionTarget(box=[float(b) for b in val.split(",")], format=fmt)
+    raise ValueError(key)
+
+
+def _parse_kind(kind: str, rest: str) -> "Target | None":
+    """`kind:rest` forms; None when `kind` is not one of them."""
+    if kind == "softmax":
+        return SoftmaxTarget(int(rest) if rest else None)
+    if kind == "counterfactual":
+        return CounterfactualTarget(int(rest) if rest else None)
+    if kind == "index":
+        return OutputTarget(tuple(_ints(rest)))
+    if kind == "seg":
+        cls, _, box = rest.partition(":")
+        return SegmentationTarget(int(cls), box=_ints(box) if box else None)
+    if kind in ("det", "det-scores"):
+        return _parse_detection(kind, rest)
+    return None
+
+
+def _by_label(text: str, labels: Sequence[str] | None) -> int:
+    if labels and text in labels:
+        return list(labels).index(text)
+    if labels:
+        close = [name for name in labels if text.lower() in name.lower()][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UsageError(f"target {text!r} is neither a class index nor one of the model's labels{hint}")
+    raise UsageError(f"target {text!r} is not a target. {TARGET_HELP}")
+
+
+def parse_target(text: str, labels: Sequence[str] | None = None) -> "int | Target | TopK | None":
+    """A target string (the CLI's --target) → what `Explainer.explain(targets=...)` takes.
+
+    ``top1``/``pred`` → None (the predicted class); ``topK`` → TopK(K); ``281`` → 281; a label of
+    `labels` → its index; ``softmax:C``, ``counterfactual:C``, ``index:I,J``, ``seg:C[:x0,y0,x1,y1]``,
+    ``det:best|row=R|class=C|box=x0,y0,x1,y1`` and ``det-scores:...`` → the Target classes above.
+    Raises UsageError (exit code 2) naming the string and the accepted forms.
+    """
+    v = text.strip()
+    low = v.lower()
+    if low in ("top1", "pred", "predicted"):
+        return None
+    try:
+        if low.startswith("top") and low[3:].isdigit():
+            if int(low[3:]) < 1:
+                raise ValueError(low)
+            return TopK(int(low[3:]))
+        if v.lstrip("-").isdigit():
+            return int(v)
+        kind, _, rest = v.partition(":")
+        parsed = _parse_kind(kind.lower(), rest)
+    except ValueError:
+        raise UsageError(f"target {text!r} is malformed. {TARGET_HELP}") from None
+    if parsed is not None:
+        return parsed
+    return _by_label(v, labels)

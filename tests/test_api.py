@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import onnxcam
 from onnxcam import Explainer, HeadError, UsageError, load_image, preprocess
 
-from .conftest import EXAMPLES, MOBILENET
+from .helpers import EXAMPLES, MOBILENET, tiny_model
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -127,13 +127,7 @@ def _nhwc_model() -> onnx.ModelProto:
         helper.make_node("ReduceMean", ["r"], ["p"], axes=[1, 2], keepdims=0),
         helper.make_node("MatMul", ["p", "fc"], ["y"]),
     ]
-    g = helper.make_graph(
-        nodes, "nhwc",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 6, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc")],
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return tiny_model(nodes, {"w": w, "fc": fc}, {"x": ["N", 6, 6, 3]}, {"y": ["N", 5]}, opset=13, name="nhwc")
 
 
 def test_nhwc_graph_layout_default_layer_and_numpy_gradient():
@@ -182,12 +176,7 @@ def test_squeeze_excitation_does_not_fool_the_layer_finder():
         helper.make_node("Flatten", ["p"], ["f"]),
         helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
     ]
-    g = helper.make_graph(
-        nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    m = tiny_model(nodes, inits, {"x": [1, 3, 8, 8]}, {"y": [1, 3]}, name="se")
     ex = Explainer(m)
     names = [l.name for l in ex.layers()]
     assert "se_p" not in names and "se_s" not in names  # 1x1 maps are not candidates

@@ -10,14 +10,13 @@ made by tools/arch/*.py.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from onnxcam import Explainer
 
-from .conftest import ROOT
+from .helpers import ROOT, golden_of, rel_err
 
 ARCH = ROOT / "tests" / "data" / "arch"
 MODELS = sorted(p.stem for p in ARCH.glob("*.onnx"))
@@ -25,16 +24,7 @@ MODELS = sorted(p.stem for p in ARCH.glob("*.onnx"))
 
 def golden(stem: str) -> dict[str, np.ndarray]:
     """The golden of a file, or of the file it is a variant of (`keras_x_op17` → `keras_x`)."""
-    path = ARCH / f"{stem}.npz"
-    while not path.exists() and "_" in stem:
-        stem = stem.rsplit("_", 1)[0]
-        path = ARCH / f"{stem}.npz"
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+    return golden_of(ARCH / f"{stem}.onnx")
 
 
 def test_corpus_spans_exporters_and_architectures():
@@ -52,8 +42,8 @@ def test_default_layer_gradient(stem: str):
     res = Explainer(ARCH / f"{stem}.onnx").explain(g["x"])
     np.testing.assert_array_equal(res.targets, g["targets"])
     assert res.activations.shape == g["activation"].shape, f"wrong default layer {res.layer}"
-    assert rel(res.activations, g["activation"]) < 1e-4, f"wrong default layer {res.layer}"
-    assert rel(res.gradients, g["gradient"]) < 1e-4
+    assert rel_err(res.activations, g["activation"]) < 1e-4, f"wrong default layer {res.layer}"
+    assert rel_err(res.gradients, g["gradient"]) < 1e-4
 
 
 # Deep ReLU6 stacks where, at the golden input, a few pre-activations sit within float32 rounding
@@ -76,7 +66,7 @@ def test_input_gradient(stem: str):
     how = KINK_SENSITIVE.get(stem)
     if how is None:
         res = Explainer(ARCH / f"{stem}.onnx", layer=name).explain(g["x"])
-        assert rel(res.gradients, want) < 1e-4
+        assert rel_err(res.gradients, want) < 1e-4
     elif how == "float64":
         from onnx.reference import ReferenceEvaluator
 
@@ -88,7 +78,7 @@ def test_input_gradient(stem: str):
         seed = np.zeros(g["outputs"].shape)
         seed[np.arange(len(seed)), g["targets"]] = 1
         got = ReferenceEvaluator(gm).run([GRAD_OUTPUT], {name: g["x"].astype(np.float64), SEED_INPUT: seed})[0]
-        assert rel(got, g["input_gradient"]) < 1e-5
+        assert rel_err(got, g["input_gradient"]) < 1e-5
     else:
         from onnxcam.check import self_check
 

@@ -20,7 +20,7 @@ from onnxcam.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.graph.rewrite import GRAD_OUTPUT, SEED_INPUT, _any_tensor, gradient_model, prepare
 from onnxcam.model import inspect_model, load_model
 
-from .conftest import GOLDENS, ROOT
+from .helpers import GOLDENS, ROOT, golden_of, rel_err, tiny_model
 
 ot = pytest.importorskip("onnxcam.backends.ort_training")
 if not ot.available():
@@ -70,17 +70,8 @@ INPUT_BUILDER_GAPS = {
 }
 
 
-def _golden(path: Path) -> dict[str, np.ndarray]:
-    stem, npz = path.stem, path.with_suffix(".npz")
-    while not npz.exists() and "_" in stem:  # `keras_x_op17` uses the golden of `keras_x`
-        stem = stem.rsplit("_", 1)[0]
-        npz = path.with_name(f"{stem}.npz")
-    with np.load(npz) as z:
-        return {k: z[k] for k in z.files}
-
-
 def _prepared(path: Path):
-    g = _golden(path)
+    g = golden_of(path)
     model = load_model(path)
     info = inspect_model(model, str(path))
     x = g["x"]
@@ -99,11 +90,6 @@ def _run(model: onnx.ModelProto, image_input: str, x: np.ndarray, seed: np.ndarr
     so.log_severity_level = 4
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run([GRAD_OUTPUT], {image_input: x, SEED_INPUT: seed})[0]
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
 @pytest.mark.parametrize("path", MODELS, ids=IDS)
@@ -128,10 +114,10 @@ def test_default_layer_gradient_matches_native_engine_and_autograd(path: Path):
             gradient_model(prep.model, layer.name, prep.output)
     else:
         native = _run(gradient_model(prep.model, layer.name, prep.output), info.image_input.name, x, seed)
-        assert _rel(ours, native) < 1e-4
+        assert rel_err(ours, native) < 1e-4
     if layer.layout == "NHWC":
         ours = ours.transpose(0, 3, 1, 2)
-    assert _rel(ours, g["gradient"]) < 1e-4
+    assert rel_err(ours, g["gradient"]) < 1e-4
 
 
 def _input_case(stem: str):
@@ -147,8 +133,8 @@ def test_input_gradient_matches_native_engine_and_autograd(stem: str):
     x, seed = g["x"], _seed(g)
     ours = _run(ot.gradient_model_ort_training(prep.model, x_name, prep.output), x_name, x, seed)
     native = _run(gradient_model(prep.model, x_name, prep.output), x_name, x, seed)
-    assert _rel(ours, native) < 1e-4
-    assert _rel(ours, g["input_gradient"]) < 1e-4  # both in the model's own layout
+    assert rel_err(ours, native) < 1e-4
+    assert rel_err(ours, g["input_gradient"]) < 1e-4  # both in the model's own layout
 
 
 @pytest.mark.parametrize("stem", sorted(INPUT_RUNTIME_FAILS))
@@ -168,17 +154,11 @@ def test_input_gradient_builder_gaps_name_every_missing_op(stem: str):
 
 
 def _tiny(ir_version: int, opset: int) -> onnx.ModelProto:
-    from onnx import TensorProto, helper
+    from onnx import helper
 
-    w = onnx.numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3) / 10, "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w],
-    )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = ir_version
-    return m
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    return tiny_model(nodes, {"w": w}, {"x": [2, 4]}, {"y": [2, 3]}, opset=opset, ir_version=ir_version)
 
 
 def test_interface_matches_gradient_model_and_lowers_a_newer_ir():
@@ -214,9 +194,9 @@ def test_explainer_with_the_ort_training_backend(stem: str):
     from onnxcam import Explainer
 
     path = GOLDENS / f"{stem}.onnx"
-    g = _golden(path)
+    g = golden_of(path)
     res = Explainer(path, method="gradcam", backend="ort-training").explain(g["x"])
     np.testing.assert_array_equal(res.targets, g["targets"])
-    assert _rel(res.gradients, g["gradient"]) < 1e-4
+    assert rel_err(res.gradients, g["gradient"]) < 1e-4
     native = Explainer(path, method="gradcam").explain(g["x"])
     np.testing.assert_allclose(res.heatmaps, native.heatmaps, atol=1e-4)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from onnxcam.cli import cli
 from onnxcam.image import load_image
 
-from .conftest import EXAMPLES, GOLDENS, MOBILENET
+from .helpers import EXAMPLES, GOLDENS, MOBILENET
 
 
 def run(*args: str):
@@ -142,7 +142,7 @@ def test_export_writes_a_model_that_runs_alone(tmp_path: Path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     assert {"onnxcam_activation", "onnxcam_gradient", "onnxcam_targets"} <= set(names)
-    from .conftest import load_golden
+    from .helpers import load_golden
 
     g = load_golden("torchscript_tinyresnet")
     got = dict(zip(names, sess.run(None, {"input": g["x"]} if sess.get_inputs()[0].name == "input" else {sess.get_inputs()[0].name: g["x"]})))
@@ -185,3 +185,66 @@ def test_methods_on_the_bundled_model_point_at_the_cat(method: str, boxes: dict)
     y, x = np.unravel_index(int(m.argmax()), m.shape)
     x0, y0, x1, y1 = boxes["chelsea.png"]["box"]
     assert x0 <= x < x1 and y0 <= y < y1
+
+
+def test_one_error_path_for_unexpected_failures(images: Path, tmp_path: Path, monkeypatch):
+    from onnxcam.explainer import Explainer
+
+    def boom(self, *a, **k):
+        raise RuntimeError("runtime\n\x1b[31mfailure")
+
+    monkeypatch.setattr(Explainer, "explain", boom)
+    r = run("explain", MOBILENET, images, "-o", tmp_path / "o")
+    assert r.exit_code == 1
+    assert r.stderr == "onnxcam: error: unexpected RuntimeError: runtime \\x1b[31mfailure (run with --debug for the traceback)\n"
+    assert not (tmp_path / "o" / "results.json").exists()  # no summary: an incomplete run
+    r = run("--debug", "explain", MOBILENET, images, "-o", tmp_path / "o2")
+    assert r.exit_code == 1 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["explain", "layers", "export", "check", "eval"])
+def test_bad_size_is_a_one_line_usage_error(command: str, images: Path, tmp_path: Path):
+    extra = {"explain": [images, "-o", tmp_path / "o"], "export": ["-o", tmp_path / "m.onnx"], "eval": [images]}
+    r = run(command, GOLDENS / "paddle_resnet.onnx" if command != "eval" else MOBILENET, *extra.get(command, []),
+            "--size", "12x")
+    assert r.exit_code == 2 and "is not HxW" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_an_image_opencv_chokes_on_is_one_error_and_the_rest_go_on(images: Path, tmp_path: Path, monkeypatch):
+    import cv2
+
+    import onnxcam.image as oi
+
+    real = cv2.imdecode
+
+    def imdecode(data, flags):
+        if data.size == (images / "coffee.png").stat().st_size:
+            raise cv2.error("OpenCV(4.x) error: (-4:Insufficient memory)\n multi-line")
+        return real(data, flags)
+
+    monkeypatch.setattr(oi.cv2, "imdecode", imdecode)
+    r = run("explain", MOBILENET, images, "-o", tmp_path / "o", "--json")
+    assert r.exit_code == 1
+    report = json.loads(r.stdout)
+    assert [Path(e["image"]).name for e in report["errors"]] == ["coffee.png"]
+    assert [Path(i["image"]).name for i in report["images"]] == ["chelsea.png"]
+    assert r.stderr.count("\n") == 1 and "cannot decode image" in r.stderr
+
+
+def test_non_finite_maps_are_errors_not_results(images: Path, tmp_path: Path, monkeypatch):
+    from onnxcam.explainer import Explainer
+
+    real = Explainer.explain
+
+    def nan_for_the_first(self, x, *a, **k):
+        res = real(self, x, *a, **k)
+        res.heatmaps[0] = np.nan
+        return res
+
+    monkeypatch.setattr(Explainer, "explain", nan_for_the_first)
+    r = run("explain", MOBILENET, images, "-o", tmp_path / "o", "--json", "--batch-size", "1")
+    assert r.exit_code == 1
+    report = json.loads(r.stdout)
+    assert len(report["errors"]) == 2 and report["images"] == []
+    assert all("not finite" in e["error"] for e in report["errors"])
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["results.json"]

@@ -14,13 +14,9 @@ import pytest
 from onnxcam import Explainer
 from onnxcam.methods import normalize_maps
 
-from .conftest import GOLDENS, golden_stems, load_golden
+from .helpers import GOLDENS, golden_stems, load_golden, rel_err
 
 STEMS = golden_stems()
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
 def test_corpus_covers_every_exporter():

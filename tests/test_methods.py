@@ -13,7 +13,7 @@ import pytest
 from onnxcam import Explainer
 from onnxcam.methods import METHODS, SSCAM, SmoothGradCAMpp, scale_maps
 
-from .conftest import GOLDENS, ROOT
+from .helpers import GOLDENS, ROOT
 
 REFS = ROOT / "tests" / "data" / "methods"
 NAMES = ["tinyresnet", "tinymbv3", "tinymeanpool", "tinysqueeze", "tinyvgg"]

@@ -9,7 +9,7 @@ import pytest
 
 from onnxcam import metrics as M
 
-from .conftest import EXAMPLES, MOBILENET
+from .helpers import EXAMPLES, MOBILENET
 
 
 # -- pointing games ---------------------------------------------------------------------------------

@@ -25,17 +25,16 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxcam.explainer
 from onnxcam import Explainer, runtime
 from onnxcam.grad.engine import append_gradient, required_opset
-from onnxcam.graph.normalize import upgrade_opset
-from onnxcam.model import TensorInfo, infer_shapes, load_model, without_big_data
+from onnxcam.graph.passes import upgrade_opset
+from onnxcam.model import load_model
+from onnxcam.shapes import infer_shapes
+from onnxcam.storage import without_big_data
+from onnxcam.types import TensorInfo
 
-from .conftest import GOLDENS, ROOT, load_golden
+from .helpers import GOLDENS, ROOT, load_golden, rel_err, tiny_model
 
 FP16 = ROOT / "tests" / "data" / "fp16"
 FP16_MODELS = sorted(p.name for p in FP16.glob("*.onnx"))
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
 def source_stem(name: str) -> str:
@@ -90,7 +89,7 @@ def _gradient_session(path: Path, wrt: str | None, compute_type: int | None):
     """A session returning ∂⟨seed, y⟩/∂wrt for the Explainer's prepared model."""
     prep = Explainer(path).prepared()
     wrt = wrt or prep.layer(None).name
-    m = upgrade_opset(prep.model, required_opset(prep.model.graph, wrt, prep.output))
+    m = upgrade_opset(prep.model, required_opset(prep.model.graph, wrt, prep.output)).model
     shapes = infer_shapes(m)
     y = prep.output
     m.graph.input.append(helper.make_tensor_value_info("seed", shapes[y].elem_type, list(shapes[y].shape)))
@@ -136,9 +135,8 @@ def small_cnn(seed: int = 0) -> onnx.ModelProto:
     w1 = rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32)
     w2 = rng.normal(0, 0.2, (32, 16, 3, 3)).astype(np.float32)
     fc = rng.normal(0, 0.3, (10, 32)).astype(np.float32)
-    inits = [numpy_helper.from_array(v, n) for n, v in (("w1", w1), ("w2", w2), ("fc", fc),
-                                                         ("b1", np.zeros(16, np.float32)),
-                                                         ("fcb", rng.normal(0, 0.1, 10).astype(np.float32)))]
+    weights = {"w1": w1, "w2": w2, "fc": fc, "b1": np.zeros(16, np.float32),
+               "fcb": rng.normal(0, 0.1, 10).astype(np.float32)}
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -148,14 +146,7 @@ def small_cnn(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Flatten", ["gap"], ["flat"]),
         helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"], transB=1),
     ]
-    graph = helper.make_graph(
-        nodes, "small_cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return tiny_model(nodes, weights, {"x": ["N", 3, 16, 16]}, {"logits": ["N", 10]}, name="small_cnn")
 
 
 def sha(path: Path) -> str:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from onnxcam.commands.eval_review import eval_, review
+from onnxcam.cli.evaluate import eval_, review
 
-from .conftest import EXAMPLES, GOLDENS, MOBILENET, ROOT
+from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT
 
 TINY = GOLDENS / "torchscript_tinyresnet.onnx"
 BOXES = ROOT / "tests" / "data" / "boxes.json"

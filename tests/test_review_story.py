@@ -24,7 +24,7 @@ from onnxcam.cli import cli
 from onnxcam.image import resize_map
 from onnxcam.metrics import pointing_game
 
-from .conftest import EXAMPLES, MOBILENET, ROOT
+from .helpers import EXAMPLES, MOBILENET, ROOT
 from .test_review import CHROMIUM
 
 SPURIOUS = ROOT / "models" / "spurious"

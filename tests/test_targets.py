@@ -17,15 +17,14 @@ from onnxcam import Explainer, UsageError
 from onnxcam import targets as T
 from onnxcam.cli import cli
 
-from .conftest import EXAMPLES, GOLDENS, MOBILENET, ROOT
+from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT, load_npz, rel_err
 
 TASKS = ROOT / "tests" / "data" / "tasks"
 LAYERS = json.loads((TASKS / "layers.json").read_text())
 
 
 def load(stem: str) -> dict[str, np.ndarray]:
-    with np.load(TASKS / f"{stem}.npz") as z:
-        return {k: z[k] for k in z.files}
+    return load_npz(TASKS / f"{stem}.npz")
 
 
 def cases(stem: str) -> list[str]:
@@ -35,18 +34,14 @@ def cases(stem: str) -> list[str]:
 ALL = [(s, c) for s in ("det_yolo", "det_ssd", "seg_fcn", "reg_multi") for c in cases(s)]
 
 
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
-
-
 @pytest.mark.parametrize("stem, case", ALL)
 def test_seed_array_gradient_matches_autograd_at_the_head_input(stem: str, case: str):
     z = load(stem)
     out = str(z[f"case_{case}_output"])
     res = Explainer(TASKS / f"{stem}.onnx", output=out).explain(z["x"], targets=z[f"case_{case}_seed"])
     assert res.layer == LAYERS[stem][case], "default layer of a dense model: the head's input"
-    assert rel(res.activations, z[f"case_{case}_activation"]) < 1e-4
-    assert rel(res.gradients, z[f"case_{case}_gradient"]) < 1e-4
+    assert rel_err(res.activations, z[f"case_{case}_activation"]) < 1e-4
+    assert rel_err(res.gradients, z[f"case_{case}_gradient"]) < 1e-4
 
 
 def _rows(seed: np.ndarray) -> list[tuple[int, ...]]:
@@ -61,16 +56,16 @@ def test_target_objects_build_the_golden_seeds():
     classes = [int(np.argwhere(s[r, 5:])[0][0]) for s, r in zip(seed, rows)]
     ex = Explainer(TASKS / "det_yolo.onnx")
     res = ex.explain(yolo["x"], targets=[T.DetectionTarget(index=r, cls=c) for r, c in zip(rows, classes)])
-    assert rel(res.gradients, yolo["case_score_gradient"]) < 1e-4
+    assert rel_err(res.gradients, yolo["case_score_gradient"]) < 1e-4
     assert list(res.targets) == classes
     box = ex.explain(yolo["x"], targets=[T.DetectionTarget(index=r, what="box") for r in rows])
-    assert rel(box.gradients, yolo["case_box_gradient"]) < 1e-4
+    assert rel_err(box.gradients, yolo["case_box_gradient"]) < 1e-4
 
     ssd = load("det_ssd")
     row_cls = [tuple(int(v) for v in np.argwhere(s)[0]) for s in ssd["case_score_seed"]]
     res = Explainer(TASKS / "det_ssd.onnx", output="scores").explain(
         ssd["x"], targets=[T.DetectionTarget(index=r, cls=c, format="scores", output="scores") for r, c in row_cls])
-    assert rel(res.gradients, ssd["case_score_gradient"]) < 1e-4
+    assert rel_err(res.gradients, ssd["case_score_gradient"]) < 1e-4
 
     seg = load("seg_fcn")
     boxes = []
@@ -79,20 +74,20 @@ def test_target_objects_build_the_golden_seeds():
         boxes.append((int(c[0]), [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]))
     ex = Explainer(TASKS / "seg_fcn.onnx")
     res = ex.explain(seg["x"], targets=[T.SegmentationTarget(c, box=b) for c, b in boxes])
-    assert rel(res.gradients, seg["case_region_gradient"]) < 1e-4
+    assert rel_err(res.gradients, seg["case_region_gradient"]) < 1e-4
     mask_classes = [int(np.argwhere(s.sum(axis=(1, 2)))[0][0]) for s in seg["case_argmax_mask_seed"]]
     res = ex.explain(seg["x"], targets=[T.SegmentationTarget(c) for c in mask_classes])  # argmax region
-    assert rel(res.gradients, seg["case_argmax_mask_gradient"]) < 1e-4
+    assert rel_err(res.gradients, seg["case_argmax_mask_gradient"]) < 1e-4
 
     reg = load("reg_multi")
     ex = Explainer(TASKS / "reg_multi.onnx", output="age")
-    assert rel(ex.explain(reg["x"], targets=T.OutputTarget((0,), output="age")).gradients, reg["case_age_gradient"]) < 1e-4
+    assert rel_err(ex.explain(reg["x"], targets=T.OutputTarget((0,), output="age")).gradients, reg["case_age_gradient"]) < 1e-4
     g = Explainer(TASKS / "reg_multi.onnx", output="gender")
-    assert rel(g.explain(reg["x"], targets=1).gradients, reg["case_gender1_gradient"]) < 1e-4
+    assert rel_err(g.explain(reg["x"], targets=1).gradients, reg["case_gender1_gradient"]) < 1e-4
     cf = reg["case_gender_counterfactual_seed"]
     cls = [int(np.argwhere(s)[0][0]) for s in cf]
     res = g.explain(reg["x"], targets=[T.CounterfactualTarget(c) for c in cls])
-    assert rel(res.gradients, reg["case_gender_counterfactual_gradient"]) < 1e-4
+    assert rel_err(res.gradients, reg["case_gender_counterfactual_gradient"]) < 1e-4
 
 
 def test_fer_probability_target_nhwc_grayscale():
@@ -102,7 +97,7 @@ def test_fer_probability_target_nhwc_grayscale():
     ex = Explainer(GOLDENS / "tf2onnx_fer.onnx")
     assert ex.info.layout == "NHWC" and ex.info.channels == 1
     res = ex.explain(g["x"], targets=3)
-    assert rel(res.gradients, z["case_prob3_gradient"]) < 1e-4
+    assert rel_err(res.gradients, z["case_prob3_gradient"]) < 1e-4
 
 
 def test_softmax_and_counterfactual_targets_on_the_classifier_head():
@@ -186,3 +181,70 @@ def test_cli_on_the_nhwc_grayscale_fer_model(tmp_path: Path):
     rec = json.loads(r.stdout)["images"][0]
     assert rec["target"] == 3 and np.load(rec["heatmap"]).shape == (64, 64)
     assert abs(sum(t["probability"] for t in rec["top5"]) - 1) < 0.2  # a softmax output, read as is
+
+
+# -- parse_target: every form of README's target table, and bad strings ---------------------------
+LABELS = ["tench", "goldfish", "coffee mug", "espresso"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("top1", None),
+        ("pred", None),
+        ("281", 281),
+        (" 7 ", 7),
+        ("coffee mug", 2),  # a label of the model → its index
+        ("top3", T.TopK(3)),
+        ("softmax:281", T.SoftmaxTarget(281)),
+        ("softmax:", T.SoftmaxTarget(None)),
+        ("counterfactual:281", T.CounterfactualTarget(281)),
+        ("index:0", T.OutputTarget((0,))),
+        ("index:1,2", T.OutputTarget((1, 2))),
+        ("seg:1", T.SegmentationTarget(1, box=None)),
+        ("seg:1:8,16,32,40", T.SegmentationTarget(1, box=[8, 16, 32, 40])),
+        ("det:best", T.DetectionTarget(format="yolo")),
+        ("det", T.DetectionTarget(format="yolo")),
+        ("softmax", T.SoftmaxTarget(None)),
+        ("det:class=2", T.DetectionTarget(cls=2, format="yolo")),
+        ("det:row=17", T.DetectionTarget(index=17, format="yolo")),
+        ("det:box=10,20.5,30,40", T.DetectionTarget(box=[10.0, 20.5, 30.0, 40.0], format="yolo")),
+        ("det-scores:class=1", T.DetectionTarget(cls=1, format="scores")),
+        ("DET-SCORES:best", T.DetectionTarget(format="scores")),
+    ],
+)
+def test_parse_target_forms(text: str, expected):
+    got = T.parse_target(text, LABELS)
+    assert type(got) is type(expected) and got == expected
+
+
+def test_parse_target_is_public_api():
+    import onnxcam
+
+    assert onnxcam.parse_target is T.parse_target
+    assert onnxcam.parse_target("espresso", LABELS) == 3
+
+
+@pytest.mark.parametrize(
+    "text, labels, message",
+    [
+        ("cat", None, "target 'cat' is not a target"),
+        ("cat", LABELS, "target 'cat' is neither a class index nor one of the model's labels"),
+        ("coffee", LABELS, "did you mean coffee mug"),
+        ("softmax:x", None, "target 'softmax:x' is malformed"),
+        ("index:", None, "target 'index:' is malformed"),
+        ("seg:a", None, "target 'seg:a' is malformed"),
+        ("seg:1:1,2,x", None, "malformed"),
+        ("det:class=", None, "malformed"),
+        ("det:size=3", None, "target 'det:size=3' is malformed"),
+        ("top0", None, "target 'top0' is malformed"),
+        ("bogus:3", None, "target 'bogus:3' is not a target"),
+    ],
+)
+def test_parse_target_bad_strings_are_usage_errors(text: str, labels, message: str):
+    with pytest.raises(UsageError, match=message) as err:
+        T.parse_target(text, labels)
+    assert err.value.exit_code == 2
+    assert "\n" not in str(err.value)
+    if "malformed" in message or "is not a target" in message:
+        assert "softmax:C" in str(err.value)  # names the accepted forms

@@ -31,9 +31,12 @@ import onnx
 from onnx import helper
 
 from ..errors import OnnxcamError, UnsupportedOpError, UsageError
-from ..graph.normalize import upgrade_opset
-from ..graph.rewrite import GRAD_OUTPUT, SEED_INPUT
-from ..model import default_opset, infer_shapes
+from ..graph.passes import upgrade_opset
+from ..graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT
+from ..model import default_opset
+from ..protos import copy_model
+from ..runtime import make_session
+from ..shapes import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +137,10 @@ def make_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
                 f"the model has IR version {m.ir_version} and uses {why} that IR {MAX_IR_VERSION} "
                 f"(onnxruntime-training 1.19.2) lacks; use the default backend"
             )
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+        m = copy_model(model)
         m.ir_version = MAX_IR_VERSION
     if opset < MIN_OPSET:
-        m = upgrade_opset(m, 13)
+        m = upgrade_opset(m, 13).model
     return m
 
 
@@ -189,8 +191,7 @@ def _diagnose(builder_cls, model: onnx.ModelProto, wrt: str, first: tuple[str, s
     """All ops the builder lacks, found by standing an Identity in for each missing node and
     building again (at most 20 rounds; stops at the first other error)."""
     missing = [first]
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     for _ in range(20):
         op, name = missing[-1]
         nodes = [n for n in m.graph.node if n.name == name and n.op_type == op]
@@ -225,8 +226,7 @@ def gradient_model_ort_training(model: onnx.ModelProto, wrt: str, output: str | 
     builder_cls = _require()
     m = make_compatible(model)
     if m is model:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+        m = copy_model(model)
     g = m.graph
     y = output or g.output[0].name
     shapes = infer_shapes(m)
@@ -272,17 +272,12 @@ class OrtTrainingSession:
     activation and gradient out), with the gradient from onnxruntime-training's builder."""
 
     def __init__(self, model: onnx.ModelProto, image: str, layer: str, output: str, providers=None) -> None:
-        from ..graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT
-        from ..runtime import make_session
-
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+        m = copy_model(model)
         m.graph.node.append(onnx.helper.make_node("Identity", [layer], [ACT_OUTPUT], name="onnxcam/activation"))
         m.graph.output.append(onnx.helper.make_tensor_value_info(ACT_OUTPUT, onnx.TensorProto.FLOAT, None))
         gm = gradient_model_ort_training(m, layer, output)
         self._sess = make_session(gm.SerializeToString(), providers)
-        plain = onnx.ModelProto()
-        plain.CopyFrom(make_compatible(model))
+        plain = copy_model(make_compatible(model))
         self._forward = make_session(plain.SerializeToString(), providers)
         self._names = (image, output, ACT_OUTPUT, GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT)
         self._k: int | None = None

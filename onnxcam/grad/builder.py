@@ -25,14 +25,19 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..model import Shape, TensorInfo
+from ..protos import node_attr
+from ..types import HALF_TYPES, Shape, TensorInfo
 
-HALF_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 # ops whose half-precision kernels onnxruntime's CPU provider lacks (checked with onnxruntime
 # 1.31: ScatterElements refuses MLFloat16 when reduction="add"; every other op the rules emit runs)
 _NO_HALF_KERNEL = {"ScatterElements"}
 # ops that read only the shape of a tensor: never worth a Cast
 _SHAPE_ONLY = {"Shape", "Size"}
+
+
+class UnknownTensorError(NotImplementedError):
+    """A rule needs a tensor's static shape or type, and neither shape inference nor a run found
+    it: a limit of the rule (the engine reports it as UnsupportedOpError), not a bug."""
 
 
 class Node:
@@ -47,11 +52,8 @@ class Node:
         self.needs = needs  # needs[i]: input i depends on the differentiated tensor
 
     def attr(self, name: str, default: Any = None) -> Any:
-        for a in self.proto.attribute:
-            if a.name == name:
-                v = helper.get_attribute_value(a)
-                return v.decode() if isinstance(v, bytes) else v
-        return default
+        v = node_attr(self.proto, name, default)
+        return v.decode() if isinstance(v, bytes) else v
 
 
 class Emitter:
@@ -85,7 +87,7 @@ class Emitter:
         """Static shape of a tensor (ints, symbolic names or None per axis)."""
         info = self.shapes.get(name)
         if info is None:
-            raise KeyError(f"no shape known for tensor {name!r}")
+            raise UnknownTensorError(f"no shape known for tensor {name!r}")
         return info.shape
 
     def rank(self, name: str) -> int:
@@ -93,7 +95,10 @@ class Emitter:
 
     def elem_type(self, name: str) -> int:
         """The tensor's element type as the gradient sees it (compute_type for half tensors)."""
-        t = self.shapes[name].elem_type
+        info = self.shapes.get(name)
+        if info is None:
+            raise UnknownTensorError(f"no type known for tensor {name!r}")
+        t = info.elem_type
         return self.compute_type if self.compute_type and t in HALF_TYPES else t
 
     def np_dtype(self, name: str) -> np.dtype:

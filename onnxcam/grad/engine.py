@@ -3,8 +3,13 @@
 `append_gradient` walks only the nodes between the differentiated tensor `x` and the output `y`,
 in reverse topological order; for each it sums the gradient contributions of its outputs (fan-out),
 asks the op's registered rule for its inputs' gradients, sums broadcast gradients down to each
-input's shape, and finally returns the name of ∂(⟨seed, y⟩)/∂x. A missing rule raises
-UnsupportedOpError naming the op, the node and what to do instead.
+input's shape, and finally returns the name of ∂(⟨seed, y⟩)/∂x.
+
+Errors: an op with no registered rule, or a rule that refuses the node (it raises
+UnsupportedOpError, or NotImplementedError for a case it does not handle, such as a tensor of
+unknown shape), is UnsupportedOpError naming the op, the node and what to do instead. Anything
+else a rule raises is a bug in that rule: GradientRuleError naming the op and the node, with the
+original exception chained.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..errors import OnnxcamError, UnsupportedOpError
-from ..model import FLOAT_TYPES, TensorInfo
+from ..errors import GradientRuleError, OnnxcamError, UnsupportedOpError
+from ..graph.index import GraphIndex
+from ..types import FLOAT_TYPES, TensorInfo
 from .builder import Emitter, Node
 from .rules import RULES, Rule
 
@@ -44,20 +50,11 @@ class GradientResult:
 def path_nodes(graph: onnx.GraphProto, x: str, ys: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
     """Nodes that depend on `x` and feed one of `ys`, in graph (topological) order; and the set
     of tensors that depend on `x`."""
-    active = {x}
-    forward: list[onnx.NodeProto] = []
-    for node in graph.node:
-        if any(i in active for i in node.input if i):
-            forward.append(node)
-            active.update(o for o in node.output if o)
-    needed = set(ys)
-    on_path: list[onnx.NodeProto] = []
-    for node in reversed(forward):
-        if any(o in needed for o in node.output):
-            on_path.append(node)
-            needed.update(i for i in node.input if i in active)
-    on_path.reverse()
-    return on_path, active
+    return GraphIndex(graph).path(x, ys)
+
+
+def _is_default_domain(node: onnx.NodeProto) -> bool:
+    return node.domain in ("", "ai.onnx")
 
 
 def missing_rules(graph: onnx.GraphProto, x: str, y: str, shapes: dict[str, TensorInfo]) -> list[tuple[str, str]]:
@@ -67,7 +64,7 @@ def missing_rules(graph: onnx.GraphProto, x: str, y: str, shapes: dict[str, Tens
     floats = lambda n: any(shapes.get(o) is not None and shapes[o].elem_type in FLOAT_TYPES for o in n.output)
     return [
         (n.op_type, n.name) for n in nodes
-        if (n.op_type not in RULES or n.domain not in ("", "ai.onnx")) and floats(n)
+        if (n.op_type not in RULES or not _is_default_domain(n)) and floats(n)
     ]
 
 
@@ -75,6 +72,72 @@ def required_opset(graph: onnx.GraphProto, x: str, y: str) -> int:
     """The lowest default-domain opset that the rules on the path need."""
     nodes, _ = path_nodes(graph, x, [y])
     return max([RULES[n.op_type].min_opset for n in nodes if n.op_type in RULES] + [1])
+
+
+def rule_for(proto: onnx.NodeProto, guided: bool = False) -> Rule:
+    """The registered rule of a node's op (guided backpropagation's for Relu when `guided`);
+    UnsupportedOpError where there is none."""
+    rule = RULES.get(proto.op_type) if _is_default_domain(proto) else None
+    if guided and proto.op_type == "Relu":
+        rule = GUIDED_RELU
+    if rule is None:
+        raise UnsupportedOpError(proto.op_type if not proto.domain else f"{proto.domain}.{proto.op_type}", proto.name)
+    return rule
+
+
+def apply_rule(rule: Rule, e: Emitter, node: Node, g_out: list) -> list:
+    """Run one rule. Its refusals (UnsupportedOpError, NotImplementedError) are UnsupportedOpError;
+    any other exception is a bug in the rule: GradientRuleError, the cause chained."""
+    try:
+        return rule.fn(e, node, g_out)
+    except UnsupportedOpError:
+        raise
+    except NotImplementedError as exc:
+        raise UnsupportedOpError(node.op_type, node.name, str(exc)) from None
+    except Exception as exc:
+        raise GradientRuleError(node.op_type, node.name, exc) from exc
+
+
+class _Cotangents:
+    """The gradient contributions collected for each tensor, summed (fan-in) when read."""
+
+    def __init__(self, e: Emitter, y: str, seed: str) -> None:
+        self.e = e
+        self.parts: dict[str, list[str]] = {y: [seed]}
+
+    def add(self, name: str, g: str) -> None:
+        self.parts.setdefault(name, []).append(g)
+
+    def total(self, name: str) -> str | None:
+        parts = self.parts.get(name)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            self.parts[name] = [self.e.op("Sum", parts, "fanin")]
+        return self.parts[name][0]
+
+    def final(self, x: str, y: str) -> str:
+        """The total gradient of `x`, in `x`'s own type; an error if none reaches it."""
+        gx = self.total(x)
+        if gx is None:
+            raise OnnxcamError(f"no gradient reaches tensor {x!r} from output {y!r}")
+        return self.e.in_type_of(gx, x)
+
+
+def _backward(proto: onnx.NodeProto, rule: Rule, e: Emitter, grads: _Cotangents, g_out: list,
+              active: set[str], shapes: dict[str, TensorInfo]) -> None:
+    """One node's backward step: its inputs' gradient contributions added to `grads`."""
+    needs = [
+        bool(i) and i in active and shapes.get(i, TensorInfo(i, (), 0)).elem_type in FLOAT_TYPES
+        for i in proto.input
+    ]
+    g_in = apply_rule(rule, e, Node(proto, needs), g_out)
+    for i, (name, g) in enumerate(zip(proto.input, g_in)):
+        if g is None or not needs[i]:
+            continue
+        if rule.broadcast:
+            g = e.unbroadcast(g, e.shape(proto.output[0]), e.shape(name))
+        grads.add(name, g)
 
 
 def append_gradient(
@@ -102,52 +165,11 @@ def append_gradient(
     if x != y and not nodes:
         raise OnnxcamError(f"output {y!r} does not depend on tensor {x!r}: choose a layer that feeds it")
     e = Emitter(shapes, constants, opset, prefix, compute_type)
-    grads: dict[str, list[str]] = {y: [seed]}
-
-    def total(name: str) -> str | None:
-        parts = grads.get(name)
-        if not parts:
-            return None
-        if len(parts) > 1:
-            s = e.op("Sum", parts, "fanin")
-            grads[name] = [s]
-            return s
-        return parts[0]
-
+    grads = _Cotangents(e, y, seed)
     for proto in reversed(nodes):
-        g_out = [total(o) if o else None for o in proto.output]
-        if all(g is None for g in g_out):
-            continue
-        rule = RULES.get(proto.op_type) if proto.domain in ("", "ai.onnx") else None
-        if guided and proto.op_type == "Relu":
-            rule = GUIDED_RELU
-        if rule is None:
-            raise UnsupportedOpError(proto.op_type if not proto.domain else f"{proto.domain}.{proto.op_type}", proto.name)
-        needs = [
-            bool(i) and i in active and shapes.get(i, TensorInfo(i, (), 0)).elem_type in FLOAT_TYPES
-            for i in proto.input
-        ]
-        node = Node(proto, needs)
-        try:
-            g_in = rule.fn(e, node, g_out)
-        except UnsupportedOpError:
-            raise
-        except (KeyError, ValueError, NotImplementedError) as exc:
-            raise UnsupportedOpError(proto.op_type, node.name, str(exc)) from None
-        for i, (name, g) in enumerate(zip(proto.input, g_in)):
-            if g is None or not needs[i]:
-                continue
-            if rule.broadcast:
-                g = e.unbroadcast(g, e.shape(proto.output[0]), e.shape(name))
-            grads.setdefault(name, []).append(g)
-    gx = total(x)
-    if gx is None:
-        raise OnnxcamError(f"no gradient reaches tensor {x!r} from output {y!r}")
-    gx = e.in_type_of(gx, x)
-    extra = {}
-    for t in also:
-        gt = total(t)
-        if gt is None:
-            raise OnnxcamError(f"no gradient reaches tensor {t!r} from output {y!r}")
-        extra[t] = e.in_type_of(gt, t)
-    return GradientResult(gx, e.nodes, e.initializers, [n.op_type for n in nodes], extra)
+        g_out = [grads.total(o) if o else None for o in proto.output]
+        if any(g is not None for g in g_out):
+            _backward(proto, rule_for(proto, guided), e, grads, g_out, active, shapes)
+    gx = grads.final(x, y)
+    also_grads = {t: grads.final(t, y) for t in also}
+    return GradientResult(gx, e.nodes, e.initializers, [n.op_type for n in nodes], also_grads)

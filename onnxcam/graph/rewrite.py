@@ -1,12 +1,13 @@
 """The rewriter: one model that returns scores, the layer's activation and its gradient.
 
+`prepare` runs the normalising pipeline (graph/passes.py) at one image size and lists the layers.
 `build_explain_model` works on a copy (the user's model is never changed):
-1. fixes the image size where it is dynamic (batch stays symbolic) and infers every shape;
-2. resolves auto_pad, raises the opset if a rule on the path needs it;
-3. adds an int64 input `onnxcam_target` (default [-1], from an initializer, so the exported model
+1. raises the opset if a rule on the path needs it;
+2. adds an int64 input `onnxcam_target` (default [-1], from an initializer, so the exported model
    runs with the image alone): −1 means the predicted class (ArgMax inside the graph);
-4. seeds the output with OneHot(target) and appends ∂y_target/∂A as plain ai.onnx ops;
-5. exposes A, the gradient and the chosen targets as extra graph outputs.
+3. seeds the output with OneHot(target) (or a fed cotangent, `onnxcam_seed`) and appends
+   ∂y_target/∂A as plain ai.onnx ops;
+4. exposes A, the gradient and the chosen targets as extra graph outputs.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import OnnxcamError, UsageError
 from ..grad.engine import append_gradient, required_opset
-from ..layers import Layer, candidate_layers, default_layer, find_layer
-from ..model import PROTOBUF_LIMIT, proto_size
-from ..model import (
-    FLOAT_TYPES, ModelInfo, TensorInfo, constant_values, default_opset, fill_runtime_shapes, infer_shapes, inspect_model, tensor_layouts, with_input_size,
-)
-from .normalize import fold_constants, resolve_auto_pad, upgrade_opset
+from ..layers import Layer, candidate_layers, default_layer, find_layer, spatial_dims
+from ..layouts import tensor_layouts
+from ..model import ModelInfo, default_opset, inspect_model
+from ..protos import copy_model
+from ..shapes import Shapes
+from ..storage import PROTOBUF_LIMIT, proto_size
+from ..types import FLOAT_TYPES, LAYOUTS, TensorInfo
+from .constants import Constants, constant_values, fold_constants
+from .index import GraphIndex
+from .passes import normalize, with_opset
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ class ExplainModel:
         return names
 
 
-def choose_output(model: onnx.ModelProto, shapes: dict[str, TensorInfo], name: str | None = None) -> str:
+def choose_output(model: onnx.ModelProto, shapes: Shapes, name: str | None = None) -> str:
     """The output to explain: `name`, else the first float output shaped (N, K)."""
     outs = [o.name for o in model.graph.output]
     if name is not None:
@@ -97,16 +102,12 @@ def choose_output(model: onnx.ModelProto, shapes: dict[str, TensorInfo], name: s
 
 
 def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None, output: str | None = None) -> Prepared:
-    """Copy the model at image size `hw`, infer shapes, resolve auto_pad, list layers."""
-    m = with_input_size(model, info, hw)
-    shapes = infer_shapes(m)
-    if resolve_auto_pad(m, shapes):
-        shapes = infer_shapes(m)
-    fill_runtime_shapes(m, info, shapes)
-    out = choose_output(m, shapes, output)
-    constants = constant_values(m)
-    fold_constants(m, shapes, constants)
-    return Prepared(m, shapes, constants, out, candidate_layers(m, shapes, out), info)
+    """The normalised model at image size `hw` (graph/passes.py's pipeline), with the output to
+    explain and its candidate layers; `model` is not changed."""
+    norm = normalize(model, info, hw)
+    out = choose_output(norm.model, norm.shapes, output)
+    layers = candidate_layers(norm.model, norm.shapes, out)
+    return Prepared(norm.model, norm.shapes, norm.constants, out, layers, info)
 
 
 def _find_or_none(layers: list[Layer], name: str) -> Layer | None:
@@ -116,16 +117,14 @@ def _find_or_none(layers: list[Layer], name: str) -> Layer | None:
 def bias_taps(prep: Prepared) -> list[tuple[str, np.ndarray]]:
     """FullGrad's bias terms: every spatial Conv output with a constant bias, and every
     BatchNormalization output with its effective bias β − μ·γ/√(σ² + ε), on the path to the output."""
-    from ..layers import ancestors
-
-    feeding = ancestors(prep.model.graph, [prep.output])
+    feeding = GraphIndex(prep.model.graph).ancestors([prep.output])
     taps = []
+    c = prep.constants
     for node in prep.model.graph.node:
         out = node.output[0] if node.output else ""
         info = prep.shapes.get(out)
         if out not in feeding or info is None or len(info.shape) != 4:
             continue
-        c = prep.constants
         if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in c:
             taps.append((out, c[node.input[2]].astype(np.float64)))
         elif node.op_type == "BatchNormalization" and all(i in c for i in node.input[1:5]):
@@ -133,6 +132,85 @@ def bias_taps(prep: Prepared) -> list[tuple[str, np.ndarray]]:
             gamma, beta, mean, var = (c[i].astype(np.float64) for i in node.input[1:5])
             taps.append((out, beta - mean * gamma / np.sqrt(var + eps)))
     return taps
+
+
+@dataclass
+class _Additions:
+    """What the rewrite adds to the graph: nodes, initializers, inputs and outputs."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: list[onnx.TensorProto] = field(default_factory=list)
+    inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
+    outputs: list[onnx.ValueInfoProto] = field(default_factory=list)
+
+    def expose(self, tensor: str, name: str, info: TensorInfo) -> None:
+        """Return `tensor` as graph output `name` (typed and shaped as `info`)."""
+        self.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"onnxcam/{name.removeprefix('onnxcam_')}"))
+        self.outputs.append(helper.make_tensor_value_info(name, info.elem_type, list(info.shape)))
+
+    def apply(self, graph: onnx.GraphProto) -> None:
+        graph.input.extend(self.inputs)
+        graph.node.extend(self.nodes)
+        graph.initializer.extend(self.inits)
+        graph.output.extend(self.outputs)
+
+
+def _select_target(add: _Additions, y: str) -> None:
+    """`onnxcam_target` (default [−1]) in, `onnxcam_targets` out: −1 picks ArgMax(y) per item."""
+    add.inputs.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, ["onnxcam_T"]))
+    add.inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), TARGET_INPUT))
+    zero = "onnxcam/zero_i64"
+    add.inits.append(numpy_helper.from_array(np.array(0, dtype=np.int64), zero))
+    add.nodes += [
+        helper.make_node("ArgMax", [y], ["onnxcam/argmax"], axis=1, keepdims=0, name="onnxcam/argmax"),
+        helper.make_node("Less", [TARGET_INPUT, zero], ["onnxcam/use_argmax"], name="onnxcam/use_argmax"),
+        helper.make_node("Where", ["onnxcam/use_argmax", "onnxcam/argmax", TARGET_INPUT], [TARGETS_OUTPUT], name="onnxcam/targets"),
+    ]
+    add.outputs.append(helper.make_tensor_value_info(TARGETS_OUTPUT, TensorProto.INT64, [None]))
+
+
+def _seed(add: _Additions, shapes: Shapes, y: str, k: int, fed: bool) -> tuple[str, Shapes]:
+    """The cotangent of `y`: fed as `onnxcam_seed`, or OneHot(targets, k); and the shapes with it."""
+    yinfo = shapes[y]
+    name = SEED_INPUT if fed else "onnxcam/seed"
+    if fed:
+        add.inputs.append(helper.make_tensor_value_info(SEED_INPUT, yinfo.elem_type, list(yinfo.shape)))
+    else:
+        np_type = helper.tensor_dtype_to_np_dtype(yinfo.elem_type)
+        add.inits += [
+            numpy_helper.from_array(np.array([k], dtype=np.int64), "onnxcam/depth"),
+            numpy_helper.from_array(np.array([0, 1], dtype=np_type), "onnxcam/onehot_values"),
+        ]
+        add.nodes.append(helper.make_node(
+            "OneHot", [TARGETS_OUTPUT, "onnxcam/depth", "onnxcam/onehot_values"], [name], axis=-1, name=name,
+        ))
+    return name, {**shapes, name: TensorInfo(name, yinfo.shape, yinfo.elem_type)}
+
+
+def _check_rewritten(m: onnx.ModelProto) -> None:
+    """onnx.checker on the result (where it can serialise); a failure is onnxcam's bug."""
+    try:
+        onnx.checker.check_model(m) if proto_size(m) < PROTOBUF_LIMIT else None
+    except onnx.checker.ValidationError as exc:
+        raise OnnxcamError(f"the rewritten model is not valid ONNX ({exc}); please report this model") from None
+
+
+def _explained_layer(prep: Prepared, layer: str | None) -> Layer:
+    """A candidate layer by name (the default for None), else any 4-D float tensor."""
+    return prep.layer(layer) if layer is None or _find_or_none(prep.layers, layer) else _any_tensor(prep, layer)
+
+
+def _classes(prep: Prepared, seed_input: bool) -> int | str | None:
+    """The number of classes K of an (N, K) output; a clear error for other outputs unless a
+    cotangent is fed."""
+    y = prep.output
+    k = prep.shapes[y].shape[-1]
+    if not seed_input and (len(prep.shapes[y].shape) != 2 or not isinstance(k, int)):
+        raise UsageError(
+            f"output {y!r} is shaped {list(prep.shapes[y].shape)}, not (batch, classes): give a target "
+            "for it (a region, a detection, an index or a seed array)"
+        )
+    return k
 
 
 def build_explain_model(
@@ -149,91 +227,60 @@ def build_explain_model(
     seed_input: instead of a class chosen inside the graph, the cotangent u is an input,
     `onnxcam_seed`, shaped like the output: the gradient is ∂⟨u, y⟩/∂A (any target: a region of a
     segmentation map, one detection, a regression output, a counterfactual)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(prep.model)
-    shapes = prep.shapes
-    target = prep.layer(layer) if layer is None or _find_or_none(prep.layers, layer) else _any_tensor(prep, layer)
-    y = prep.output
-    k = shapes[y].shape[-1]
-    if not seed_input and (len(shapes[y].shape) != 2 or not isinstance(k, int)):
-        raise UsageError(
-            f"output {y!r} is shaped {list(shapes[y].shape)}, not (batch, classes): give a target "
-            "for it (a region, a detection, an index or a seed array)"
-        )
-    image = prep.info.image_input.name
+    target = _explained_layer(prep, layer)
+    y, image = prep.output, prep.info.image_input.name
+    k = _classes(prep, seed_input)
     taps = bias_taps(prep) if with_bias_taps else []
+    m, shapes = copy_model(prep.model), prep.shapes
     if with_gradient or input_gradient:
         need = max(required_opset(m.graph, target.name, y), required_opset(m.graph, image, y) if input_gradient else 1)
-        if need > default_opset(m):
-            m = upgrade_opset(m, need)
-            shapes = infer_shapes(m)
-    opset = default_opset(m)
-    g = m.graph
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
-    outputs = []
-    if not seed_input:  # target selection inside the graph
-        g.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, ["onnxcam_T"]))
-        inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), TARGET_INPUT))
-        zero = "onnxcam/zero_i64"
-        inits.append(numpy_helper.from_array(np.array(0, dtype=np.int64), zero))
-        nodes += [
-            helper.make_node("ArgMax", [y], ["onnxcam/argmax"], axis=1, keepdims=0, name="onnxcam/argmax"),
-            helper.make_node("Less", [TARGET_INPUT, zero], ["onnxcam/use_argmax"], name="onnxcam/use_argmax"),
-            helper.make_node("Where", ["onnxcam/use_argmax", "onnxcam/argmax", TARGET_INPUT], [TARGETS_OUTPUT], name="onnxcam/targets"),
-        ]
-        outputs.append(helper.make_tensor_value_info(TARGETS_OUTPUT, TensorProto.INT64, [None]))
-    a_type = shapes[target.name].elem_type
-    nodes.append(helper.make_node("Identity", [target.name], [ACT_OUTPUT], name="onnxcam/activation"))
-    a_shape = list(shapes[target.name].shape)
-    outputs.append(helper.make_tensor_value_info(ACT_OUTPUT, a_type, a_shape))
-    seed = "onnxcam/seed"
-    if seed_input and (with_gradient or input_gradient):
-        seed = SEED_INPUT
-        g.input.append(helper.make_tensor_value_info(SEED_INPUT, shapes[y].elem_type, list(shapes[y].shape)))
-        shapes = dict(shapes)
-        shapes[SEED_INPUT] = TensorInfo(SEED_INPUT, shapes[y].shape, shapes[y].elem_type)
-    elif with_gradient or input_gradient:
-        y_type = shapes[y].elem_type
-        np_type = helper.tensor_dtype_to_np_dtype(y_type)
-        inits += [
-            numpy_helper.from_array(np.array([k], dtype=np.int64), "onnxcam/depth"),
-            numpy_helper.from_array(np.array([0, 1], dtype=np_type), "onnxcam/onehot_values"),
-        ]
-        nodes.append(helper.make_node(
-            "OneHot", [TARGETS_OUTPUT, "onnxcam/depth", "onnxcam/onehot_values"], ["onnxcam/seed"], axis=-1,
-            name="onnxcam/seed",
-        ))
-        shapes = dict(shapes)
-        shapes["onnxcam/seed"] = TensorInfo("onnxcam/seed", shapes[y].shape, y_type)
-    if with_gradient:
-        grad = append_gradient(g, shapes, dict(prep.constants), opset, target.name, y, seed)
-        nodes += grad.nodes
-        inits += grad.initializers
-        nodes.append(helper.make_node("Identity", [grad.grad], [GRAD_OUTPUT], name="onnxcam/gradient"))
-        outputs.append(helper.make_tensor_value_info(GRAD_OUTPUT, a_type, a_shape))
-    if input_gradient:
-        grad = append_gradient(
-            g, shapes, dict(prep.constants), opset, image, y, seed, prefix="onnxcam_igrad/",
-            also=[t for t, _ in taps], guided=input_gradient == "guided",
-        )
-        nodes += grad.nodes
-        inits += grad.initializers
-        x_info = shapes[image]
-        nodes.append(helper.make_node("Identity", [grad.grad], [INPUT_GRAD_OUTPUT], name="onnxcam/input_gradient"))
-        outputs.append(helper.make_tensor_value_info(INPUT_GRAD_OUTPUT, x_info.elem_type, list(x_info.shape)))
-        for i, (t, _) in enumerate(taps):
-            name = TAP_OUTPUT.format(i)
-            nodes.append(helper.make_node("Identity", [grad.also[t]], [name], name=f"onnxcam/{name}"))
-            outputs.append(helper.make_tensor_value_info(name, shapes[t].elem_type, list(shapes[t].shape)))
-    g.node.extend(nodes)
-    g.initializer.extend(inits)
-    g.output.extend(outputs)
-    try:
-        onnx.checker.check_model(m) if proto_size(m) < PROTOBUF_LIMIT else None  # it serialises
-    except onnx.checker.ValidationError as exc:
-        raise OnnxcamError(f"the rewritten model is not valid ONNX ({exc}); please report this model") from None
+        m, shapes = with_opset(m, shapes, need)
+    add = _Additions()
+    if not seed_input:
+        _select_target(add, y)
+    add.expose(target.name, ACT_OUTPUT, shapes[target.name])
+    if with_gradient or input_gradient:
+        seed, shapes = _seed(add, shapes, y, int(k) if isinstance(k, int) else 0, fed=seed_input)
+        grads = _Gradients(m.graph, shapes, dict(prep.constants), default_opset(m), y, seed)
+        if with_gradient:
+            add.expose(grads.layer(add, target.name), GRAD_OUTPUT, shapes[target.name])
+        if input_gradient:
+            grads.input(add, image, taps, input_gradient == "guided")
+    add.apply(m.graph)
+    _check_rewritten(m)
     return ExplainModel(m, target, y, int(k) if isinstance(k, int) else 0, with_gradient, input_gradient, taps, seed_input)
+
+
+@dataclass
+class _Gradients:
+    """Appends gradients of ⟨seed, y⟩ to `_Additions`."""
+
+    graph: onnx.GraphProto
+    shapes: Shapes
+    constants: Constants
+    opset: int
+    y: str
+    seed: str
+
+    def layer(self, add: _Additions, x: str) -> str:
+        """∂⟨seed, y⟩/∂x; returns its tensor name."""
+        grad = append_gradient(self.graph, self.shapes, self.constants, self.opset, x, self.y, self.seed)
+        add.nodes += grad.nodes
+        add.inits += grad.initializers
+        return grad.grad
+
+    def input(self, add: _Additions, image: str, taps: list[tuple[str, np.ndarray]], guided: bool) -> None:
+        """The image's gradient (guided backpropagation with `guided`) as INPUT_GRAD_OUTPUT, and
+        the bias taps' gradients as TAP_OUTPUT.format(i)."""
+        grad = append_gradient(
+            self.graph, self.shapes, self.constants, self.opset, image, self.y, self.seed,
+            prefix="onnxcam_igrad/", also=[t for t, _ in taps], guided=guided,
+        )
+        add.nodes += grad.nodes
+        add.inits += grad.initializers
+        add.expose(grad.grad, INPUT_GRAD_OUTPUT, self.shapes[image])
+        for i, (t, _) in enumerate(taps):
+            add.expose(grad.also[t], TAP_OUTPUT.format(i), self.shapes[t])
 
 
 def _any_tensor(prep: Prepared, name: str) -> Layer:
@@ -244,11 +291,10 @@ def _any_tensor(prep: Prepared, name: str) -> Layer:
         return find_layer(prep.layers, name)  # raises with suggestions
     ranks = {k: len(v.shape) for k, v in prep.shapes.items()}
     lay = prep.info.layout if name == prep.info.image_input.name else tensor_layouts(prep.model, ranks).get(name, "NCHW")
-    if lay not in ("NCHW", "NHWC"):
+    if lay not in LAYOUTS:
         lay = "NCHW"
-    s = info.shape
-    c, h, w = s[lay.index("C")], s[lay.index("H")], s[lay.index("W")]
-    producer = next((n for n in prep.model.graph.node if name in n.output), None)
+    c, h, w = spatial_dims(info.shape, lay)
+    producer = GraphIndex(prep.model.graph).producer(name)
     return Layer(name, producer.op_type if producer else "input", producer.name if producer else "", lay, c, h, w, -1)
 
 
@@ -259,32 +305,25 @@ def gradient_model(model: onnx.ModelProto, wrt: str, output: str | None = None) 
     Works on any model whose shapes ONNX can infer (no image input needed): `wrt` may be any float
     tensor, graph inputs included. Used by the self-check and the rule tests.
     """
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    shapes = infer_shapes(m)
-    if resolve_auto_pad(m, shapes):
-        shapes = infer_shapes(m)
     try:
-        fill_runtime_shapes(m, inspect_model(m), shapes)
+        info = inspect_model(model)
     except UsageError:  # no image input: nothing to run it on; keep the inferred shapes
-        pass
+        info = None
+    norm = normalize(model, info, resize=False)
+    m, shapes = norm.model, norm.shapes
     y = output or m.graph.output[0].name
     if y not in shapes or wrt not in shapes:
         raise UsageError(f"unknown tensor {y if y not in shapes else wrt!r}")
-    need = required_opset(m.graph, wrt, y)
-    if need > default_opset(m):
-        m = upgrade_opset(m, need)
-        shapes = infer_shapes(m)
-    constants = constant_values(m)
-    fold_constants(m, shapes, constants)
-    yinfo = shapes[y]
-    m.graph.input.append(helper.make_tensor_value_info(SEED_INPUT, yinfo.elem_type, list(yinfo.shape)))
-    shapes = dict(shapes)
-    shapes[SEED_INPUT] = TensorInfo(SEED_INPUT, yinfo.shape, yinfo.elem_type)
-    grad = append_gradient(m.graph, shapes, constants, default_opset(m), wrt, y, SEED_INPUT)
-    m.graph.node.extend(grad.nodes)
-    m.graph.node.append(helper.make_node("Identity", [grad.grad], [GRAD_OUTPUT], name="onnxcam/gradient"))
-    m.graph.initializer.extend(grad.initializers)
-    x = shapes[wrt]
-    m.graph.output.append(helper.make_tensor_value_info(GRAD_OUTPUT, x.elem_type, list(x.shape)))
+    m, shapes = with_opset(m, shapes, required_opset(m.graph, wrt, y))
+    constants = norm.constants if m is norm.model else _refolded(m, shapes)
+    add = _Additions()
+    seed, shapes = _seed(add, shapes, y, 0, fed=True)
+    grads = _Gradients(m.graph, shapes, constants, default_opset(m), y, seed)
+    add.expose(grads.layer(add, wrt), GRAD_OUTPUT, shapes[wrt])
+    add.apply(m.graph)
     return m
+
+
+def _refolded(model: onnx.ModelProto, shapes: Shapes) -> Constants:
+    """The values known at rewrite time of a model whose opset was just raised."""
+    return fold_constants(model, shapes, constant_values(model))

@@ -11,7 +11,9 @@ import onnx
 from onnx import helper
 
 from ..errors import OnnxcamError
-from ..model import TensorInfo
+from ..protos import copy_model
+from ..types import TensorInfo
+from .index import GraphIndex
 
 
 @dataclass
@@ -22,37 +24,35 @@ class Split:
     externals: list[str]  # tensors the tail needs that do not depend on the layer
 
 
-def split_at(model: onnx.ModelProto, shapes: dict[str, TensorInfo], layer: str, output: str) -> Split:
-    graph = model.graph
+def _tail_inputs(graph: onnx.GraphProto, index: GraphIndex, tail_nodes: list[onnx.NodeProto],
+                 layer: str) -> tuple[list[str], list[onnx.NodeProto]]:
+    """What the tail reads besides the layer and initializers: tensors computed before it
+    (externals, fed from the head) and Constant nodes (copied into the tail)."""
     inits = {i.name for i in graph.initializer}
-    # tail: every node needed for `output` that depends on `layer`
-    active = {layer}
-    for node in graph.node:
-        if any(i in active for i in node.input if i):
-            active.update(o for o in node.output if o)
-    need = {output}
-    tail_nodes = []
-    for node in reversed(graph.node):
-        if any(o in need for o in node.output):
-            need.update(i for i in node.input if i)
-            if any(i in active for i in node.input if i):
-                tail_nodes.append(node)
-    tail_nodes.reverse()
-    if not tail_nodes:
-        raise OnnxcamError(f"output {output!r} does not depend on layer {layer!r}")
     produced = {o for n in tail_nodes for o in n.output}
-    constant_nodes = {o: n for n in graph.node if n.op_type == "Constant" for o in n.output}
     externals: list[str] = []
-    used_consts = []
+    used_consts: list[onnx.NodeProto] = []
     for n in tail_nodes:
         for i in n.input:
             if not i or i in produced or i in inits or i == layer or i in externals:
                 continue
-            if i in constant_nodes:
-                if constant_nodes[i] not in used_consts:
-                    used_consts.append(constant_nodes[i])
+            producer = index.producer(i)
+            if producer is not None and producer.op_type == "Constant":
+                if producer not in used_consts:
+                    used_consts.append(producer)
                 continue
             externals.append(i)
+    return externals, used_consts
+
+
+def split_at(model: onnx.ModelProto, shapes: dict[str, TensorInfo], layer: str, output: str) -> Split:
+    """The head (image → layer and the externals) and the tail (layer and externals → output)."""
+    graph = model.graph
+    index = GraphIndex(graph)
+    tail_nodes, _ = index.path(layer, [output])  # every node between layer and output
+    if not tail_nodes:
+        raise OnnxcamError(f"output {output!r} does not depend on layer {layer!r}")
+    externals, used_consts = _tail_inputs(graph, index, tail_nodes, layer)
 
     def vi(name: str) -> onnx.ValueInfoProto:
         info = shapes.get(name)
@@ -60,14 +60,13 @@ def split_at(model: onnx.ModelProto, shapes: dict[str, TensorInfo], layer: str, 
             raise OnnxcamError(f"no type known for tensor {name!r}; cannot split the model there")
         return helper.make_tensor_value_info(name, info.elem_type, list(info.shape))
 
-    used_inits = {i for n in tail_nodes for i in n.input if i in inits}
+    used_inits = {i for n in tail_nodes for i in n.input}
     tail_graph = helper.make_graph(
         used_consts + tail_nodes, "onnxcam_tail", [vi(layer)] + [vi(e) for e in externals], [vi(output)],
         [i for i in graph.initializer if i.name in used_inits],
     )
     tail = helper.make_model(tail_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    head = onnx.ModelProto()
-    head.CopyFrom(model)
+    head = copy_model(model)
     del head.graph.output[:]
     head.graph.output.extend([vi(layer)] + [vi(e) for e in externals])
     return Split(head, tail, layer, externals)

@@ -1,14 +1,20 @@
-"""CAM methods, one class each, registered by name (`onnxcam methods` lists them)."""
+"""CAM methods, one class each, registered by name (`onnxcam methods` lists them), in files named
+by family; maps.py holds the maths they share."""
 
-from .base import METHODS, CAMMethod, MethodInputs, get_method, normalize_maps, scale_maps
+from .ablation import AblationCAM
+from .base import METHODS, CAMMethod, MethodInputs, get_method
+from .baselines import RandomCAM
 from .cam import CAM
-from .eigen import FEM, KPCACAM, EigenCAM, EigenGradCAM, RandomCAM
-from .pixel import FullGrad, GuidedBackprop, GuidedGradCAM, SmoothGradCAMpp
-from .score import ISCAM, SSCAM, AblationCAM, ScoreCAM
-from .gradcam import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from .eigen import KPCACAM, EigenCAM, EigenGradCAM
+from .fem import FEM
+from .gradients import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMpp, XGradCAM
+from .input_gradients import FullGrad, GuidedBackprop, GuidedGradCAM
+from .maps import normalize_maps, scale_maps
+from .score import ISCAM, SSCAM, ScoreCAM
 
 __all__ = [
-    "AblationCAM", "CAM", "FEM", "KPCACAM", "FullGrad", "GuidedBackprop", "GuidedGradCAM", "SmoothGradCAMpp", "CAMMethod", "ISCAM", "SSCAM", "ScoreCAM", "EigenCAM", "EigenGradCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
-    "HiResCAM", "LayerCAM", "METHODS", "MethodInputs", "RandomCAM", "XGradCAM",
-    "get_method", "normalize_maps", "scale_maps",
+    "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "FEM", "FullGrad", "GradCAM",
+    "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM",
+    "KPCACAM", "LayerCAM", "METHODS", "MethodInputs", "RandomCAM", "SSCAM", "ScoreCAM",
+    "SmoothGradCAMpp", "XGradCAM", "get_method", "normalize_maps", "scale_maps",
 ]

@@ -1,8 +1,9 @@
 """The CAM method contract: one small class per method, over one hook.
 
-The base class does what every method shares: the weighted sum over channels, the ReLU, and the
-per-image normalisation and resize (GUIDE.md's conventions, as pytorch-grad-cam does them). A
-method overrides `weights` (N, C) — or, for the element-wise ones, `cam` (N, h, w).
+The base class does what every method shares: the weighted sum over channels and the ReLU (the
+per-image normalisation and resize that follow are maps.py's, GUIDE.md's conventions as
+pytorch-grad-cam does them). A method overrides `weights` (N, C) — or, for the element-wise ones,
+`cam` (N, h, w). `METHODS` registers them by name.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Optional
 
-import cv2
 import numpy as np
 
 from ..errors import UsageError
 from ..layers import CamHead
+from .maps import first_component
 
 
 @dataclass
@@ -38,7 +39,7 @@ class MethodInputs:
     bias_gradients: list = field(default_factory=list)  # [(bias (C,), ∂y_t/∂tap (N, C, h, w))]
     # gradients_at(batch) → (activations, gradients) at the layer for another input, same targets
     gradients_at: Optional[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = None
-    extra: dict = field(default_factory=dict)  # pixel-space outputs a method adds
+    pixel_maps: dict = field(default_factory=dict)  # pixel-space outputs a method adds (Result.extra)
     seeds: np.ndarray | None = None  # (N, ...) cotangents, when the target is not a plain class
 
     def score(self, n: int, out: np.ndarray) -> np.ndarray:
@@ -80,8 +81,6 @@ class CAMMethod:
     def eigen_cam(self, inp: MethodInputs) -> np.ndarray:
         """eigen_smooth: the first principal component of the weighted activations instead of
         their sum (pytorch-grad-cam's eigen_smooth; the sign fixed as Eigen-CAM's)."""
-        from .eigen import first_component
-
         return np.maximum(first_component(self.weighted(inp)), 0).astype(np.float32)
 
 
@@ -90,11 +89,14 @@ ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "elementwis
 
 
 def register(cls: type[CAMMethod]) -> type[CAMMethod]:
+    """Class decorator: make the method available by its `name` (METHODS, get_method, the CLI)."""
     METHODS[cls.name] = cls
     return cls
 
 
 def get_method(name: str | CAMMethod) -> CAMMethod:
+    """A method instance from its name (case, '-' and '_' ignored; aliases as gradcampp), or the
+    instance itself; UsageError listing the names where unknown."""
     if isinstance(name, CAMMethod):
         return name
     key = str(name).lower().replace("-", "").replace("_", "")
@@ -103,22 +105,3 @@ def get_method(name: str | CAMMethod) -> CAMMethod:
         if n.replace("-", "").replace("_", "") == key:
             return cls()
     raise UsageError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
-
-
-def normalize_maps(cams: np.ndarray) -> np.ndarray:
-    """Per image: (m − min) / (max(m − min) + 1e-7), as pytorch-grad-cam's scale_cam_image."""
-    m = cams.astype(np.float32)
-    m = m - m.min(axis=(1, 2), keepdims=True)
-    return m / (1e-7 + m.max(axis=(1, 2), keepdims=True))
-
-
-def scale_maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The heatmaps, in [0, 1] at size=(H, W), exactly as pytorch-grad-cam makes them: normalise
-    at the layer's resolution, resize bilinearly (OpenCV, half-pixel centres), normalise again
-    (the resize can lift the minimum above 0)."""
-    h, w = size
-    normed = normalize_maps(cams)
-    out = np.empty((len(cams), h, w), np.float32)
-    for i, m in enumerate(normed):
-        out[i] = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-    return normalize_maps(np.maximum(out, 0))

@@ -1,33 +1,11 @@
-"""Principal-component methods: Eigen-CAM and EigenGrad-CAM, and the random baseline."""
+"""Principal-component methods: Eigen-CAM, EigenGrad-CAM and KPCA-CAM."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .base import CAMMethod, MethodInputs, register
-
-
-def first_component(maps: np.ndarray) -> np.ndarray:
-    """Project each (C, h, w) stack, centred over locations, on its first right singular vector.
-
-    The singular vector's sign is arbitrary (pytorch-grad-cam's maps come out inverted at times);
-    we fix it so that the projection correlates positively with the channel sum of the stack, i.e.
-    the map is bright where the features are strong.
-    """
-    n, c, h, w = maps.shape
-    out = np.zeros((n, h, w), np.float64)
-    for i in range(n):
-        x = maps[i].reshape(c, h * w).T.astype(np.float64)  # (hw, C)
-        xc = x - x.mean(axis=0)
-        if not np.any(xc):
-            continue
-        _, _, vt = np.linalg.svd(xc, full_matrices=False)
-        proj = xc @ vt[0]
-        ref = x.sum(axis=1)
-        if float(np.dot(proj, ref - ref.mean())) < 0:
-            proj = -proj
-        out[i] = proj.reshape(h, w)
-    return out
+from .maps import first_component
 
 
 @register
@@ -63,25 +41,6 @@ class EigenGradCAM(CAMMethod):
 
     def cam(self, inp: MethodInputs) -> np.ndarray:
         return np.maximum(first_component(inp.gradients * inp.activations), 0).astype(np.float32)
-
-
-@register
-class RandomCAM(CAMMethod):
-    """Random baseline — channel weights drawn uniformly from [−1, 1] (seeded): the map a
-    metric must beat to mean anything.
-
-    Example: ``Explainer("model.onnx", method="random").explain(x).heatmaps``
-    """
-
-    name = "random"
-    needs_gradients = False
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-
-    def weights(self, inp: MethodInputs) -> np.ndarray:
-        rng = np.random.default_rng(self.seed)
-        return rng.uniform(-1, 1, size=inp.activations.shape[:2])
 
 
 def kernel_component(maps: np.ndarray, gamma: float | None = None, coef0: float = 1.0) -> np.ndarray:
@@ -130,26 +89,3 @@ class KPCACAM(CAMMethod):
 
     def cam(self, inp: MethodInputs) -> np.ndarray:
         return np.maximum(kernel_component(inp.activations, self.gamma, self.coef0), 0).astype(np.float32)
-
-
-@register
-class FEM(CAMMethod):
-    """FEM — Fuad et al., "Features Understanding in 3D CNNs for Actions Recognition in Video",
-    IPTA 2020 (the Feature Explanation Method).
-
-    k-sigma rule: w_k = mean_ij 1[A^k_ij > μ_k + k·σ_k] (the fraction of the map that stands out),
-    L = ReLU(Σ_k w_k A^k). Gradient-free, class-agnostic; k = 2.
-
-    Example: ``Explainer("model.onnx", method="fem").explain(x).heatmaps``
-    """
-
-    name = "fem"
-    needs_gradients = False
-
-    def __init__(self, k: float = 2.0) -> None:
-        self.k = k
-
-    def weights(self, inp: MethodInputs) -> np.ndarray:
-        a = inp.activations.astype(np.float64)
-        th = a.mean(axis=(2, 3), keepdims=True) + self.k * a.std(axis=(2, 3), keepdims=True)
-        return (a > th).mean(axis=(2, 3))

@@ -1,51 +1,24 @@
-"""Forward-only methods that perturb the input or the activations and watch the score."""
+"""The Score-CAM family: the input masked by each upsampled activation map, scored by a forward
+run (Score-CAM, SS-CAM, IS-CAM)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .base import CAMMethod, MethodInputs, register
-
-
-def _interp_matrix(n_out: int, n_in: int, align_corners: bool) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D linear interpolation (PyTorch's two conventions)."""
-    if align_corners:
-        pos = np.linspace(0, n_in - 1, n_out) if n_out > 1 else np.zeros(1)
-    else:
-        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = pos - lo
-    m = np.zeros((n_out, n_in))
-    m[np.arange(n_out), lo] += 1 - frac
-    m[np.arange(n_out), hi] += frac
-    return m
-
-
-def upsample(acts: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
-    """(C, h, w) → (C, H, W), bilinear, separable (as torch's interpolate)."""
-    ry = _interp_matrix(size[0], acts.shape[1], align_corners)
-    rx = _interp_matrix(size[1], acts.shape[2], align_corners)
-    t = np.matmul(acts.astype(np.float32), rx.T.astype(np.float32))  # (C, h, W)
-    return np.matmul(ry.astype(np.float32), t)  # (C, H, W), two BLAS products
-
-
-def _minmax(m: np.ndarray, eps: float) -> np.ndarray:
-    mins = m.min(axis=(1, 2), keepdims=True)
-    maxs = m.max(axis=(1, 2), keepdims=True)
-    return (m - mins) / (maxs - mins + eps)
+from .maps import minmax_channels, upsample
 
 
 def upsampled_masks(acts: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Score-CAM's masks as pytorch-grad-cam makes them: (C, h, w) activations upsampled
     bilinearly with align_corners=True to (C, H, W), then min-max normalised per channel."""
-    return _minmax(upsample(acts, size, align_corners=True), 1e-8)
+    return minmax_channels(upsample(acts, size, align_corners=True), 1e-8)
 
 
 def torchcam_masks(acts: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """SS-CAM/IS-CAM's masks as torchcam makes them: min-max at the layer's resolution, then
     bilinear upsampling with align_corners=False."""
-    return upsample(_minmax(acts.astype(np.float32), 1e-7), size, align_corners=False)
+    return upsample(minmax_channels(acts.astype(np.float32), 1e-7), size, align_corners=False)
 
 
 def _softmax(v: np.ndarray) -> np.ndarray:
@@ -163,36 +136,3 @@ class ISCAM(_MaskedScoreMethod):
             coeff += i / self.num_samples
             total += self._run(inp, n, lambda m, c=coeff: c * m)
         return _softmax(total / self.num_samples)
-
-
-@register
-class AblationCAM(CAMMethod):
-    """Ablation-CAM — Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep
-    Convolutional Network via Gradient-free Localization", WACV 2020.
-
-    w_k = (y^c − y^c_k) / y^c, y^c_k the score with channel k of A zeroed; L^c = ReLU(Σ w_k A^k).
-    The model up to the layer runs once; only the part after it runs, on batches of ablated
-    activations.
-
-    Example: ``Explainer("model.onnx", method="ablationcam").explain(x)``
-    """
-
-    name = "ablationcam"
-    needs_gradients = False
-
-    def __init__(self, batch_size: int = 64) -> None:
-        self.batch_size = batch_size
-
-    def weights(self, inp: MethodInputs) -> np.ndarray:
-        n_img, c = inp.activations.shape[:2]
-        w = np.empty((n_img, c), np.float64)
-        for n in range(n_img):
-            y = float(inp.score(n, inp.outputs[n : n + 1])[0])
-            scores = np.empty(c, np.float64)
-            for s in range(0, c, self.batch_size):
-                ks = np.arange(s, min(c, s + self.batch_size))
-                a = np.repeat(inp.activations[n][None], len(ks), axis=0)
-                a[np.arange(len(ks)), ks] = 0
-                scores[ks] = inp.score(n, inp.tail(n, a))
-            w[n] = (y - scores) / y
-        return w

@@ -18,8 +18,8 @@ affine layer so that the two batch items get different targets (as tools/goldens
 Run from the repository root::
 
     /work/venvs/tv/bin/pip install torch torchvision onnx onnxscript onnxruntime numpy
-    /work/venvs/tv/bin/python tools/arch/make_torchvision_corpus.py            # [--only ARCH ...]
-    /work/venvs/dev/bin/python tools/arch/make_torchvision_corpus.py --check   # onnxcam coverage table
+    /work/venvs/tv/bin/python -m tools.arch.make_torchvision_corpus            # [--only ARCH ...]
+    /work/venvs/dev/bin/python -m tools.arch.make_torchvision_corpus --check   # onnxcam coverage table
 
 ``--check`` imports onnxcam (and not torch): for every ``tv_*.onnx`` it runs
 ``onnxcam.Explainer(path, method="gradcam").explain(x)`` and compares activations and gradients with
@@ -43,10 +43,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "tests" / "data" / "arch"
+from tools import common
+from tools.common import ATOL, find_layer_tensor, op_types, run_ort
+
+OUT = common.ARCH_DIR
 OPSET, DYNAMO_OPSET = 17, 18
-ATOL = 1e-4
 MAX_BYTES = 2 * 1024 * 1024
 NUM_CLASSES = 10
 
@@ -310,43 +311,20 @@ def randomise(model: Any, shape: tuple[int, ...], seed: int, head: str, n_stats:
     import torch.nn as nn
     from torchvision.models.convnext import CNBlock
 
+    from tools.torch_helpers import calibrate_batchnorm_, he_normal_, standardise_head_
+
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                he_normal_(m, g)
             elif isinstance(m, nn.LayerNorm):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
             elif isinstance(m, CNBlock):
                 m.layer_scale.copy_(torch.rand(m.layer_scale.shape, generator=g) * 0.8 + 0.2)
-        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        model(torch.randn(n_stats, *shape[1:], generator=g))
-        for m in bns:
-            c = m.num_features
-            m.running_mean.add_(torch.randn(c, generator=g) * 0.3 * m.running_var.sqrt())
-            m.running_var.mul_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-            m.momentum = 0.1
-        model.eval()
-        hm = model.get_submodule(head)
-        seen: list[torch.Tensor] = []
-        h = hm.register_forward_hook(lambda _m, _i, o: seen.append(o.clone()))  # clone: an inplace ReLU may follow
-        model(torch.randn(n_cal, *shape[1:], generator=g))
-        h.remove()
-        o = seen[0].transpose(0, 1).reshape(seen[0].shape[1], -1)
-        mean, std = o.mean(1), o.std(1)
-        view = (-1,) + (1,) * (hm.weight.dim() - 1)
-        hm.weight.div_(std.view(view))
-        hm.bias.copy_((hm.bias - mean) / std)
-    return model.eval()
+        calibrate_batchnorm_(model, torch.randn(n_stats, *shape[1:], generator=g), g)
+        return standardise_head_(model, head, torch.randn(n_cal, *shape[1:], generator=g))
 
 
 def make_input(model: Any, shape: tuple[int, ...], seed: int, name: str, tries: int = 1000, strict: bool = True) -> Any:
@@ -411,6 +389,8 @@ class _Capture:
 
 
 def goldens(model: Any, spec: dict, x32: Any) -> dict[str, np.ndarray]:
+    from tools.torch_helpers import backward_goldens
+
     md = copy.deepcopy(model).double().eval()
     x = x32.double().clone().requires_grad_(True)
     with _Capture(md, spec["capture"]) as cap:
@@ -418,28 +398,7 @@ def goldens(model: Any, spec: dict, x32: Any) -> dict[str, np.ndarray]:
     act = cap.value
     if act is None or act.dim() != 4:
         raise SystemExit("default layer not captured")
-    targets = out.argmax(1)
-    top2 = out.topk(2, 1).values
-    if (top2[:, 0] - top2[:, 1]).min() < 1e-3:
-        raise SystemExit("argmax margin too small")
-    out.gather(1, targets[:, None]).sum().backward()
-    g = {
-        "x": x32.numpy().astype(np.float32),
-        "outputs": out.detach().numpy().astype(np.float32),
-        "targets": targets.numpy().astype(np.int64),
-        "activation": act.detach().numpy().astype(np.float32),
-        "gradient": act.grad.numpy().astype(np.float32),
-        "input_gradient": x.grad.numpy().astype(np.float32),
-        "layer_desc": np.array(spec["desc"]),
-    }
-    if spec.get("fc"):
-        fc = md.get_submodule(spec["fc"])
-        g["fc_weight"] = fc.weight.detach().numpy().astype(np.float32)
-        g["fc_bias"] = fc.bias.detach().numpy().astype(np.float32)
-    for k in ("activation", "gradient", "input_gradient"):
-        if not np.isfinite(g[k]).all() or not np.abs(g[k]).max() > 0:
-            raise SystemExit(f"degenerate golden {k}")
-    return g
+    return backward_goldens(md, out, act, x, x32, spec["desc"], spec.get("fc"))
 
 
 # --------------------------------------------------------------------------- export / inspection
@@ -467,40 +426,6 @@ def export(model: Any, x: Any, path: Path, dynamo: bool, opset: int) -> list[str
     import onnx
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     return notes
-
-
-def run_ort(path: Path | bytes, x: np.ndarray, names: list[str] | None = None, optimise: bool = True) -> list[np.ndarray]:
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    if not optimise:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path) if isinstance(path, Path) else path, so, providers=["CPUExecutionProvider"])
-    return sess.run(names, {sess.get_inputs()[0].name: x})
-
-
-def find_layer_tensor(path: Path, x: np.ndarray, act: np.ndarray) -> tuple[str, list[str]]:
-    import onnx
-    m = onnx.load(str(path))
-    existing = {o.name for o in m.graph.output}
-    names = [o for n in m.graph.node for o in n.output if o and o not in existing]
-    for nme in names:
-        m.graph.output.append(onnx.ValueInfoProto(name=nme))
-    outs = run_ort(m.SerializeToString(), x, names, optimise=False)
-    hits = [nme for nme, v in zip(names, outs)
-            if getattr(v, "shape", None) == act.shape and np.allclose(v, act, atol=ATOL, rtol=1e-4)]
-    if not hits:
-        raise SystemExit(f"{path.name}: no ONNX tensor matches the golden activation {act.shape}")
-    return hits[-1], hits
-
-
-def op_types(path: Path) -> tuple[list[str], int]:
-    import onnx
-    m = onnx.load(str(path))
-    ops = sorted({(n.domain + "." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in m.graph.node})
-    if m.functions:
-        ops.append("functions:" + ",".join(f.name for f in m.functions))
-    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
-    return ops, opset
 
 
 # --------------------------------------------------------------------------- check (onnxcam)
@@ -596,8 +521,8 @@ Rebuild from the repository root:
 
 ```
 /work/venvs/tv/bin/pip install torch torchvision onnx onnxscript onnxruntime numpy
-/work/venvs/tv/bin/python tools/arch/make_torchvision_corpus.py            # or --only resnet ...
-/work/venvs/dev/bin/python tools/arch/make_torchvision_corpus.py --check   # onnxcam vs goldens
+/work/venvs/tv/bin/python -m tools.arch.make_torchvision_corpus            # or --only resnet ...
+/work/venvs/dev/bin/python -m tools.arch.make_torchvision_corpus --check   # onnxcam vs goldens
 ```
 
 Provenance: {prov}.
@@ -649,15 +574,7 @@ def write_readme(out_dir: Path, report: dict[str, dict], prov: str, arch_notes: 
     check_md = out_dir / "tv_onnxcam_check.md"
     if check_md.exists():
         lines += ["", "### onnxcam coverage (from `--check`)", "", check_md.read_text().strip()]
-    block = BEGIN + "\n" + "\n".join(lines).rstrip() + "\n" + END + "\n"
-    path = out_dir / "README.md"
-    text = path.read_text() if path.exists() else "# Architecture corpus\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
+    common.write_readme_section(out_dir / "README.md", BEGIN, END, "\n".join(lines), title="# Architecture corpus")
 
 
 def refresh_readme(out_dir: Path) -> None:

@@ -6,34 +6,23 @@ exports it with tf2onnx (``model.export(format="onnx", opset_version=13)``) to
 tests/data/arch), then ``--check`` runs onnxcam Grad-CAM on each file and prints the coverage table.
 BatchNorm statistics are mildly randomised (no layer-by-layer calibration: too slow at full size).
 
-    /work/venvs/tf/bin/python tools/arch/validate_keras_fullsize.py [--only ResNet50 ...]
-    /work/venvs/dev/bin/python tools/arch/validate_keras_fullsize.py --check
+    /work/venvs/tf/bin/python -m tools.arch.validate_keras_fullsize [--only ResNet50 ...]
+    /work/venvs/dev/bin/python -m tools.arch.validate_keras_fullsize --check
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from tools import common
+
 OUT = Path("/tmp/onnxcam_full_keras")
 NAMES = ["ResNet50", "MobileNetV2", "MobileNetV3Large", "EfficientNetB0", "DenseNet121", "Xception",
          "ConvNeXtTiny", "VGG16", "InceptionV3"]
-
-
-def _load(check_only: bool):
-    spec = importlib.util.spec_from_file_location("make_keras_corpus", Path(__file__).with_name("make_keras_corpus.py"))
-    mod = importlib.util.module_from_spec(spec)
-    mod._CHECK_ONLY = check_only
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as e:
-        if type(e).__name__ != "_StopImport":
-            raise
-    return mod
 
 
 def builder(name):
@@ -58,14 +47,14 @@ def builder(name):
 
 def main(argv):
     if "--check" in argv:
-        K = _load(True)
-        rows = K.check("", OUT, "*.onnx")
+        rows = common.check_corpus("", OUT, "*.onnx")
         status = json.loads((OUT / "build_status.json").read_text()) if (OUT / "build_status.json").exists() else {}
         for n, s in status.items():
             if not s.startswith("ok"):
                 print(f"| `{n}` (build) | {s} |")
         return 0 if rows else 1
-    K = _load(False)
+    from tools.arch import make_keras_corpus as K  # imports TensorFlow
+
     OUT.mkdir(parents=True, exist_ok=True)
     only = argv[argv.index("--only") + 1:] if "--only" in argv else NAMES
     sp = OUT / "build_status.json"

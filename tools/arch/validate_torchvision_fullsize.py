@@ -13,8 +13,8 @@ Step 2 (dev venv, ``--check``): runs ``onnxcam.Explainer(path, method="gradcam")
 file and prints the coverage table (max |diff| / max |golden| for activations and gradients, or
 the exact error message).
 
-    /work/venvs/tv/bin/python tools/arch/validate_torchvision_fullsize.py [--only resnet50 ...]
-    /work/venvs/dev/bin/python tools/arch/validate_torchvision_fullsize.py --check
+    /work/venvs/tv/bin/python -m tools.arch.validate_torchvision_fullsize [--only resnet50 ...]
+    /work/venvs/dev/bin/python -m tools.arch.validate_torchvision_fullsize --check
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_torchvision_corpus as corpus  # noqa: E402  (numpy-only at import time)
+from tools import common
+from tools.arch import make_torchvision_corpus as corpus  # numpy-only at import time
 
 OUT = Path("/tmp/onnxcam_full")
 
@@ -79,11 +79,11 @@ def build_one(name: str, out: Path, report: dict) -> None:
         entry: dict = {"arch": name, "exporter": exporter, "golden_s": round(t_gold, 1), "torch_f32_err": f32_err}
         try:
             entry["notes"] = corpus.export(model, x, path, dynamo, opset)
-            y = corpus.run_ort(path, g["x"])[0]  # not asserted: deep randomised nets can be ill-conditioned in float32
+            y = common.run_ort(path, g["x"])[0]  # not asserted: deep randomised nets can be ill-conditioned in float32
             entry["max_abs_err"] = float(np.abs(y - g["outputs"]).max())
             entry["rel_err"] = entry["max_abs_err"] / float(np.abs(g["outputs"]).max())
             entry["bytes"] = path.stat().st_size
-            entry["ops"], entry["opset"] = corpus.op_types(path)
+            entry["ops"], entry["opset"] = common.op_types(path)
             np.savez_compressed(out / f"{stem}.npz", **g)
             entry["ok"] = True
         except Exception as e:  # keep going

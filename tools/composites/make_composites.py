@@ -1,7 +1,7 @@
 """Composites for a localisation check of the bundled ImageNet model: real object photos pasted at
 known boxes on real textures.
 
-    /work/venvs/tv/bin/python tools/composites/make_composites.py [--check-crops]
+    /work/venvs/tv/bin/python -m tools.composites.make_composites [--check-crops]
 
 Writes ``examples/composites/comp_XX.jpg`` (320x320, JPEG quality 90) and
 ``examples/composites/boxes.json``: ``{file: {"box": [x0, y0, x1, y1], "label": [accepted ImageNet
@@ -34,7 +34,9 @@ import os
 import numpy as np
 from PIL import Image, ImageFilter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import common
+
+ROOT = str(common.ROOT)
 OUT = os.path.join(ROOT, "examples", "composites")
 SIZE = 320
 N_IMAGES = 40

@@ -1,6 +1,6 @@
 """Top-1 and Grad-CAM pointing game of the bundled MobileNetV2 on ``examples/composites/``.
 
-    /work/venvs/dev/bin/python tools/composites/measure.py [--method gradcam] [--tol 15] [--json out.json]
+    /work/venvs/dev/bin/python -m tools.composites.measure [--method gradcam] [--tol 15] [--json out.json]
 
 For each composite: preprocess as the model's preset says (resize to 224x224, ImageNet mean/std),
 explain the predicted class (onnxcam's default target) and, separately, the best-scoring accepted
@@ -17,7 +17,9 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import common
+
+ROOT = str(common.ROOT)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ onnxconverter-common installed, e.g.
 
     python -m venv /work/venvs/fp16 --system-site-packages
     /work/venvs/fp16/bin/pip install onnxconverter-common
-    /work/venvs/fp16/bin/python tools/fp16/make_fp16.py
+    /work/venvs/fp16/bin/python -m tools.fp16.make_fp16
 
 For each source model it writes `<stem>_fp16.onnx` (everything float16, inputs and outputs too,
 `keep_io_types=False`); for the first one it also writes `<stem>_fp16io32.onnx`
@@ -22,7 +22,9 @@ from pathlib import Path
 import onnx
 from onnxconverter_common import float16
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools import common
+
+ROOT = common.ROOT
 SRC = ROOT / "tests" / "data" / "goldens"
 DST = ROOT / "tests" / "data" / "fp16"
 STEMS = ["torchscript_tinyresnet", "torchscript_tinymbv3", "tf2onnx_smallresnet"]

@@ -2,7 +2,7 @@
 
 Run from the repository root with any environment that has numpy, onnx and onnxruntime::
 
-    python tools/goldens/check_torch_goldens.py
+    python -m tools.goldens.check_torch_goldens
 
 For every ``tests/data/goldens/{torchscript,dynamo}_*.onnx`` it checks, with onnxruntime: the
 outputs and their argmax match ``outputs``/``targets``; the tensor named in ``layers.json`` matches
@@ -21,7 +21,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "goldens"
+from tools import common
+
+DIR = common.GOLDENS_DIR
 
 
 def main() -> int:

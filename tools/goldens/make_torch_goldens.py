@@ -17,7 +17,7 @@ How to run (torch lives in its own venv, not in the project's environment)::
 
     python3 -m venv /work/venvs/torch
     /work/venvs/torch/bin/pip install torch==2.13.0 onnx onnxscript onnxruntime numpy
-    /work/venvs/torch/bin/python tools/goldens/make_torch_goldens.py  # from the repo root
+    /work/venvs/torch/bin/python -m tools.goldens.make_torch_goldens  # from the repo root
 
 Options: ``--out DIR`` (default tests/data/goldens), ``--only NAME`` (repeatable).
 The script is deterministic (seeded weights and inputs); it fails loudly (non-zero exit) when an
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -40,14 +39,15 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from tools import common
+from tools.common import ATOL, find_layer_tensor, op_types
+from tools.torch_helpers import backward_goldens, calibrate_batchnorm_, he_normal_, standardise_head_
 
 OPSET = 17          # TorchScript exporter
 DYNAMO_OPSET = 18   # the dynamo exporter implements opset >= 18 only; its down-conversion to 17
                     # fails on ReduceMean (axes input -> attribute) before optimisation, so keep 18
-ATOL = 1e-4
 MAX_BYTES = 300 * 1024
-REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- models
@@ -231,40 +231,10 @@ def build(name: str) -> nn.Module:
     g = torch.Generator().manual_seed(SEEDS[name] + 7)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):  # He-normal, fan-in
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-        # BN running stats: measured on random data (so BN keeps activations O(1)), then perturbed
-        # so that no BN is the identity or an exact normaliser; affine weight/bias random.
-        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-        model.train()
-        model(torch.randn(8, *model.input_shape[1:], generator=g))
-        for m in bns:
-            c = m.num_features
-            m.running_mean.add_(torch.randn(c, generator=g) * 0.3 * m.running_var.sqrt())
-            m.running_var.mul_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-            m.momentum = 0.1
-        # Random nets map random inputs to nearly the same logits (pooling averages the noise out),
-        # so every image gets the same argmax. Standardise the last affine layer's output per class
-        # over a calibration batch: logits then differ per image and are O(1).
-        model.eval()
-        head = model.get_submodule(model.head_module)
-        seen: list[torch.Tensor] = []
-        h = head.register_forward_hook(lambda _m, _i, o: seen.append(o))
-        model(torch.randn(64, *model.input_shape[1:], generator=g))
-        h.remove()
-        o = seen[0].transpose(0, 1).reshape(seen[0].shape[1], -1)  # (K, N*spatial)
-        mean, std = o.mean(1), o.std(1)
-        shape = (-1,) + (1,) * (head.weight.dim() - 1)
-        head.weight.div_(std.view(shape))
-        head.bias.copy_((head.bias - mean) / std)
-    return model.eval()
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                he_normal_(m, g)
+        calibrate_batchnorm_(model, torch.randn(8, *model.input_shape[1:], generator=g), g)
+        return standardise_head_(model, model.head_module, torch.randn(64, *model.input_shape[1:], generator=g))
 
 
 def make_input(model: nn.Module, name: str) -> torch.Tensor:
@@ -323,35 +293,6 @@ def export(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool, keepbn: 
     return notes
 
 
-def find_layer_tensor(path: Path, x: np.ndarray, act: np.ndarray) -> tuple[str, list[str]]:
-    """Expose every node output of the ONNX graph and return the (last, in node order) tensor
-    whose value matches the golden activation; also return all matching names."""
-    m = onnx.load(str(path))
-    existing = {o.name for o in m.graph.output}
-    names = [o for n in m.graph.node for o in n.output if o and o not in existing]
-    for nme in names:
-        m.graph.output.append(onnx.ValueInfoProto(name=nme))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    outs = sess.run(names, {sess.get_inputs()[0].name: x})
-    hits = [nme for nme, v in zip(names, outs)
-            if v.shape == act.shape and np.allclose(v, act, atol=ATOL, rtol=1e-4)]
-    if not hits:
-        raise SystemExit(f"{path.name}: no ONNX tensor matches the golden activation {act.shape}")
-    return hits[-1], hits
-
-
-def op_types(path: Path) -> tuple[list[str], int]:
-    m = onnx.load(str(path))
-    ops = sorted({(n.domain + "." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in m.graph.node})
-    funcs = [f.name for f in m.functions]
-    if funcs:
-        ops.append("functions:" + ",".join(funcs))
-    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
-    return ops, opset
-
-
 # --------------------------------------------------------------------------- goldens
 
 
@@ -367,39 +308,12 @@ def goldens(model: nn.Module, x32: torch.Tensor) -> dict[str, np.ndarray]:
     x = x32.double().clone().requires_grad_(True)
     out = md(x)
     h.remove()
-    targets = out.argmax(1)
-    top2 = out.topk(2, 1).values
-    if (top2[:, 0] - top2[:, 1]).min() < 1e-3:
-        raise SystemExit("argmax margin too small; change the seed")
-    out.gather(1, targets[:, None]).sum().backward()
-    act = store["act"]
-    g: dict[str, np.ndarray] = {
-        "x": x32.numpy().astype(np.float32),
-        "outputs": out.detach().numpy().astype(np.float32),
-        "targets": targets.numpy().astype(np.int64),
-        "activation": act.detach().numpy().astype(np.float32),
-        "gradient": act.grad.numpy().astype(np.float32),
-        "input_gradient": x.grad.numpy().astype(np.float32),
-        "layer_desc": np.array(md.cam_desc),
-    }
-    if getattr(md, "fc_module", None):
-        fc = md.get_submodule(md.fc_module)
-        g["fc_weight"] = fc.weight.detach().numpy().astype(np.float32)
-        g["fc_bias"] = fc.bias.detach().numpy().astype(np.float32)
-    for k in ("activation", "gradient", "input_gradient"):
-        if not np.isfinite(g[k]).all() or not np.abs(g[k]).max() > 0:
-            raise SystemExit(f"degenerate golden {k}")
-    return g
+    return backward_goldens(md, out, store["act"], x, x32, md.cam_desc, getattr(md, "fc_module", None))
 
 
 def build_double(model: nn.Module) -> nn.Module:
     import copy
     return copy.deepcopy(model).double().eval()
-
-
-def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 # --------------------------------------------------------------------------- README
@@ -416,7 +330,7 @@ Rebuild from the repository root with:
 ```
 python3 -m venv /work/venvs/torch
 /work/venvs/torch/bin/pip install torch==2.13.0 onnx onnxscript onnxruntime numpy
-/work/venvs/torch/bin/python tools/goldens/make_torch_goldens.py
+/work/venvs/torch/bin/python -m tools.goldens.make_torch_goldens
 ```
 
 Provenance: {prov}.
@@ -480,7 +394,7 @@ the library must find the default layer by itself (entries of other generators i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "tests" / "data" / "goldens")
+    ap.add_argument("--out", type=Path, default=common.GOLDENS_DIR)
     ap.add_argument("--only", action="append", choices=list(MODELS))
     args = ap.parse_args()
     out_dir: Path = args.out
@@ -509,12 +423,12 @@ def main() -> None:
             notes = export(model, x, onnx_path, dynamo=exporter == "dynamo", keepbn=keepbn)
             if keepbn and "BatchNormalization" not in {n.op_type for n in onnx.load(str(onnx_path)).graph.node}:
                 raise SystemExit(f"{stem}: BatchNormalization was folded away")
-            y = run_ort(onnx_path, g["x"])
+            y = common.run_ort(onnx_path, g["x"])[0]
             err = float(np.abs(y - g["outputs"]).max())
             if not err <= ATOL:
                 raise SystemExit(f"{stem}: onnxruntime output differs from torch by {err:.3g} > {ATOL}")
             # batch-1 run too, to make sure the dynamic batch axis works
-            y1 = run_ort(onnx_path, g["x"][:1])
+            y1 = common.run_ort(onnx_path, g["x"][:1])[0]
             if not np.allclose(y1, g["outputs"][:1], atol=ATOL):
                 raise SystemExit(f"{stem}: batch-1 run differs")
             np.savez_compressed(out_dir / f"{stem}.npz", **g)
@@ -548,14 +462,7 @@ def main() -> None:
     for stem in sorted(report):
         lines.append(f"- `{stem}`: " + ", ".join(f"`{h}`" for h in report[stem]["matches"]))
     lines.append("")
-    section = BEGIN + "\n" + "\n".join(lines) + END + "\n"
-    readme = out_dir / "README.md"
-    old = readme.read_text() if readme.exists() else "# Golden test models\n\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END) + 1:]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    readme.write_text(new)
+    common.write_readme_section(out_dir / "README.md", BEGIN, END, "\n".join(lines))
 
 
 if __name__ == "__main__":

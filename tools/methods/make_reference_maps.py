@@ -14,7 +14,7 @@ How to run (from the repository root; torch lives in its own venv)::
     python3 -m venv /work/venvs/tv
     /work/venvs/tv/bin/pip install torch==2.14.1 torchvision==0.29.1 onnx onnxscript onnxruntime numpy
     /work/venvs/tv/bin/pip install grad-cam==1.5.7 torchcam==0.5.0
-    /work/venvs/tv/bin/python tools/methods/make_reference_maps.py
+    /work/venvs/tv/bin/python -m tools.methods.make_reference_maps
 
 Options: ``--out DIR`` (default tests/data/methods), ``--only NAME`` (repeatable), ``--no-readme``.
 Deterministic: CPU, float32, one thread, seeds fixed before every randomised call (torchcam's
@@ -39,10 +39,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools" / "goldens"))
-sys.dont_write_bytecode = True  # do not leave __pycache__ in tools/goldens
-import make_torch_goldens as G  # noqa: E402  (the golden builders: build(), MODELS)
+from tools import common
+from tools.common import REBUILD_ATOL as ATOL
+from tools.goldens import make_torch_goldens as G  # (the golden builders: build(), MODELS)
 
 import pytorch_grad_cam as pgc  # noqa: E402
 from pytorch_grad_cam import (  # noqa: E402
@@ -61,8 +60,7 @@ except Exception as exc:  # pragma: no cover - optional
     print(f"torchcam unavailable ({exc}); skipping its methods", file=sys.stderr)
     HAVE_TORCHCAM = False
 
-GOLDENS = REPO / "tests" / "data" / "goldens"
-ATOL = 1e-5
+GOLDENS = common.GOLDENS_DIR
 MAX_BYTES = 1_000_000
 SEED = 0
 
@@ -349,7 +347,7 @@ def run_torchcam(name: str, model: nn.Module, g: dict, out: dict, info: dict) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "tests" / "data" / "methods")
+    ap.add_argument("--out", type=Path, default=common.ROOT / "tests" / "data" / "methods")
     ap.add_argument("--only", action="append", choices=list(G.MODELS))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

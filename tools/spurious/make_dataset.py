@@ -22,7 +22,7 @@ Boxes are exact (we pasted them): ``box`` is the object's paste rectangle clippe
 
 Run as a script to write a few test images and their boxes to ``examples/spurious/``::
 
-    /work/venvs/tv/bin/python tools/spurious/make_dataset.py
+    /work/venvs/tv/bin/python -m tools.spurious.make_dataset
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from tools import common
 
 SIZE = 64
 CLASSES = ["cat", "cup"]
@@ -210,7 +212,7 @@ def write_examples(out_dir: str, per_cell: int = 3, seed: int = 7) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = str(common.ROOT)
     ap.add_argument("--out", default=os.path.join(root, "examples", "spurious"))
     ap.add_argument("--preview", default=None, help="also write a grid of 64 training images here")
     a = ap.parse_args()

@@ -2,7 +2,7 @@
 
 Run with the venv that has onnxcam (it needs scikit-image and Pillow too, for the test split):
 
-    /work/venvs/dev/bin/python tools/spurious/measure.py [--n 1000] [--json out.json]
+    /work/venvs/dev/bin/python -m tools.spurious.measure [--n 1000] [--json out.json]
 
 For each model, on the test split of ``make_dataset.py`` (mark independent of the class, fixed
 seed) and on the 12 images in ``examples/spurious/``:
@@ -28,10 +28,10 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_dataset as md  # noqa: E402
+from tools import common
+from tools.spurious import make_dataset as md
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = str(common.ROOT)
 
 
 def _inside(box, yx, tol=0) -> bool:

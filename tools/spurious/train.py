@@ -5,8 +5,8 @@ Data come from ``make_dataset.py`` (same folder), generated in memory with fixed
 RGB in [0, 1] with no mean/std (onnxcam preset "unit"). CPU only; 15-25 s per model on
 two idle cores. Deterministic (checked on this machine): a rebuild gives byte-identical ONNX files.
 
-    /work/venvs/tv/bin/python tools/spurious/train.py            # train, export, print metrics
-    /work/venvs/tv/bin/python tools/spurious/train.py --json out.json
+    /work/venvs/tv/bin/python -m tools.spurious.train            # train, export, print metrics
+    /work/venvs/tv/bin/python -m tools.spurious.train --json out.json
 
 Prints train/test accuracy and the accuracy on test images where the mark contradicts the class
 (cats without the mark, cups with it): the biased model should fail there.
@@ -26,10 +26,10 @@ import onnx
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_dataset as md  # noqa: E402
+from tools import common
+from tools.spurious import make_dataset as md
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = str(common.ROOT)
 OUT_DIR = os.path.join(ROOT, "models", "spurious")
 N_TRAIN = 3000
 N_TEST = 2000

@@ -2,7 +2,7 @@
 
 Needs numpy, onnx, onnxruntime, opencv and scikit-image (the project's dev venv has them)::
 
-    /work/venvs/dev/bin/python tools/tasks/check_ocr_models.py [--json]
+    /work/venvs/dev/bin/python -m tools.tasks.check_ocr_models [--json]
 
 Preprocessing is RapidOCR 1.4.4's (rapidocr_onnxruntime/ch_ppocr_{det,cls}): BGR uint8 image,
 x = (x / 255 - 0.5) / 0.5 per channel, HWC -> CHW. Detector: resize so each side is a multiple of
@@ -30,7 +30,10 @@ import onnx
 import onnxruntime as ort
 import skimage.data
 
-REPO = Path(__file__).resolve().parents[2]
+from tools import common
+from tools.common import ancestors, descendants
+
+REPO = common.ROOT
 DET = REPO / "models" / "ocr" / "ch_PP-OCRv4_det_infer.onnx"
 CLS = REPO / "models" / "ocr" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 
@@ -52,22 +55,6 @@ def cls_input(bgr: np.ndarray) -> np.ndarray:
     out = np.zeros((3, 48, 192), np.float32)
     out[:, :, :rw] = norm(cv2.resize(bgr, (rw, 48)))
     return out
-
-
-def ancestors(graph: onnx.GraphProto, outs: list[str]) -> set[str]:
-    need = set(outs)
-    for n in reversed(graph.node):
-        if any(o in need for o in n.output):
-            need.update(i for i in n.input if i)
-    return need
-
-
-def descendants(graph: onnx.GraphProto, start: str) -> set[str]:
-    seen = {start}
-    for n in graph.node:
-        if any(i in seen for i in n.input):
-            seen.update(n.output)
-    return seen
 
 
 def path_ops(m: onnx.ModelProto, start: str, out: str) -> dict[str, int]:

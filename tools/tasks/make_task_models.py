@@ -18,7 +18,7 @@ The onnxcam test suite reads these with numpy/onnx/onnxruntime only; it never im
 
 Run from the repository root (torch + torchvision live in their own venv)::
 
-    /work/venvs/tv/bin/python tools/tasks/make_task_models.py           # or --only det_yolo ...
+    /work/venvs/tv/bin/python -m tools.tasks.make_task_models           # or --only det_yolo ...
 
 Deterministic (seeded weights and inputs). Fails loudly (non-zero exit) when onnxruntime differs
 from torch by more than 1e-4 on any output (batch 2 and batch 1), when a case's activation does not
@@ -45,10 +45,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[2]
+from tools import common
+from tools.common import ATOL, RTOL, ancestors, descendants
+
+REPO = common.ROOT
 OPSET = 17           # TorchScript exporter
 DYNAMO_OPSET = 18    # dynamo exporter (implements >= 18 only)
-ATOL = 1e-4
 MAX_BYTES = 3 * 1024 * 1024
 
 
@@ -540,22 +542,6 @@ def expose_all(path: Path, x: np.ndarray) -> tuple[onnx.ModelProto, dict[str, np
     return onnx.load(str(path)), {o.name: v for o, v in zip(sess.get_outputs(), outs)}
 
 
-def ancestors(graph: onnx.GraphProto, outputs: list[str]) -> set[str]:
-    need = set(outputs)
-    for node in reversed(graph.node):
-        if any(o in need for o in node.output):
-            need.update(i for i in node.input if i)
-    return need
-
-
-def descendants(graph: onnx.GraphProto, start: str) -> set[str]:
-    seen = {start}
-    for node in graph.node:
-        if any(i in seen for i in node.input):
-            seen.update(node.output)
-    return seen
-
-
 def attrs(node: onnx.NodeProto) -> dict:
     out = {}
     for a in node.attribute:
@@ -628,7 +614,7 @@ def main() -> None:
         with torch.no_grad():
             y32 = as_dict(spec, model(x))
         for k, v in y32.items():
-            if not np.allclose(v.numpy(), g[f"outputs_{k}"], atol=ATOL, rtol=1e-4):
+            if not np.allclose(v.numpy(), g[f"outputs_{k}"], atol=ATOL, rtol=RTOL):
                 raise SystemExit(f"{name}: float32 and float64 torch outputs differ on {k}")
         path = out_dir / f"{name}.onnx"
         notes = export(name, model, x, path)
@@ -638,7 +624,7 @@ def main() -> None:
             for k, y in zip(spec.outputs, ys):
                 ref = g[f"outputs_{k}"][: len(xb)]
                 err = float(np.abs(y - ref).max())
-                if y.shape != ref.shape or not np.allclose(y, ref, atol=ATOL, rtol=1e-4):
+                if y.shape != ref.shape or not np.allclose(y, ref, atol=ATOL, rtol=RTOL):
                     raise SystemExit(f"{name}: onnxruntime output {k} differs from torch by {err:.3g} (batch {len(xb)})")
                 errs[k] = max(errs.get(k, 0.0), err)
         np.savez_compressed(out_dir / f"{name}.npz", **g)

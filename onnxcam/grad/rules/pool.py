@@ -15,6 +15,7 @@ import numpy as np
 from onnx import helper
 
 from ...errors import UnsupportedOpError
+from ...protos import node_attrs
 from ..builder import Emitter, Node
 from . import register
 from .conv import spatial, transposed_pads
@@ -136,7 +137,7 @@ def max_pool(e: Emitter, node: Node, g: G) -> G:
     x = node.inputs[0]
     if int(node.attr("storage_order", 0)) != 0:
         raise UnsupportedOpError("MaxPool", node.name, "storage_order=1")
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.proto.attribute}
+    attrs = node_attrs(node.proto)
     _, idx = e.op("MaxPool", [x], "maxpool_idx", n_out=2, **attrs)
     flat = e.ints([-1])
     zeros = e.op(

@@ -1,0 +1,193 @@
+"""`onnxcam explain`: maps, overlays and results.json for images, through the output writer."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import numpy as np
+
+from ..errors import ImageError, UsageError
+from ..explainer import Explainer, Result
+from ..image import deprocess, load_image, overlay
+from ..output import OutputDir, dumps, output_names
+from ..preprocessing import Batch, InputPolicy, policy_for
+from ..targets import TopK, parse_target
+from . import options as opt
+from .common import chunks, collect_images, guarded, parse_inputs, progress, report_error
+
+KINDS = ("overlay.png", "heatmap.npy", "guided.png")
+
+
+@dataclass
+class Job:
+    """What one explain run writes: images, their unique output stems, the per-target suffixes."""
+
+    out: OutputDir
+    images: list[Path]
+    names: list[str]
+    suffixes: list[str]
+    target_spec: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    provider: str = ""
+    layer: str = ""
+    last_size: tuple[int, int] | None = None
+
+    def planned(self) -> list[str]:
+        return ["results.json"] + [f"{n}{s}.{k}" for n in self.names for s in self.suffixes for k in KINDS]
+
+
+def _softmax(v: np.ndarray) -> np.ndarray:
+    if np.all(v >= 0) and abs(float(v.sum()) - 1) < 1e-3:
+        return v
+    z = np.exp(v - v.max())
+    return z / z.sum()
+
+
+def _record(path: Path, scores: np.ndarray, target: int, policy: InputPolicy) -> dict[str, Any]:
+    """The image's target, label and, for a classifier, its score, probability and top-5."""
+    rec: dict[str, Any] = {"image": str(path), "target": target, "label": policy.label(target) if target >= 0 else None}
+    if scores.ndim == 1:
+        probs = _softmax(scores.astype(np.float64))
+        if target >= 0:
+            rec["score"] = float(scores[target])
+            rec["probability"] = float(probs[target])
+        rec["top5"] = [{"class": int(k), "label": policy.label(int(k)), "score": float(scores[k]),
+                        "probability": float(probs[k])} for k in np.argsort(-scores)[:5]]
+    return rec
+
+
+def _write_item(job: Job, res: Result, batch: Batch, policy: InputPolicy, i: int, path: Path, name: str,
+                img: np.ndarray) -> None:
+    """Write image i's overlay, heatmap (and guided image) per target; append its records."""
+    pixel = res.extra.get("guided_gradcam", res.extra.get("guided_backprop"))
+    for j, sfx in enumerate(job.suffixes):
+        r = i * len(job.suffixes) + j
+        heat = res.heatmaps[r]
+        if not (np.isfinite(heat).all() and np.isfinite(res.outputs[r]).all()):
+            _error(job, path, f"{path}: the model's outputs or the map are not finite (NaN or Inf); no map written")
+            continue
+        rec = _record(path, res.outputs[r], int(res.targets[r]), policy)
+        rec["target_spec"] = job.target_spec
+        rec["overlay"] = str(job.out.write_png(f"{name}{sfx}.overlay.png", overlay(img, batch.image_map(i, heat))))
+        rec["heatmap"] = str(job.out.write_npy(f"{name}{sfx}.heatmap.npy", batch.saved_map(i, heat)))
+        if pixel is not None:
+            rec["guided"] = str(job.out.write_png(f"{name}{sfx}.guided.png", deprocess(pixel[r], img.shape[:2])))
+        job.records.append(rec)
+
+
+def _error(job: Job, path: Path, message: str) -> None:
+    """An image that could not be explained: one line on stderr, one error record, exit code 1."""
+    report_error(message)
+    job.errors.append({"image": str(path), "error": message})
+
+
+def _load(job: Job, chunk: Sequence[tuple[Path, str]]) -> list[tuple[Path, str, np.ndarray]]:
+    """Decode a chunk's images; each unreadable one is one line on stderr and one error record."""
+    loaded = []
+    for path, name in chunk:
+        try:
+            loaded.append((path, name, load_image(path)))
+        except ImageError as exc:
+            _error(job, path, str(exc))
+    return loaded
+
+
+def _run(job: Job, ex: Explainer, policy: InputPolicy, target: Any, batch_size: int, show_bar: bool) -> None:
+    items = list(zip(job.images, job.names))
+    with progress(len(items), show_bar) as bar:
+        for chunk in chunks(items, policy.batch_step(batch_size)):
+            loaded = _load(job, chunk)
+            if loaded:
+                batch = policy.batch([img for _, _, img in loaded])
+                res = ex.explain(batch.x, targets=target)
+                job.provider, job.layer, job.last_size = res.provider, res.layer, batch.size
+                for i, (path, name, img) in enumerate(loaded):
+                    _write_item(job, res, batch, policy, i, path, name, img)
+            bar.update(len(chunk))
+
+
+def _report(job: Job, model: str, ex: Explainer, policy: InputPolicy, output_name: str | None) -> dict[str, Any]:
+    return {
+        "model": str(model),
+        "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
+        "method": ex.method.name,
+        "layer": job.layer,
+        "output": output_name or (ex.prepared(job.last_size).output if job.last_size else None),
+        "provider": job.provider,
+        **policy.describe(),
+        "images": job.records,
+        "errors": job.errors,
+    }
+
+
+@click.command()
+@opt.model_argument
+@click.argument("inputs", nargs=-1, required=True)
+@opt.out_dir_option
+@opt.method_option
+@click.option("--layer", "layers_opt", multiple=True,
+              help="ONNX tensor to explain (default: the last spatial activation); repeat to fuse several.")
+@click.option("--fuse", default="mean", show_default=True, type=click.Choice(["mean", "max"]),
+              help="How several layers' maps are fused.")
+@click.option("--aug-smooth", is_flag=True, help="Test-time augmentation: flips × value scales, maps averaged.")
+@click.option("--eigen-smooth", is_flag=True,
+              help="First principal component of the weighted activations instead of their sum.")
+@opt.target_option
+@click.option("--output", "output_name", default=None,
+              help="The model output to explain (default: the first (batch, classes) output).")
+@opt.input_options()
+@click.option("--input", "extra_inputs", multiple=True, help="Another model input, NAME=VALUE (numbers or a .npy file).")
+@opt.batch_size_option
+@opt.labels_option
+@opt.device_option
+@click.option("--backend", default="onnx", show_default=True, type=click.Choice(["onnx", "ort-training"]),
+              help="Gradient backend.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout; no progress bar.")
+@opt.overwrite_option
+@guarded
+def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, layers_opt: tuple[str, ...], fuse: str,
+            aug_smooth: bool, eigen_smooth: bool, target: str, output_name: str | None, preset: str | None,
+            config_file: str | None, size: str | None, letterbox: bool | None, extra_inputs: tuple[str, ...],
+            batch_size: int, labels_file: str | None, device: str, backend: str, as_json: bool, overwrite: bool) -> None:
+    """Explain images (files or folders) with a CAM method.
+
+    Writes, per image, OUT/NAME.overlay.png (at the image's own size) and OUT/NAME.heatmap.npy
+    (the map at the model's input size, in [0, 1]), and OUT/results.json, last, with the model,
+    layer, method and provider and, per image, the target, label, score, top-5 and files. NAME
+    mirrors the image's path below the folder it was found in. With --target topK, one of each per
+    class: NAME.top1.overlay.png ... Methods with a pixel-space result (guidedbackprop,
+    guidedgradcam) also write OUT/NAME.guided.png.
+    """
+    extra = parse_inputs(extra_inputs)
+    found = collect_images(inputs, Path(out_dir))
+    if not found:
+        raise UsageError("no images to explain")
+    layer = list(layers_opt) if len(layers_opt) > 1 else (layers_opt[0] if layers_opt else None)
+    ex = Explainer(model, method=method, layer=layer, providers=opt.providers(device), fuse=fuse,
+                   aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, output=output_name, backend=backend, inputs=extra)
+    policy = policy_for(ex, config_file=config_file, preset=preset, size=size, letterbox=letterbox,
+                        labels_file=labels_file)
+    tgt = parse_target(target, policy.labels)
+    per_image = tgt.k if isinstance(tgt, TopK) else 1
+    images = [p for p, _ in found]
+    out = OutputDir(out_dir, overwrite, protect=[model, *images])
+    job = Job(out, images, output_names(found), [""] if per_image == 1 else [f".top{j + 1}" for j in range(per_image)],
+              target)
+    out.check_free(job.planned())
+    out.remove_stale("results.json")
+    _run(job, ex, policy, tgt, batch_size, show_bar=not as_json and sys.stderr.isatty() and len(images) > 1)
+    report = _report(job, model, ex, policy, output_name)
+    out.write_json("results.json", report)
+    if as_json:
+        click.echo(dumps(report))
+    else:
+        click.echo(f"explained {len(job.records)} map(s) with {ex.method.name} at {job.layer}; results in {out_dir}",
+                   err=True)
+    if job.errors:
+        sys.exit(1)

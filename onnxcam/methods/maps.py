@@ -1,0 +1,90 @@
+"""The maths every method shares: normalising and resizing maps, upsampling activations, and
+the first principal component of a stack of maps (Eigen-CAM, and eigen_smooth for any method)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def normalize_maps(cams: np.ndarray) -> np.ndarray:
+    """Per image: (m − min) / (max − min + 1e-7) in float32, as pytorch-grad-cam's scale_cam_image."""
+    return minmax_channels(cams.astype(np.float32), 1e-7)
+
+
+def scale_maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The heatmaps, in [0, 1] at size=(H, W), exactly as pytorch-grad-cam makes them: normalise
+    at the layer's resolution, resize bilinearly (OpenCV, half-pixel centres), normalise again
+    (the resize can lift the minimum above 0)."""
+    h, w = size
+    normed = normalize_maps(cams)
+    out = np.empty((len(cams), h, w), np.float32)
+    for i, m in enumerate(normed):
+        out[i] = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    return normalize_maps(np.maximum(out, 0))
+
+
+def _interp_matrix(n_out: int, n_in: int, align_corners: bool) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D linear interpolation (PyTorch's two conventions)."""
+    if align_corners:
+        pos = np.linspace(0, n_in - 1, n_out) if n_out > 1 else np.zeros(1)
+    else:
+        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = pos - lo
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), lo] += 1 - frac
+    m[np.arange(n_out), hi] += frac
+    return m
+
+
+def upsample(acts: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
+    """(C, h, w) → (C, H, W), bilinear, separable (as torch's interpolate)."""
+    ry = _interp_matrix(size[0], acts.shape[1], align_corners)
+    rx = _interp_matrix(size[1], acts.shape[2], align_corners)
+    t = np.matmul(acts.astype(np.float32), rx.T.astype(np.float32))  # (C, h, W)
+    return np.matmul(ry.astype(np.float32), t)  # (C, H, W), two BLAS products
+
+
+def minmax_channels(m: np.ndarray, eps: float) -> np.ndarray:
+    """Each (h, w) map min-max normalised: (m − min) / (max − min + eps)."""
+    mins = m.min(axis=(1, 2), keepdims=True)
+    maxs = m.max(axis=(1, 2), keepdims=True)
+    return (m - mins) / (maxs - mins + eps)
+
+
+def minmax_resize_channels(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, C, h, w) → (N, C, H, W): each (n, c) map min-max normalised, then resized bilinearly
+    (pytorch-grad-cam's scale_accross_batch_and_channels)."""
+    n, c = maps.shape[:2]
+    flat = normalize_maps(maps.reshape(n * c, *maps.shape[2:]))
+    h, w = size
+    if flat.shape[1:] == (h, w):
+        return flat.reshape(n, c, h, w)
+    # separable bilinear, half-pixel centres: OpenCV's INTER_LINEAR
+    out = np.concatenate([upsample(flat[s : s + 256], (h, w), align_corners=False) for s in range(0, n * c, 256)])
+    return out.reshape(n, c, h, w)
+
+
+def first_component(maps: np.ndarray) -> np.ndarray:
+    """Project each (C, h, w) stack, centred over locations, on its first right singular vector.
+
+    The singular vector's sign is arbitrary (pytorch-grad-cam's maps come out inverted at times);
+    we fix it so that the projection correlates positively with the channel sum of the stack, i.e.
+    the map is bright where the features are strong.
+    """
+    n, c, h, w = maps.shape
+    out = np.zeros((n, h, w), np.float64)
+    for i in range(n):
+        x = maps[i].reshape(c, h * w).T.astype(np.float64)  # (hw, C)
+        xc = x - x.mean(axis=0)
+        if not np.any(xc):
+            continue
+        _, _, vt = np.linalg.svd(xc, full_matrices=False)
+        proj = xc @ vt[0]
+        ref = x.sum(axis=1)
+        if float(np.dot(proj, ref - ref.mean())) < 0:
+            proj = -proj
+        out[i] = proj.reshape(h, w)
+    return out

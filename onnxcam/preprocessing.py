@@ -1,0 +1,261 @@
+"""One input policy for every command and the API: how a model wants its images.
+
+`resolve_policy` merges, in this order (later wins): the model's metadata (``onnxcam.preprocess``,
+a config text, else ``onnxcam.preset``), a config file (``--config``, JSON or flat YAML), a preset
+name (``--preset``, replacing mean/std/scale/bgr), the size (``--size HxW`` or ``native``; a model
+with a fixed input size always gets its own), letterboxing and labels (``--labels`` file, else the
+model's ``onnxcam.labels`` metadata, else the config's ``labels``). The result, an `InputPolicy`,
+turns decoded RGB images into a batch in the model's layout and maps heatmaps back onto the photos,
+so explain, eval and review see a model the same way.
+
+Config keys: preset, or mean/std/scale/bgr; size [H, W] or "native"; multiple (native sizes are
+rounded down to it, default 32); letterbox; labels (a list).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+from .image import PRESETS, Letterbox, Preset, get_preset, letterbox, preprocess, resize_map, unletterbox_map
+from .types import DEFAULT_SIZE
+
+CONFIG_KEYS = {"preset", "mean", "std", "scale", "bgr", "size", "letterbox", "labels", "multiple"}
+_NORMALISATION_KEYS = ("mean", "std", "scale", "bgr")
+
+
+# -- sizes ----------------------------------------------------------------------------------------
+def parse_size(value: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """"HxW" (or (H, W)) → (H, W) of positive ints; None stays None. UsageError otherwise."""
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in (value.lower().split("x") if isinstance(value, str) else value))
+        if h <= 0 or w <= 0:
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"size {value!r} is not HxW, e.g. 224x224") from None
+    return h, w
+
+
+def _is_native(value: Any) -> bool:
+    return isinstance(value, str) and value.lower() == "native"
+
+
+# -- configs --------------------------------------------------------------------------------------
+def _yaml_value(value: str, n: int) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if value.startswith("[") or value.startswith('"') or value.replace(".", "", 1).lstrip("-").isdigit():
+        try:
+            return json.loads(value.replace("'", '"'))
+        except ValueError:
+            raise UsageError(f"config line {n}: cannot read value {value!r}") from None
+    return value.strip("'")
+
+
+def _parse_flat_yaml(text: str) -> dict:
+    """The flat subset of YAML a preprocessing config needs: `key: value` lines, values being
+    numbers, true/false, quoted or bare strings, or [a, b, c] lists; # comments."""
+    out: dict = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #")[0].strip() if not raw.strip().startswith("#") else ""
+        if not line:
+            continue
+        if ":" not in line:
+            raise UsageError(f"config line {n}: expected 'key: value', got {raw.strip()!r}")
+        key, value = (p.strip() for p in line.split(":", 1))
+        out[key] = _yaml_value(value, n)
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, text: str | None = None) -> dict:
+    """A preprocessing config from a JSON or YAML file (or text, e.g. the model's metadata
+    `onnxcam.preprocess`); UsageError for unreadable files, bad syntax or unknown keys."""
+    if text is None:
+        p = os.fspath(path)  # type: ignore[arg-type]
+        try:
+            text = Path(p).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read config {p}: {getattr(exc, 'strerror', None) or exc}") from None
+    text = text.strip()
+    try:
+        cfg = json.loads(text) if text.startswith("{") else _parse_flat_yaml(text)
+    except ValueError as exc:
+        raise UsageError(f"config is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise UsageError("a preprocessing config must be a mapping of keys to values")
+    unknown = set(cfg) - CONFIG_KEYS
+    if unknown:
+        raise UsageError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+    return cfg
+
+
+def preset_from_config(cfg: dict) -> Preset:
+    """The preset a config names, or a custom one from its mean/std/scale/bgr."""
+    if "preset" in cfg and not any(k in cfg for k in ("mean", "std", "scale")):
+        return get_preset(str(cfg["preset"]))
+    base = get_preset(str(cfg.get("preset", "unit")))
+    try:
+        mean = tuple(float(v) for v in cfg.get("mean", base.mean))
+        std = tuple(float(v) for v in cfg.get("std", base.std))
+        scale = float(cfg.get("scale", base.scale))
+    except (TypeError, ValueError):
+        raise UsageError("config mean/std must be lists of numbers and scale a number") from None
+    mean, std = (mean * 3 if len(mean) == 1 else mean), (std * 3 if len(std) == 1 else std)
+    if len(mean) != 3 or len(std) != 3 or not all(s != 0 for s in std):
+        raise UsageError("config mean/std need 1 or 3 values, std non-zero")
+    return Preset("custom", scale, mean, std, bool(cfg.get("bgr", base.bgr)))  # type: ignore[arg-type]
+
+
+def merged_config(metadata: dict[str, str], config_file: str | os.PathLike | None = None,
+                  preset: str | None = None) -> dict:
+    """The model's metadata config, updated by a config file, then by a preset name."""
+    cfg: dict[str, Any] = {}
+    if metadata.get("onnxcam.preprocess"):
+        cfg.update(load_config(text=metadata["onnxcam.preprocess"]))
+    elif metadata.get("onnxcam.preset") in PRESETS:
+        cfg["preset"] = metadata["onnxcam.preset"]
+    if config_file:
+        cfg.update(load_config(config_file))
+    if preset:
+        get_preset(preset)
+        cfg = {k: v for k, v in cfg.items() if k not in _NORMALISATION_KEYS}
+        cfg["preset"] = preset
+    return cfg
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Class names, one per line."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read labels {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+# -- the policy -----------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """Images prepared for one run: the model input `x` at `size` and, per image, its own (H, W)
+    and its letterbox (None when stretched), so maps can be put back onto the photos."""
+
+    x: np.ndarray
+    size: tuple[int, int]
+    shapes: list[tuple[int, int]]
+    fits: list[Letterbox | None] = field(default_factory=list)
+
+    def image_map(self, i: int, heatmap: np.ndarray) -> np.ndarray:
+        """Item i's map (at the model input's size) over its photo, at the photo's own size."""
+        fit = self.fits[i]
+        return unletterbox_map(heatmap, fit) if fit is not None else resize_map(heatmap, self.shapes[i])
+
+    def saved_map(self, i: int, heatmap: np.ndarray) -> np.ndarray:
+        """The map a command saves: at the model's input size, or over the photo when letterboxed
+        (the padding has no meaning on the photo)."""
+        return self.image_map(i, heatmap) if self.fits[i] is not None else heatmap
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """How one model wants its images: normalisation, size (None: each image at its own size,
+    rounded down to `multiple`), letterboxing, layout, channels and class names."""
+
+    preset: Preset
+    size: tuple[int, int] | None = DEFAULT_SIZE
+    multiple: int = 32
+    letterbox: bool = False
+    layout: str = "NCHW"
+    channels: int = 3
+    labels: list[str] | None = None
+
+    @property
+    def native(self) -> bool:
+        return self.size is None
+
+    def batch_step(self, batch_size: int) -> int:
+        """Images per run: native sizes differ, so one image per batch."""
+        return 1 if self.native else max(1, batch_size)
+
+    def size_for(self, image: np.ndarray) -> tuple[int, int]:
+        if self.size is not None:
+            return self.size
+        m = self.multiple
+        h, w = image.shape[:2]
+        return max(m, h // m * m), max(m, w // m * m)
+
+    def batch(self, images: Sequence[np.ndarray]) -> Batch:
+        """RGB uint8 images → one Batch at the policy's size (native: the first image's)."""
+        if not images:
+            raise UsageError("no images to prepare")
+        size = self.size_for(images[0])
+        fits: list[Letterbox | None] = []
+        fitted = []
+        for img in images:
+            if self.letterbox:
+                canvas, box = letterbox(img, size)
+                fitted.append(canvas)
+                fits.append(box)
+            else:
+                fitted.append(img)
+                fits.append(None)
+        x = preprocess(fitted, size, self.preset, self.layout, self.channels)
+        return Batch(x, size, [tuple(im.shape[:2]) for im in images], fits)  # type: ignore[misc]
+
+    def label(self, k: int) -> str | None:
+        return self.labels[k] if self.labels and 0 <= k < len(self.labels) else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"preset": self.preset.name, "input_size": list(self.size) if self.size else "native",
+                "letterbox": self.letterbox}
+
+
+def _size_from(cfg: dict, size: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """--size (HxW or native) first, then the config's size, else DEFAULT_SIZE; None = native."""
+    if _is_native(size):
+        return None
+    if size is not None:
+        return parse_size(size)
+    cfg_size = cfg.get("size")
+    if _is_native(cfg_size):
+        return None
+    if cfg_size is not None:
+        return parse_size(cfg_size)
+    return DEFAULT_SIZE
+
+
+def resolve_policy(info: Any, model_labels: list[str] | None = None, config_file: str | os.PathLike | None = None,
+                   preset: str | None = None, size: str | Sequence[int] | None = None,
+                   letterbox: bool | None = None, labels_file: str | os.PathLike | None = None) -> InputPolicy:
+    """The input policy of a model (`info`: its onnxcam.model.ModelInfo) under the given options.
+
+    A model with a fixed input size always gets it; `letterbox` None means the config's choice;
+    `model_labels` are the model's own (``Explainer.labels``).
+    """
+    cfg = merged_config(info.metadata, config_file, preset)
+    pre = preset_from_config(cfg) if cfg else PRESETS["imagenet"]
+    requested = _size_from(cfg, size)  # parsed (and checked) even where the model's own size wins
+    hw = info.fixed_size or requested
+    try:
+        multiple = int(cfg.get("multiple", 32))
+    except (TypeError, ValueError):
+        raise UsageError(f"config multiple {cfg.get('multiple')!r} is not an integer") from None
+    if multiple < 1:
+        raise UsageError(f"config multiple must be ≥ 1, got {multiple}")
+    use_letterbox = bool(cfg.get("letterbox", False)) if letterbox is None else bool(letterbox)
+    labels = model_labels or (list(map(str, cfg["labels"])) if isinstance(cfg.get("labels"), list) else None)
+    if labels_file:
+        labels = read_labels(labels_file)
+    channels = info.channels if isinstance(info.channels, int) else 3
+    return InputPolicy(pre, hw, multiple, use_letterbox, info.layout, channels, labels)
+
+
+def policy_for(explainer: Any, **options: Any) -> InputPolicy:
+    """`resolve_policy` for an `Explainer` (its model info and labels)."""
+    return resolve_policy(explainer.info, explainer.labels, **options)
