@@ -3,13 +3,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# onnxruntime is an explicit choice: `make test RUNTIME=gpu` installs onnxruntime-gpu instead.
+RUNTIME ?= cpu
 
 .PHONY: demo test test-ort-training bench clean
 
 $(BIN)/onnxcam: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[$(RUNTIME),test]'
 	touch $(BIN)/onnxcam
 
 demo: $(BIN)/onnxcam

@@ -170,6 +170,8 @@ def self_check(
         return CheckReport(path, quant, [])
     prep = prepare(model, info, None if info.fixed_size else (size or DEFAULT_SIZE))
     names = layers or [prep.layer(None).name]
+    for name in names:  # an unknown layer is a usage error (exit 2), not a failed check
+        prep.layer(name)
     rng = np.random.default_rng(seed)
     out = []
     for name in names:

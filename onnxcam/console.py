@@ -7,8 +7,8 @@ text safe to print (control characters as Python-style escapes); `one_line` also
 OpenCV's codecs (libpng, libjpeg) and onnxruntime write warnings straight to file descriptor 2,
 past Python. `native_stderr()` captures that descriptor around one call and returns what was
 written, so the caller can turn it into an error for that one image (a corrupt JPEG decodes with a
-warning) or drop it. `quiet_libraries()` mutes numpy's floating-point warnings, OpenCV's logger
-and onnxruntime's default logger for the process; the CLI calls it unless --verbose.
+warning) or drop it. `quiet_libraries()` mutes numpy's floating-point warnings and OpenCV's logger
+for the process; the CLI calls it unless --verbose.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def native_stderr() -> Iterator[list[str]]:
 
 
 def quiet_libraries() -> None:
-    """No warnings from numpy, OpenCV or onnxruntime on stderr (errors still raise)."""
+    """No warnings from numpy or OpenCV on stderr (errors still raise; onnxruntime's logger is
+    runtime.quiet_logs)."""
     import warnings
 
     import numpy as np
@@ -92,10 +93,4 @@ def quiet_libraries() -> None:
 
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     except Exception:  # noqa: BLE001  (an OpenCV without the logging API)
-        pass
-    try:
-        import onnxruntime as ort
-
-        ort.set_default_logger_severity(4)  # fatal only
-    except Exception:  # noqa: BLE001  (a broken onnxruntime is reported where it is used)
         pass

@@ -42,6 +42,8 @@ class Journal:
         self.command = command
         self.done: dict[str, dict[str, Any]] = {}
         self.resuming = False
+        self.started = False
+        self.overwrite = False
 
     @property
     def path(self) -> Path:
@@ -69,7 +71,9 @@ class Journal:
         return header, entries[1:] if header else entries
 
     def open(self, overwrite: bool) -> None:
-        """Start the run: continue the journal of the same unfinished run, or start a new one."""
+        """Before the run: take up the journal of the same unfinished run (refusing another run's
+        without `overwrite`). Nothing is written until `start`."""
+        self.overwrite = overwrite
         if self.exists() and not overwrite:
             header, entries = self._read()
             if header is None or header.get("signature") != self.sig:
@@ -81,7 +85,17 @@ class Journal:
                 if isinstance(e.get("key"), str):
                     self.done[e["key"]] = e
             self.resuming = True
+
+    def start(self) -> None:
+        """Just before the run writes its first file: a new journal (a resumed one is kept), so a
+        run that fails before writing anything leaves OUT as it was."""
+        if self.started:
             return
+        self.started = True
+        if self.resuming:
+            return
+        if self.exists():  # --overwrite: the old run's journal goes with it
+            os.unlink(self.path)
         header = {"signature": self.sig, "command": self.command}
         self.out.write_text(JOURNAL, json.dumps(header) + "\n")
 
@@ -98,6 +112,7 @@ class Journal:
 
     def record(self, key: str, entry: dict[str, Any]) -> None:
         """Append one finished item (flushed, so a crash right after keeps it)."""
+        self.start()
         line = json.dumps({"key": key, **entry}, allow_nan=False, default=str) + "\n"
         flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(self.path, flags)

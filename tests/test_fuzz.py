@@ -147,17 +147,11 @@ def run_corrupt_model_case(d: Path, r: random.Random, source: Path | None = None
 
 
 # -- the seeded driver (always runs) ----------------------------------------------------------------
-_USAGE_LINES = "click's four-line usage message for a bad option"
-_XFAIL_OPTIONS = {0, 2, 3, 5, 7, 9, 10, 11}
-
-
-@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.xfail(reason=_USAGE_LINES, strict=True))
-                                  if s in _XFAIL_OPTIONS else s for s in range(12)])
+@pytest.mark.parametrize("seed", range(12))
 def test_seeded_options(tmp_path: Path, seed: int):
     run_options_case(tmp_path, random.Random(seed))
 
 
-@pytest.mark.xfail(reason="libpng/libjpeg messages and OpenCV warnings on stderr", strict=True)
 @pytest.mark.parametrize("seed", range(4))
 def test_seeded_corrupt_images(tmp_path: Path, seed: int):
     run_corrupt_images_case(tmp_path, random.Random(100 + seed))
@@ -184,13 +178,11 @@ if st is not None:
         d.mkdir()
         return d
 
-    @pytest.mark.xfail(reason=_USAGE_LINES, strict=True)
     @_settings
     @given(st.randoms(use_true_random=False))
     def test_hypothesis_options(tmp_path: Path, r: random.Random):
         run_options_case(_fresh(tmp_path), r)
 
-    @pytest.mark.xfail(reason="OpenCV's [ WARN ]/[ERROR] lines and libpng messages on stderr", strict=True)
     @_settings
     @given(st.randoms(use_true_random=False))
     def test_hypothesis_corrupt_images(tmp_path: Path, r: random.Random):

@@ -30,101 +30,8 @@ from .hostile.harness import (
     MAX_RSS_BYTES, Snapshot, check_results, check_run, is_incomplete, results_records, run_cli, strict_json,
 )
 
-# Cases the code before the hardening failed, with what happened (phase A record). Each one is
-# expected to fail until fixed: strict, so a fix that lands makes the suite say so.
-KNOWN_FAILURES: dict[str, str] = {
-    'image-bomb-32768': 'decoded 32768² pixels in full: peak RSS 3.2 GB',
-    'image-bomb-eval': 'eval: traceback (MemoryError/cv2.error) on the decompression bomb',
-    'image-control-chars-in-name': 'file name printed raw: CR, LF and BEL on stderr, the error split over two lines',
-    'image-header-100000': 'one undecodable image aborted the run: no results.json, the good image lost',
-    'image-truncated-png': "OpenCV's '[ WARN ...] PNG input buffer is incomplete' on stderr",
-    'image-unreadable': 'PermissionError aborted the run: no results.json, the good image lost',
-    'metadata-labels-control-chars-eval': 'eval printed label strings raw (ANSI escapes, CR, BEL) on stdout',
-    'metadata-labels-int': 'traceback (TypeError) on onnxcam.labels = 5',
-    'metadata-labels-nested': 'labels [[..], {..}, null] accepted: exit 0',
-    'metadata-labels-not-json': 'invalid JSON labels silently ignored: exit 0',
-    'metadata-labels-object': 'a JSON object as labels accepted: exit 0',
-    'metadata-preprocess-labels-int': 'preprocess labels: 7 silently ignored: exit 0',
-    'metadata-preprocess-letterbox-text': "letterbox: 'yes please' taken as true: exit 0",
-    'metadata-preprocess-list': 'metadata config error reported as a usage error (exit 2)',
-    'metadata-preprocess-mean-text': "traceback (ValueError) on mean: 'x'",
-    'metadata-preprocess-scale-nan': 'scale NaN accepted: numpy RuntimeWarning on stderr, NaN maps, exit 0',
-    'metadata-preprocess-size-text': "size: 'big' silently ignored: exit 0",
-    'metadata-preprocess-std-zero': 'std 0 accepted: numpy divide-by-zero warnings, exit 0',
-    'metadata-preset-unknown': 'unknown preset in metadata silently replaced by imagenet: exit 0',
-    'model-custom-op-check': 'check: traceback from onnxruntime on the unknown op',
-    'model-cycle-check': 'check: traceback on a cyclic graph',
-    'model-cycle-explain': 'explain: traceback on a cyclic graph',
-    'model-cycle-info': 'info: a cyclic (invalid) graph reported as fine, exit 0',
-    'model-cycle-layers': 'layers: traceback on a cyclic graph',
-    'model-fixed-batch1-ablationcam': 'Ablation-CAM fed a batch of C ablated activations to a tail fixed at batch 1',
-    'model-huge-input-eval': 'eval: traceback on a model declaring a 60000² input',
-    'model-huge-labels': '235 MB labels parsed: peak RSS 2.76 GB, exit 0',
-    'model-inf-outputs': 'Inf outputs: exit 0, numpy RuntimeWarning on stderr',
-    'model-ir14-check': 'check: traceback (onnxruntime refuses IR 14)',
-    'model-ir14-explain': 'explain: traceback (onnxruntime refuses IR 14)',
-    'model-is-folder': "click's four-line usage message",
-    'model-nan-eval': 'eval: NaN outputs reported as success (exit 0)',
-    'model-nan-outputs': 'NaN outputs: exit 0, NaN written as a result',
-    'model-opset7-ir3': "rewriter: 'zero_i64 in initializer but not in graph input' on IR 3",
-    'model-opset7-ir3-export': "export: 'zero_i64 in initializer but not in graph input' on IR 3",
-    'option-boxes-dev-zero': '--boxes /dev/zero read until memory ran out (5.3 GB), then a traceback',
-    'option-boxes-huge-nesting': 'traceback (RecursionError) on deeply nested JSON',
-    'option-boxes-inverted': 'an inverted box (x1 < x0) accepted: exit 0',
-    'option-boxes-nan': 'traceback on a NaN box',
-    'option-boxes-strings': 'traceback on a box of strings',
-    'option-check-layer-missing': 'check --layer missing: exit 1, not a usage error',
-    'option-config-dev-zero': '--config /dev/zero read until memory ran out (5.4 GB), then a traceback',
-    'option-config-mean-text': "traceback on mean: 'x' in --config",
-    'option-config-multiple-zero': "'unexpected ZeroDivisionError' on multiple: 0",
-    'option-config-size-huge': 'size [40000, 40000] allocated: MemoryError after 4.7 GB',
-    'option-config-size-text': "size: 'big' in --config silently ignored: exit 0",
-    'option-config-std-zero': 'std 0 in --config: numpy warnings, exit 0',
-    'option-eval-steps-huge': '--steps 1000000000: traceback (MemoryError)',
-    'option-eval-tolerance-nan': '--tolerance nan accepted: exit 0',
-    'option-input-bad-npy': "click's four-line usage message",
-    'option-input-garbage': "click's four-line usage message",
-    'option-input-nan': "onnxruntime's error for a scalar where [1] is declared, exit 1",
-    'option-input-no-equals': "click's four-line usage message",
-    'option-input-pickle-npy': "click's four-line usage message",
-    'option-input-wrong-shape': "onnxruntime's multi-line shape error, exit 1 instead of 2",
-    'option-labels-binary': 'traceback (UnicodeDecodeError)',
-    'option-labels-dev-zero': '--labels /dev/zero read until memory ran out (5.4 GB), then a traceback',
-    'option-labels-folder': "click's four-line usage message",
-    'option-labels-huge-sparse': 'a 300 MB labels file read whole (735 MB RSS), exit 0',
-    'option-scalar-input-for-shape-1': "a scalar for a shape-[1] input: onnxruntime 'Invalid rank', exit 1",
-    'option-size-garbage': "click's four-line usage message",
-    'option-size-huge': '--size 30000x30000 allocated: MemoryError after 2.7 GB, exit 1',
-    'option-size-zero': "click's four-line usage message",
-    'option-target-huge-int': "'unexpected OverflowError', exit 1",
-    'option-target-index-garbage': "click's four-line usage message",
-    'option-target-top1000-10-classes': "'unexpected IndexError', exit 1",
-    'option-target-top1000-5000-classes': '1000 maps per image written, no limit',
-    'out-dedup-suffix-collision': 'x-2.png and the second x.png both wrote x-2.*: one overlay lost, two records on one file',
-    'out-equals-input': 'two lines (a warning and the error)',
-    'out-export-hardlink-to-model': 'export wrote through a hard link to its own model',
-    'out-export-symlink': 'export wrote through a symlink to a file outside OUT',
-    'out-is-file': "click's four-line usage message",
-    'out-is-symlink-loop': 'traceback (OSError ELOOP)',
-    'out-output-name-is-input': 'an input named like an output (a.overlay.png) was overwritten',
-    'out-review-symlink-index': 'review wrote index.html through a planted symlink',
-    'out-symlink-dangling-good.heatmap.npy': 'wrote through a dangling symlink: a new file outside OUT',
-    'out-symlink-dangling-good.overlay.png': 'wrote through a dangling symlink: a new file outside OUT',
-    'out-symlink-dangling-results.json': 'wrote through a dangling symlink: a new file outside OUT',
-    'out-symlink-good.heatmap.npy-overwrite': '--overwrite replaced the file outside OUT the link points to',
-    'out-symlink-good.overlay.png-overwrite': '--overwrite replaced the file outside OUT the link points to',
-    'out-symlink-results.json-overwrite': '--overwrite replaced the file outside OUT the link points to',
-    'out-symlink-subfolder': 'outputs written into a folder outside OUT through OUT/x',
-}
-
 for _m in sorted(METHODS):
     CASES[f"model-fixed-batch1-{_m}"] = fixed_batch_case(_m)
-
-
-def _params():
-    for name in sorted(CASES):
-        marks = [pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True)] if name in KNOWN_FAILURES else []
-        yield pytest.param(name, id=name, marks=marks)
 
 
 def _sha(p: Path) -> str:
@@ -137,7 +44,7 @@ def _files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
-@pytest.mark.parametrize("name", list(_params()))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_hostile_case(name: str, tmp_path: Path):
     d = tmp_path / "case"
     d.mkdir()
@@ -206,7 +113,6 @@ def _assert_clean_or_incomplete(out: Path, cwd: Path) -> dict | None:
     return report
 
 
-@pytest.mark.xfail(reason="EFBIG mid-run: a traceback-free exit 0/1 but a truncated file and a refused rerun", strict=True)
 @pytest.mark.parametrize("limit", [8_000, 100_000])
 def test_full_disk_leaves_out_clean_and_rerun_resumes(tmp_path: Path, limit: int):
     """A write that fails (RLIMIT_FSIZE: EFBIG, as ENOSPC would) mid-run: exit 1, one line; then
@@ -227,7 +133,6 @@ def test_full_disk_leaves_out_clean_and_rerun_resumes(tmp_path: Path, limit: int
     assert report is not None and not is_incomplete(report) and len(report["images"]) == 3
 
 
-@pytest.mark.xfail(reason="the failed overwrite left a truncated overlay (no temp + rename)", strict=True)
 def test_failed_overwrite_never_leaves_old_results_over_new_files(tmp_path: Path):
     d = tmp_path
     m = M.good(d / "m.onnx")
@@ -246,7 +151,6 @@ def test_failed_overwrite_never_leaves_old_results_over_new_files(tmp_path: Path
                 assert old.get(p) == _sha(p), f"results.json describes {p}, which the failed run replaced"
 
 
-@pytest.mark.xfail(reason="Ctrl-C: click's 'Aborted!' on three lines, exit 1", strict=True)
 def test_ctrl_c_leaves_out_clean_and_rerun_resumes(tmp_path: Path):
     d = tmp_path
     m = M.good(d / "m.onnx")
@@ -266,11 +170,7 @@ def test_ctrl_c_leaves_out_clean_and_rerun_resumes(tmp_path: Path):
 
 
 # -- bounded memory regardless of the number of images ----------------------------------------------
-@pytest.mark.parametrize("command", [
-    pytest.param("eval", marks=pytest.mark.xfail(reason="+147 MiB from 10 to 120 images: all decoded at once", strict=True)),
-    pytest.param("review", marks=pytest.mark.xfail(reason="+226 MiB from 10 to 120 images: photos and maps held", strict=True)),
-    "explain",
-])
+@pytest.mark.parametrize("command", ["eval", "review", "explain"])
 def test_memory_does_not_grow_with_the_number_of_images(tmp_path: Path, command: str):
     d = tmp_path
     m = M.good(d / "m.onnx")
@@ -292,7 +192,6 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path: Path, command:
 
 
 # -- first impressions ------------------------------------------------------------------------------
-@pytest.mark.xfail(reason="fullgrad and guidedbackprop labelled forward-only", strict=True)
 def test_methods_labels_say_what_each_method_runs(tmp_path: Path):
     run = run_cli(["methods"], tmp_path)
     check_run(run, 0)

@@ -9,31 +9,45 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
-import numpy as np
 
-from ..errors import OnnxcamError, UsageError
+from ..console import escape
+from ..errors import UsageError
+from ..limits import MAX_STEPS
 from ..output import OutputDir, dumps, unique_names
-from ..review import METRIC_COLUMNS, Evaluation, ModelRun, evaluate, load_boxes, load_images, review as run_review, write_report
+from ..review import (METRIC_COLUMNS, Evaluation, Loader, ModelRun, evaluate_stream, file_items, load_boxes,
+                      review_stream, write_report)
 from . import options as opt
-from .common import collect_images, guarded, report_error
+from .common import collect_images, echo_line, guarded, report_error
 
 
-Images = list[tuple[str, np.ndarray]]
+class _Errors:
+    """Images that could not be evaluated: one line on stderr each, one record each, exit 1."""
+
+    def __init__(self, paths: dict[str, Path]) -> None:
+        self.paths = paths
+        self.records: list[dict[str, str]] = []
+
+    def __call__(self, name: str, message: str) -> None:
+        report_error(message)
+        self.records.append({"image": str(self.paths.get(name, name)), "error": message})
 
 
 def _inputs(inputs: tuple[str, ...], boxes_file: str | None, verb: str,
-            exclude: Path | None = None) -> tuple[dict | None, Images, list[dict[str, str]]]:
-    """The boxes and the readable images (each unreadable one reported in one line)."""
+            exclude: Path | None = None) -> tuple[dict | None, list[tuple[str, Loader]], _Errors]:
+    """The boxes and the images, as loaders: each is decoded when its batch comes (memory does not
+    grow with the number of images); an unreadable one is reported then, in one line."""
     files = [p for p, _ in collect_images(inputs, exclude)]
     if not files:
         raise UsageError(f"no images to {verb}")
     boxes = load_boxes(boxes_file) if boxes_file else None
-    loaded, errors = load_images(files)
-    for err in errors:
-        report_error(err["error"])
-    if not loaded:
-        raise OnnxcamError("no readable image")
-    return boxes, loaded, errors
+    items = file_items(files)
+    return boxes, items, _Errors({name: p for (name, _), p in zip(items, files)})
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # NaN passes every range check
+        raise click.BadParameter("must be a number, not NaN")
+    return value
 
 
 def _metric_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,10 +57,11 @@ def _metric_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--boxes", "boxes_file", default=None, type=click.Path(exists=True, dir_okay=False),
                      help="JSON {image file name: [x0, y0, x1, y1] or {\"box\": [...]}} in image pixels: "
                           "adds the pointing games and the CAM box IoU."),
-        click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1), help="Deletion/insertion steps."),
+        click.option("--steps", default=50, show_default=True, type=click.IntRange(1, MAX_STEPS),
+                     help="Deletion/insertion steps."),
         click.option("--road", is_flag=True, help="Also ROAD MoRF/LeRF at 10..90% (slow: an imputation per step)."),
-        click.option("--tolerance", default=15.0, show_default=True, type=click.FloatRange(min=0),
-                     help="Pointing-game tolerance in image pixels."),
+        click.option("--tolerance", default=15.0, show_default=True, type=click.FloatRange(0, 1e6),
+                     callback=_finite, help="Pointing-game tolerance in image pixels."),
         opt.batch_size_option,
         opt.device_option,
     )(f)
@@ -54,9 +69,9 @@ def _metric_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
     s = ev.summary
-    click.echo(f"{model}: {ev.model['method']} at {ev.layer}, preset {run.preset}, {s['images']} image(s)")
+    click.echo(escape(f"{model}: {ev.model['method']} at {ev.layer}, preset {run.preset}, {s['images']} image(s)"))
     for r in ev.images:
-        line = (f"  {r['image']}: {r['label']} (p={r['probability']:.3f})  drop {r['drop']:.1f}%  "
+        line = (f"  {escape(r['image'])}: {escape(r['label'])} (p={r['probability']:.3f})  drop {r['drop']:.1f}%  "
                 f"deletion {r['deletion_auc']:.3f}  insertion {r['insertion_auc']:.3f}")
         if "pointing_hit" in r:
             line += (f"  pointing {'hit' if r['pointing_hit'] else 'miss'}  energy {r['energy']:.3f}  "
@@ -84,15 +99,15 @@ def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | No
     insertion AUC (RISE), optionally ROAD (--road); with --boxes, the pointing game, the
     energy-based pointing game and the IoU of the CAM paper's box. Writes nothing.
     """
-    boxes, loaded, errors = _inputs(images, boxes_file, "evaluate")
+    boxes, items, errors = _inputs(images, boxes_file, "evaluate")
     run = ModelRun.load(model, method, preset, size, providers=opt.providers(device), config=config_file,
                         letterbox=letterbox, labels_file=labels_file)
-    ev = evaluate(run, loaded, boxes, steps, road, batch_size, tolerance)
+    ev = evaluate_stream(run, items, boxes, steps, road, batch_size, tolerance, on_error=errors)
     if as_json:
-        click.echo(dumps({"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors}))
+        click.echo(dumps({"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors.records}))
     else:
         _print_eval(model, run, ev)
-    if errors:
+    if errors.records:
         sys.exit(1)
 
 
@@ -129,14 +144,14 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     chosen_configs = per_model(configs, len(models), "--config")
     out = OutputDir(out_dir, overwrite, protect=models)
     out.check_free(("index.html", "review.json"))
-    boxes, loaded, errors = _inputs(images, boxes_file, "review", exclude=Path(out_dir))
+    boxes, items, errors = _inputs(images, boxes_file, "review", exclude=Path(out_dir))
     runs = [ModelRun.load(m, method, p, size, name=n, providers=opt.providers(device), config=c, letterbox=letterbox)
             for m, p, c, n in zip(models, chosen_presets, chosen_configs, unique_names([Path(m).stem for m in models]))]
-    report, evals = run_review(runs, loaded, boxes, steps, road, batch_size, tolerance)
-    report["errors"] = errors
-    page, _ = write_report(out, report, loaded, evals)
+    rv = review_stream(runs, items, boxes, steps, road, batch_size, tolerance, on_error=errors)
+    rv.report["errors"] = errors.records
+    page, _ = write_report(out, rv)
     if as_json:
-        click.echo(dumps(report))
-    click.echo(f"reviewed {len(loaded)} image(s) with {len(runs)} model(s); open {page}", err=True)
-    if errors:
+        click.echo(dumps(rv.report))
+    echo_line(f"reviewed {len(rv.report['images'])} image(s) with {len(runs)} model(s); open {page}", err=True)
+    if errors.records:
         sys.exit(1)

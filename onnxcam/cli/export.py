@@ -8,7 +8,7 @@ from ..graph.rewrite import build_explain_model
 from ..output import write_file
 from ..preprocessing import parse_size
 from . import options as opt
-from .common import guarded, prepared_model
+from .common import echo_line, guarded, prepared_model
 
 
 @click.command()
@@ -25,5 +25,5 @@ def export(model: str, out_path: str, layer: str | None, gradient: bool, size: s
     _, prep = prepared_model(model, parse_size(size))
     em = build_explain_model(prep, layer, gradient)
     write_file(out_path, em.model.SerializeToString(), overwrite=overwrite, protect=[model])
-    click.echo(f"wrote {out_path} (layer {em.layer.name}, output {em.output}, gradient {'yes' if gradient else 'no'})",
+    echo_line(f"wrote {out_path} (layer {em.layer.name}, output {em.output}, gradient {'yes' if gradient else 'no'})",
                err=True)

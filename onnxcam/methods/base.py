@@ -64,6 +64,12 @@ class CAMMethod:
     input_gradient: ClassVar[Optional[str]] = None  # ∂y/∂x at the input: "plain" or "guided"
     bias_taps: ClassVar[bool] = False  # FullGrad's bias-gradient terms
 
+    @classmethod
+    def needs_backward(cls) -> bool:
+        """True when the method runs a backward pass of any kind: ∂y/∂A at the layer, ∂y/∂x at the
+        input (guided backpropagation, FullGrad) or the bias gradients (FullGrad)."""
+        return bool(cls.needs_gradients or cls.input_gradient or cls.bias_taps)
+
     def weights(self, inp: MethodInputs) -> np.ndarray:
         raise NotImplementedError
 
