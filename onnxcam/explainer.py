@@ -330,9 +330,13 @@ class Explainer:
         parts = []
         for s in range(0, n, fixed):
             chunk = {k: (v[s : s + fixed] if v.ndim and len(v) == n else v) for k, v in feeds.items()}
-            if len(chunk[self.info.image_input.name]) != fixed:
-                raise UsageError(f"the model takes batches of exactly {fixed}; got {n} images")
-            parts.append(sess.run(names, chunk))
+            k = len(chunk[self.info.image_input.name])
+            if k < fixed:  # the last chunk, padded with copies of its last item; their outputs dropped
+                chunk = {name: (np.concatenate([v, np.repeat(v[-1:], fixed - k, axis=0)])
+                                if v.ndim and len(v) == k and feeds[name].ndim and len(feeds[name]) == n else v)
+                         for name, v in chunk.items()}
+            outs = sess.run(names, chunk)
+            parts.append([o[:k] if o.ndim and len(o) == fixed else o for o in outs])
         return [np.concatenate(p) for p in zip(*parts)]
 
     def _split_sessions(self, hw: Size, layer: str, output: str | None) -> _SplitSessions:

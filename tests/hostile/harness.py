@@ -134,7 +134,13 @@ def run_cli(
         so = out.read().decode("utf-8", "replace")
         se = err.read().decode("utf-8", "replace")
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-    return Run(argv, code, so, se, usage.ru_maxrss * 1024, seconds, timed_out)
+    run = Run(argv, code, so, se, usage.ru_maxrss * 1024, seconds, timed_out)
+    log = os.environ.get("ONNXCAM_HOSTILE_LOG")  # figures for a report: one JSON line per run
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "args": argv[:1], "code": code,
+                                "max_rss_mib": round(run.max_rss / 2**20), "seconds": round(seconds, 2)}) + "\n")
+    return run
 
 
 # -- snapshots ------------------------------------------------------------------------------------
