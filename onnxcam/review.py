@@ -30,12 +30,15 @@ import cv2
 import numpy as np
 
 from . import metrics as M
-from .limits import read_text
+from .annotations import Annotations, is_correct, lookup
+from .drift import drift
 from .errors import ImageError, OnnxcamError, UsageError
 from .explainer import Explainer, Result
 from .image import encode_png, load_image, overlay
+from .limits import read_text
 from .output import OutputDir, json_safe, unique_names
 from .preprocessing import Batch, InputPolicy, policy_for
+from .targets import SoftmaxTarget, TopK, parse_target
 
 TOP_PERCENT = 20.0
 
@@ -44,6 +47,8 @@ METRIC_COLUMNS: list[tuple[str, str, str]] = [
     ("pointing_game", "pointing game (%)", "higher"),
     ("energy_pointing_game", "energy pointing game", "higher"),
     ("localisation_iou", "CAM box IoU", "higher"),
+    ("accuracy", "accuracy (%)", "higher"),
+    ("energy_in_forbidden", "energy in forbidden regions", "lower"),
     ("average_drop", "average drop (%)", "lower"),
     ("increase_in_confidence", "increase in confidence (%)", "higher"),
     ("deletion_auc", "deletion AUC", "lower"),
@@ -90,13 +95,7 @@ def _no_constant(name: str) -> None:
 
 def boxes_for(boxes: dict[str, list[list[float]]] | None, image: str | os.PathLike) -> list[list[float]] | None:
     """The boxes of an image, looked up by its path as given, then its file name, then its stem."""
-    if not boxes:
-        return None
-    p = Path(image)
-    for key in (str(image), p.as_posix(), p.name, p.stem):
-        if key in boxes:
-            return boxes[key]
-    return None
+    return lookup(boxes, image)
 
 
 @dataclass
@@ -109,6 +108,7 @@ class ModelRun:
     explainer: Explainer
     policy: InputPolicy
     batch_size: int = 32
+    target: Any = None  # what explain(targets=...) takes; None = the predicted class
     _forwards: dict[tuple[int, int], M.Forward] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -116,12 +116,23 @@ class ModelRun:
              size: str | Sequence[int] | None = None, name: str | None = None,
              providers: Sequence[str] | None = None, batch_size: int = 32,
              config: str | os.PathLike | None = None, letterbox: bool | None = None,
-             labels_file: str | os.PathLike | None = None) -> "ModelRun":
-        """The model at `path` with the same input policy `explain` would give it."""
-        ex = Explainer(path, method=method, providers=providers)
+             labels_file: str | os.PathLike | None = None, layer: str | None = None,
+             target: str | None = None) -> "ModelRun":
+        """The model at `path` as `explain` would see it: the same input policy, `layer` (default:
+        the last spatial activation) and `target` (a target string as explain's --target, read
+        with this model's labels; default: the predicted class). One map per image: topK is refused."""
+        ex = Explainer(path, method=method, layer=layer, providers=providers)
         policy = policy_for(ex, config_file=config, preset=preset, size=size, letterbox=letterbox,
                             labels_file=labels_file)
-        return cls(name or Path(path).stem, path, ex, policy, batch_size)
+        parsed = parse_target(target, policy.labels) if target else None
+        if isinstance(parsed, TopK):
+            raise UsageError(f"target {target!r}: eval and review measure one map per image; use explain for topK")
+        if not (parsed is None or isinstance(parsed, (int, SoftmaxTarget))):
+            # the metrics mask the image and read one class's probability: a region, a detection or
+            # an output element has no such probability, and its numbers would mean nothing
+            raise UsageError(f"target {target!r}: eval and review measure a class's probability; give top1, a "
+                             f"class index or label, or softmax:C (explain takes every target)")
+        return cls(name or Path(path).stem, path, ex, policy, batch_size, parsed)
 
     @property
     def preset(self) -> str:
@@ -150,6 +161,7 @@ class ModelRun:
             "layout": info.layout,
             "channels": self.policy.channels,
             "method": self.explainer.method.name,
+            "target": "top1" if self.target is None else str(self.target),
         }
 
 
@@ -191,6 +203,22 @@ def _batch_scores(run: ModelRun, batch: Batch, res: Result, steps: int, road: bo
     )
 
 
+def _annotate(rec: dict[str, Any], run: ModelRun, name: str, big: np.ndarray, probs: np.ndarray,
+              notes: Annotations) -> None:
+    """Add the forbidden-region energy and the correctness of the prediction to an image record."""
+    bad = notes.forbidden_for(name, big.shape[:2])
+    if bad is not None:
+        rec["forbidden"] = bad
+        # a map without energy (all zero) says nothing about where the model looks: undefined, not 0
+        rec["energy_in_forbidden"] = M.energy_pointing_game(big, np.asarray(bad)) if float(big.sum()) > 0 else None
+    truth = notes.label_of(name)
+    if truth is not None:
+        pred = int(np.argmax(probs))
+        rec["true_label"] = truth
+        rec["predicted"] = pred
+        rec["correct"] = is_correct(truth, pred, run.policy.label(pred))
+
+
 def _image_record(run: ModelRun, name: str, big: np.ndarray, k: int, sc: _BatchScores, i: int,
                   boxes: dict | None, tolerance: float) -> dict[str, Any]:
     rec: dict[str, Any] = {
@@ -218,6 +246,8 @@ def _image_record(run: ModelRun, name: str, big: np.ndarray, k: int, sc: _BatchS
 
 def _summary(records: list[dict[str, Any]], steps: int, tolerance: float) -> dict[str, Any]:
     with_boxes = [r for r in records if "pointing_hit" in r]
+    with_forbidden = [r for r in records if "energy_in_forbidden" in r]
+    with_truth = [r for r in records if "correct" in r]
     return {
         "images": len(records),
         "images_with_boxes": len(with_boxes),
@@ -230,6 +260,10 @@ def _summary(records: list[dict[str, Any]], steps: int, tolerance: float) -> dic
         "insertion_auc": _nanmean([r["insertion_auc"] for r in records]),
         "road_morf": _nanmean([float(np.mean(r["road_morf"])) for r in records if "road_morf" in r]),
         "road_lerf": _nanmean([float(np.mean(r["road_lerf"])) for r in records if "road_lerf" in r]),
+        "images_with_forbidden": len(with_forbidden),
+        "energy_in_forbidden": _nanmean([r["energy_in_forbidden"] for r in with_forbidden]),
+        "images_with_truth": len(with_truth),
+        "accuracy": (100.0 * sum(r["correct"] for r in with_truth) / len(with_truth)) if with_truth else None,
         "deletion_steps": steps,
         "pointing_tolerance_px": tolerance,
     }
@@ -261,15 +295,17 @@ def _finite(v: Any) -> bool:
 
 
 def _explain_chunk(run: ModelRun, chunk: Sequence[tuple[str, np.ndarray]], boxes: dict | None, steps: int,
-                   road: bool, tolerance: float) -> _Explained:
+                   road: bool, tolerance: float, notes: Annotations) -> _Explained:
     batch = run.policy.batch([im for _, im in chunk])
-    res = run.explainer.explain(batch.x)
+    res = run.explainer.explain(batch.x, targets=run.target)
     sc = _batch_scores(run, batch, res, steps, road)
     records, maps, bad = [], [], {}
     for i, (name, _) in enumerate(chunk):
         big = np.clip(batch.image_map(i, res.heatmaps[i]), 0, 1)
         finite = bool(np.isfinite(res.outputs[i]).all() and np.isfinite(res.heatmaps[i]).all())
         rec = _image_record(run, name, big, int(res.targets[i]), sc, i, boxes, tolerance) if finite else {}
+        if finite:
+            _annotate(rec, run, name, big, sc.probs[i], notes)
         if not finite or not _finite(rec):
             bad[i] = f"{name}: {run.name}'s outputs, map or metrics are not finite (NaN or Inf); no result"
         records.append(rec)
@@ -290,10 +326,13 @@ def _loaded(chunk: Sequence[tuple[str, Loader]], on_error: Callable[[str, str], 
 
 def evaluate_stream(run: ModelRun, items: Sequence[tuple[str, Loader]], boxes: dict | None = None,
                     steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
-                    on_error: Callable[[str, str], None] | None = None, keep_maps: bool = False) -> Evaluation:
+                    on_error: Callable[[str, str], None] | None = None, keep_maps: bool = False,
+                    notes: Annotations | None = None) -> Evaluation:
     """`evaluate` over images decoded one batch at a time: memory does not grow with their number
     (the maps are kept only with `keep_maps`). An unreadable image, or one whose outputs, map or
     metrics are not finite, goes to `on_error(name, message)` and has no record."""
+    notes = notes or Annotations(boxes=boxes)
+    boxes = boxes if boxes is not None else notes.boxes
     records: list[dict[str, Any]] = []
     maps: list[np.ndarray] = []
     layer = ""
@@ -303,7 +342,7 @@ def evaluate_stream(run: ModelRun, items: Sequence[tuple[str, Loader]], boxes: d
         chunk = _loaded(items[s : s + step], report)
         if not chunk:
             continue
-        ex = _explain_chunk(run, chunk, boxes, steps, road, tolerance)
+        ex = _explain_chunk(run, chunk, boxes, steps, road, tolerance, notes)
         layer = ex.layer
         for i, (name, _) in enumerate(chunk):
             if i in ex.bad:
@@ -322,14 +361,25 @@ def _raise(name: str, message: str) -> None:
 
 
 def evaluate(run: ModelRun, images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
-             steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0) -> Evaluation:
+             steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
+             notes: Annotations | None = None) -> Evaluation:
     """Explain `images` ((name, RGB uint8) pairs) with `run` and measure every metric per image.
 
     The images are prepared by the model's input policy and the maps put back onto the photos as
-    `explain` does (same size, normalisation, letterbox), so the maps are explain's maps. An image
-    whose outputs, map or metrics are not finite raises OnnxcamError."""
+    `explain` does (same size, normalisation, letterbox, layer, target), so the maps are explain's
+    maps. `notes` adds the energy inside forbidden regions and the accuracy on labelled images
+    (its boxes, when given, are used where `boxes` is None). An image whose outputs, map or
+    metrics are not finite raises OnnxcamError."""
     items = [(name, (lambda im=im: im)) for name, im in images]
-    return evaluate_stream(run, items, boxes, steps, road, batch_size, tolerance, keep_maps=True)
+    return evaluate_stream(run, items, boxes, steps, road, batch_size, tolerance, keep_maps=True, notes=notes)
+
+
+def image_map(run: ModelRun, img: np.ndarray) -> np.ndarray:
+    """`run`'s map of one image at the image's own size, as evaluate computes it (for the few images
+    a CI summary shows after a streamed run, which kept no maps)."""
+    batch = run.policy.batch([img])
+    res = run.explainer.explain(batch.x, targets=run.target)
+    return np.clip(batch.image_map(0, res.heatmaps[0]), 0, 1)
 
 
 def file_items(paths: Sequence[Path]) -> list[tuple[str, Loader]]:
@@ -369,9 +419,14 @@ class _Pairs:
     def add(self, maps: Sequence[np.ndarray], recs: Sequence[dict[str, Any]], percent: float) -> list[dict[str, Any]]:
         out = []
         for (a, b), vals in self.values.items():
-            g = agreement([maps[a]], [maps[b]], percent)[0]
+            g: dict[str, Any] = agreement([maps[a]], [maps[b]], percent)[0]
+            ra, rb = recs[a], recs[b]
+            g["same_label"] = ra["label"] == rb["label"]
+            if "energy_in_forbidden" in ra and "energy_in_forbidden" in rb:
+                ea, eb = ra["energy_in_forbidden"], rb["energy_in_forbidden"]
+                g["energy_moved_to_forbidden"] = None if ea is None or eb is None else eb - ea
             vals.append(g)
-            self.same_label[(a, b)] += recs[a]["label"] == recs[b]["label"]
+            self.same_label[(a, b)] += g["same_label"]
             out.append({"a": self.names[a], "b": self.names[b], **g})
         return out
 
@@ -383,8 +438,13 @@ class _Pairs:
             ms, mi = _nanmean([g["spearman"] for g in vals]), _nanmean([g["top_iou"] for g in vals])
             sp[a, b] = sp[b, a] = np.nan if ms is None else ms
             iou[a, b] = iou[b, a] = np.nan if mi is None else mi
-            pairs.append({"a": self.names[a], "b": self.names[b], "spearman": ms, "top_iou": mi,
-                          "same_label": self.same_label[(a, b)]})
+            same, n = self.same_label[(a, b)], len(vals)
+            pair = {"a": self.names[a], "b": self.names[b], "spearman": ms, "top_iou": mi, "same_label": same,
+                    "label_agreement": same / n if n else None}
+            moved = [g["energy_moved_to_forbidden"] for g in vals if "energy_moved_to_forbidden" in g]
+            if moved:
+                pair["energy_moved_to_forbidden"] = _nanmean(moved)
+            pairs.append(pair)
         for i in range(m):
             sp[i, i] = iou[i, i] = 1.0
         return pairs, sp, iou
@@ -393,16 +453,21 @@ class _Pairs:
 def review_stream(runs: Sequence[ModelRun], items: Sequence[tuple[str, Loader]], boxes: dict | None = None,
                   steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
                   percent: float = TOP_PERCENT, on_error: Callable[[str, str], None] | None = None,
-                  thumb_width: int = 300) -> Review:
+                  thumb_width: int = 300, notes: Annotations | None = None) -> Review:
     """Evaluate every model and their pairwise agreement, one batch of images at a time: each
     image's card (photo, overlays, captions) is rendered as soon as its maps exist and spooled to a
     temporary file, so memory does not grow with the number of images. An image that cannot be
-    read, or that any model gives non-finite outputs, maps or metrics, goes to `on_error`."""
+    read, or that any model gives non-finite outputs, maps or metrics, goes to `on_error`.
+
+    The report's "drift" (onnxcam.drift) compares every later model with the first one (the
+    reference: the deployed, OLD model), per image and per class."""
     if not runs:
         raise UsageError("review needs at least one model")
     if not items:
         raise UsageError("no images to review")
     report_error = on_error or _raise
+    boxes = boxes if boxes is not None or notes is None else notes.boxes
+    notes = notes or Annotations(boxes=boxes)
     names = [r.name for r in runs]
     m = len(runs)
     pairs = _Pairs(names)
@@ -416,7 +481,7 @@ def review_stream(runs: Sequence[ModelRun], items: Sequence[tuple[str, Loader]],
         chunk = _loaded(items[s : s + step], report_error)
         if not chunk:
             continue
-        done = [_explain_chunk(r, chunk, boxes, steps, road, tolerance) for r in runs]
+        done = [_explain_chunk(r, chunk, boxes, steps, road, tolerance, notes) for r in runs]
         for k, ex in enumerate(done):
             layers[k] = ex.layer
         for i, (name, img) in enumerate(chunk):
@@ -428,6 +493,7 @@ def review_stream(runs: Sequence[ModelRun], items: Sequence[tuple[str, Loader]],
             image_pairs = pairs.add(maps, recs, percent)
             rec = json_safe({
                 "image": name, "size": [int(img.shape[0]), int(img.shape[1])], "boxes": boxes_for(boxes, name),
+                "forbidden": notes.forbidden_for(name, img.shape[:2]),
                 "agreement": {"spearman": _nanmean([p["spearman"] for p in image_pairs]),
                               "top_iou": _nanmean([p["top_iou"] for p in image_pairs]), "pairs": image_pairs},
                 "models": {names[k]: recs[k] for k in range(m)},
@@ -458,15 +524,18 @@ def review_stream(runs: Sequence[ModelRun], items: Sequence[tuple[str, Loader]],
         "order": [per_image[i]["image"] for i in order],
         "images": [per_image[i] for i in order],
     }
-    return Review(json_safe(report), spool, [cards[i] for i in order])
+    report = json_safe(report)
+    if m > 1:
+        report["drift"] = drift(report)
+    return Review(report, spool, [cards[i] for i in order])
 
 
 def review(runs: Sequence[ModelRun], images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
            steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
-           percent: float = TOP_PERCENT) -> Review:
+           percent: float = TOP_PERCENT, notes: Annotations | None = None) -> Review:
     """`review_stream` over images already decoded ((name, RGB uint8) pairs)."""
     items = [(name, (lambda im=im: im)) for name, im in images]
-    return review_stream(runs, items, boxes, steps, road, batch_size, tolerance, percent)
+    return review_stream(runs, items, boxes, steps, road, batch_size, tolerance, percent, notes=notes)
 
 
 # -- HTML -----------------------------------------------------------------------------------------
@@ -487,7 +556,7 @@ def _draw_boxes(rgb: np.ndarray, boxes: Sequence[Sequence[float]] | None, scale:
     out = rgb.copy()
     for b in boxes or []:
         x0, y0, x1, y1 = (int(round(v * scale)) for v in b)
-        cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, 2)
+        cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, 2 if max(out.shape[:2]) >= 200 else 1)
     return out
 
 
@@ -576,6 +645,40 @@ def _agreement_table(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _gates_table(report: dict[str, Any]) -> list[str]:
+    """The gates (onnxcam.gates) with their verdicts, when the run had some."""
+    e = html.escape
+    gates = report.get("gates")
+    if not gates:
+        return []
+    verdict = "all passed" if gates["passed"] else f"failed (exit code {gates['exit_code']})"
+    out = [f"<h2>Gates: {e(verdict)}</h2><table><tr><th></th><th class=name>gate</th><th class=name>subject</th>"
+           "<th>value</th><th>images breaking it</th></tr>"]
+    for g in gates["conditions"]:
+        mark = '<span class=hit>pass</span>' if g["passed"] else '<span class=miss>FAIL</span>'
+        broken = f"{len(g['failing_images'])} / {g['images']}" if not g["passed"] and g["images"] else "–"
+        out.append(f"<tr><td>{mark}</td><td class=name><code>{e(g['gate'])}</code></td><td class=name>{e(g['subject'])}"
+                   f"</td><td>{_fmt(g['value'], 4)}</td><td>{broken}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def _drift_table(report: dict[str, Any]) -> list[str]:
+    """Each model's drift from the first (onnxcam.drift), per class, most changed first."""
+    e = html.escape
+    out: list[str] = []
+    for d in report.get("drift", []):
+        out.append(f"<h2>Drift: {e(d['old'])} → {e(d['new'])}</h2><table><tr><th class=name>class ({e(d['old'])})</th>"
+                   "<th>images</th><th>mean ρ</th><th>mean top-k IoU</th><th>labels changed</th>"
+                   "<th>energy moved to forbidden</th></tr>")
+        for c in d["classes"] + [{"class": "all", **d["summary"]}]:
+            out.append(f"<tr><td class=name>{e(c['class'])}</td><td>{c['images']}</td><td>{_fmt(c['spearman'])}</td>"
+                       f"<td>{_fmt(c['top_iou'])}</td><td>{c['labels_changed']}</td>"
+                       f"<td>{_fmt(c['energy_moved_to_forbidden'], 4)}</td></tr>")
+        out.append("</table>")
+    return out
+
+
 def _caption(name: str, r: dict[str, Any]) -> str:
     e = html.escape
     lines = [f"<b>{e(name)}</b>", f"{e(r['label'])} <span class=p>p = {r['probability']:.3f}</span>",
@@ -584,6 +687,8 @@ def _caption(name: str, r: dict[str, Any]) -> str:
         hit = "hit" if r["pointing_hit"] else "miss"
         lines.append(f"pointing <span class={hit}>{hit}</span> <span class=p>· energy {r['energy']:.2f} · "
                      f"box IoU {r['localisation_iou']:.2f}</span>")
+    if "energy_in_forbidden" in r:
+        lines.append(f"<span class=p>energy in forbidden regions {_fmt(r['energy_in_forbidden'])}</span>")
     return "<br>".join(lines)
 
 
@@ -599,8 +704,9 @@ def _image_card(rec: dict[str, Any], img: np.ndarray, maps: Sequence[np.ndarray]
         head += (f" <span{cls}>· agreement ρ = {_fmt(ag['spearman'])}, top-{top_percent:g}% IoU = "
                  f"{_fmt(ag['top_iou'])}</span>")
     out = [f'<section class="card">{head}</h3><div class="row">']
-    photo = _draw_boxes(small, rec.get("boxes"), s, (0, 200, 0))
-    cap = "photo" + (" · ground truth in green" if rec.get("boxes") else "")
+    photo = _draw_boxes(_draw_boxes(small, rec.get("boxes"), s, (0, 200, 0)), rec.get("forbidden"), s, (220, 0, 0))
+    cap = ("photo" + (" · ground truth in green" if rec.get("boxes") else "")
+           + (" · forbidden regions in red" if rec.get("forbidden") else ""))
     out.append(f'<figure><img alt="{e(rec["image"])}" src="{png_data_uri(photo)}"><figcaption class=p>{cap}</figcaption></figure>')
     for name, heat in zip(names, maps):
         ov = _draw_boxes(_thumb(overlay(img, heat), thumb_width)[0], rec.get("boxes"), s, (0, 200, 0))
@@ -624,9 +730,9 @@ def _page_head(report: dict[str, Any], title: str = "onnxcam review") -> str:
         f'<p class="sub">{len(names)} model(s) · {len(report["images"])} image(s) · method {e(report["method"])} · '
         f'agreement at each image\'s own size (Spearman ρ, top-{report["top_percent"]:g}% IoU)</p>',
     ]
-    out += _models_table(report) + _metrics_table(report)
+    out += _gates_table(report) + _models_table(report) + _metrics_table(report)
     if len(names) > 1:
-        out += _agreement_table(report)
+        out += _agreement_table(report) + _drift_table(report)
     out.append(f"<h2>Images{' (lowest agreement first)' if len(names) > 1 else ''}</h2>")
     return "\n".join(out) + "\n"
 

@@ -22,7 +22,7 @@ from onnxcam.image import letterbox, load_image, resize_map
 from onnxcam.preprocessing import DEFAULT_SIZE, load_config, parse_size, policy_for, resolve_policy
 from onnxcam.review import ModelRun, evaluate
 
-from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT
+from .helpers import EXAMPLES, GOLDENS, MOBILENET, ROOT, golden_stems
 
 OCR = ROOT / "models" / "ocr"
 CLS = OCR / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
@@ -115,12 +115,17 @@ def test_bad_metadata_configs_are_model_errors():
     assert ModelLoadError.exit_code == 1
 
 
-@pytest.mark.parametrize("use_letterbox", [False, True])
-def test_review_maps_equal_explain_maps(tmp_path: Path, cls_with_metadata: Path, use_letterbox: bool):
+@pytest.mark.parametrize("use_letterbox, layer, target", [
+    (False, None, None), (True, None, None),
+    (False, "hardswish_17.tmp_0", "1"),  # a layer and a target of its own (class 1, labelled "180")
+])
+def test_review_maps_equal_explain_maps(tmp_path: Path, cls_with_metadata: Path, use_letterbox: bool,
+                                        layer: str | None, target: str | None):
     """The OCR classifier (preprocessing in cls.json, or in the model's metadata): eval/review's maps
-    at the photo's size equal explain's saved heatmaps put onto the photo."""
+    at the photo's size equal explain's saved heatmaps put onto the photo, also for a chosen layer
+    and target."""
     img = load_image(TEXT)
-    extra = ["--letterbox"] if use_letterbox else []
+    extra = (["--letterbox"] if use_letterbox else []) + (["--layer", layer, "--target", target] if layer else [])
     r = run("explain", CLS, TEXT, "-o", tmp_path / "ex", "--config", CLS_CONFIG, "--json", *extra)
     assert r.exit_code == 0, r.output
     rec = json.loads(r.stdout)["images"][0]
@@ -128,10 +133,13 @@ def test_review_maps_equal_explain_maps(tmp_path: Path, cls_with_metadata: Path,
     expected = saved if use_letterbox else np.clip(resize_map(saved, img.shape[:2]), 0, 1)
     assert saved.shape == (img.shape[:2] if use_letterbox else (48, 192))
     for model, config in ((CLS, CLS_CONFIG), (cls_with_metadata, None)):
-        ev = evaluate(ModelRun.load(str(model), config=config, letterbox=use_letterbox or None),
-                      [("text.png", img)], steps=2)
+        ev = evaluate(ModelRun.load(str(model), config=config, letterbox=use_letterbox or None, layer=layer,
+                                    target=target), [("text.png", img)], steps=2)
         np.testing.assert_allclose(ev.maps[0], np.clip(expected, 0, 1), atol=1e-5)
         assert ev.images[0]["label"] == rec["label"] and ev.images[0]["target"] == rec["target"]
+        assert ev.layer == json.loads(r.stdout)["layer"]
+    if target:
+        assert rec["target"] == 1 and rec["label"] == "180"
 
 
 def test_review_and_eval_read_config_and_metadata(tmp_path: Path, cls_with_metadata: Path):
@@ -161,3 +169,24 @@ def test_letterbox_batch_matches_the_letterboxed_canvas():
     np.testing.assert_allclose(pol.batch([img]).x, _by_hand(canvas), atol=1e-5)
     b = pol.batch([img])
     assert b.fits[0] == box and b.image_map(0, np.ones((48, 192), np.float32)).shape == img.shape[:2]
+
+
+@pytest.mark.parametrize("model", [
+    MOBILENET,  # bundled, ImageNet labels in its metadata
+    ROOT / "models" / "spurious" / "biased.onnx",  # bundled, preset and labels in its metadata, fixed 64×64
+    ROOT / "models" / "spurious" / "unbiased.onnx",
+    # every test model: TorchScript/dynamo/tf2onnx (NHWC, one channel, dynamic size)/Paddle exports
+    *(GOLDENS / f"{stem}.onnx" for stem in golden_stems()),
+], ids=lambda p: p.stem)
+def test_review_maps_equal_explain_maps_for_bundled_and_test_models(tmp_path: Path, model: Path):
+    """Every kind of model with its defaults: eval/review's map of a non-square photo equals
+    explain's saved heatmap put onto the photo, for the same target and label."""
+    photo = EXAMPLES / "chelsea.png"
+    img = load_image(photo)
+    r = run("explain", model, photo, "-o", tmp_path / "ex", "--json")
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)["images"][0]
+    expected = np.clip(resize_map(np.load(rec["heatmap"]), img.shape[:2]), 0, 1)
+    ev = evaluate(ModelRun.load(str(model)), [("chelsea.png", img)], steps=2)
+    np.testing.assert_allclose(ev.maps[0], expected, atol=1e-5)
+    assert ev.images[0]["target"] == rec["target"] and ev.images[0]["label"] == (rec["label"] or f"class {rec['target']}")

@@ -2,7 +2,8 @@
 
 Data goes to stdout (JSON with --json), words to stderr. Exit codes: 0 success; 1 an error (one
 line on stderr; an unreadable image among others still lets the rest be processed); 2 a usage
-error (bad option, unknown layer or method, target out of range). --debug shows tracebacks.
+error (bad option, unknown layer or method, target out of range, a gate on a metric the run
+lacks); 3 a gate (eval/review --require, onnxcam.gates) failed. --debug shows tracebacks.
 Files are written only through onnxcam.output (inside OUT, atomically, never over an input).
 """
 

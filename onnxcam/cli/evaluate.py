@@ -8,16 +8,28 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from collections.abc import Mapping
+
 import click
+import numpy as np
 
 from ..console import escape
 from ..errors import UsageError
 from ..limits import MAX_STEPS
 from ..output import OutputDir, dumps, unique_names
-from ..review import (METRIC_COLUMNS, Evaluation, Loader, ModelRun, evaluate_stream, file_items, load_boxes,
+from ..review import (METRIC_COLUMNS, Evaluation, Loader, ModelRun, evaluate_stream, file_items, image_map,
                       review_stream, write_report)
+from . import gating
 from . import options as opt
 from .common import collect_images, echo_line, guarded, report_error
+
+
+def _files(inputs: tuple[str, ...], verb: str, exclude: Path | None = None) -> list[Path]:
+    """The image files of the inputs (folders searched, OUT skipped); UsageError when none."""
+    files = [p for p, _ in collect_images(inputs, exclude)]
+    if not files:
+        raise UsageError(f"no images to {verb}")
+    return files
 
 
 class _Errors:
@@ -32,16 +44,48 @@ class _Errors:
         self.records.append({"image": str(self.paths.get(name, name)), "error": message})
 
 
-def _inputs(inputs: tuple[str, ...], boxes_file: str | None, verb: str,
-            exclude: Path | None = None) -> tuple[dict | None, list[tuple[str, Loader]], _Errors]:
-    """The boxes and the images, as loaders: each is decoded when its batch comes (memory does not
-    grow with the number of images); an unreadable one is reported then, in one line."""
-    files = [p for p, _ in collect_images(inputs, exclude)]
-    if not files:
-        raise UsageError(f"no images to {verb}")
-    boxes = load_boxes(boxes_file) if boxes_file else None
+def _items(files: list[Path]) -> tuple[list[tuple[str, Loader]], _Errors]:
+    """The images as loaders, decoded one batch at a time (memory does not grow with their
+    number); an unreadable one is reported when its batch comes, in one line."""
     items = file_items(files)
-    return boxes, items, _Errors({name: p for (name, _), p in zip(items, files)})
+    return items, _Errors({name: p for (name, _), p in zip(items, files)})
+
+
+class _Images(Mapping):
+    """Images by name, decoded when asked: the CI summary shows only the few that break a gate."""
+
+    def __init__(self, items: list[tuple[str, Loader]], done: set[str]) -> None:
+        self.loaders = {n: load for n, load in items if n in done}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.loaders[name]()
+
+    def __iter__(self):
+        return iter(self.loaders)
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+
+class _Maps(Mapping):
+    """(model, image) → the model's map at the image's size, computed when asked."""
+
+    def __init__(self, runs: Sequence[ModelRun], images: _Images) -> None:
+        self.runs = {r.name: r for r in runs}
+        self.images = images
+
+    def __getitem__(self, key: tuple[str, str]) -> np.ndarray:
+        model, image = key
+        return image_map(self.runs[model], self.images[image])
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and key[0] in self.runs and key[1] in self.images
+
+    def __iter__(self):
+        return ((m, i) for m in self.runs for i in self.images)
+
+    def __len__(self) -> int:
+        return len(self.runs) * len(self.images)
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -69,14 +113,19 @@ def _metric_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
     s = ev.summary
-    click.echo(escape(f"{model}: {ev.model['method']} at {ev.layer}, preset {run.preset}, {s['images']} image(s)"))
+    echo_line(f"{model}: {ev.model['method']} at {ev.layer}, preset {run.preset}, {s['images']} image(s)")
     for r in ev.images:
         line = (f"  {escape(r['image'])}: {escape(r['label'])} (p={r['probability']:.3f})  drop {r['drop']:.1f}%  "
                 f"deletion {r['deletion_auc']:.3f}  insertion {r['insertion_auc']:.3f}")
         if "pointing_hit" in r:
             line += (f"  pointing {'hit' if r['pointing_hit'] else 'miss'}  energy {r['energy']:.3f}  "
                      f"box IoU {r['localisation_iou']:.3f}")
-        click.echo(line)
+        if "energy_in_forbidden" in r:
+            e = r["energy_in_forbidden"]
+            line += f"  forbidden {'undefined' if e is None else f'{e:.3f}'}"
+        if "correct" in r:
+            line += f"  {'right' if r['correct'] else 'wrong'} (true {r['true_label']})"
+        echo_line(line)
     for key, title, _ in METRIC_COLUMNS:
         if s.get(key) is not None:
             click.echo(f"{title:<28} {s[key]:.4f}")
@@ -88,27 +137,50 @@ def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
 @_metric_options
 @opt.input_options()
 @opt.labels_option
+@opt.layer_option
+@click.option("--target", default="top1", show_default=True,
+              help="What to explain, as explain's --target (one map per image: not topK).")
+@gating.gate_options
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for --junit/--markdown (eval writes nothing else).")
+@opt.overwrite_option
 @opt.json_option
 @guarded
 def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | None, steps: int, road: bool,
           tolerance: float, batch_size: int, device: str, preset: str | None, config_file: str | None,
-          size: str | None, letterbox: bool | None, labels_file: str | None, as_json: bool) -> None:
+          size: str | None, letterbox: bool | None, labels_file: str | None, layer: str | None, target: str,
+          forbidden_file: str | None, truth_file: str | None, requires: tuple[str, ...], junit_name: str | None,
+          markdown_name: str | None, out_dir: str | None, overwrite: bool, as_json: bool) -> None:
     """Measure how faithful and well placed a model's explanations are on IMAGES (files or folders).
 
     Per image and on average: average drop and increase in confidence (Grad-CAM++), deletion and
     insertion AUC (RISE), optionally ROAD (--road); with --boxes, the pointing game, the
-    energy-based pointing game and the IoU of the CAM paper's box. Writes nothing.
+    energy-based pointing game and the IoU of the CAM paper's box; with --forbidden, the share of
+    the map's energy inside regions it must avoid; with --truth, the accuracy. --require gates the
+    numbers (exit code 3 when one fails, one stderr line each); --junit/--markdown write CI files
+    inside -o OUT.
     """
-    boxes, items, errors = _inputs(images, boxes_file, "evaluate")
+    gp = gating.plan(requires, boxes_file, forbidden_file, truth_file, road, junit_name, markdown_name, bool(out_dir))
+    gating.check(gp, [Path(model).stem])
+    files = _files(images, "evaluate", Path(out_dir) if out_dir else None)
+    out = None
+    if out_dir:
+        out = OutputDir(out_dir, overwrite, protect=[model, *files])
+        out.check_free(gp.planned())
+    items, errors = _items(files)
     run = ModelRun.load(model, method, preset, size, providers=opt.providers(device), config=config_file,
-                        letterbox=letterbox, labels_file=labels_file)
-    ev = evaluate_stream(run, items, boxes, steps, road, batch_size, tolerance, on_error=errors)
+                        letterbox=letterbox, labels_file=labels_file, layer=layer, target=target)
+    ev = evaluate_stream(run, items, gp.notes.boxes, steps, road, batch_size, tolerance, on_error=errors,
+                         notes=gp.notes)
+    report = {"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors.records}
+    gating.judge(gp, report)
+    images = _Images(items, {r["image"] for r in ev.images})
+    gating.write_ci(gp, out, report, images, _Maps([run], images))
     if as_json:
-        click.echo(dumps({"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors.records}))
+        click.echo(dumps(report))
     else:
         _print_eval(model, run, ev)
-    if errors.records:
-        sys.exit(1)
+    gating.finish(gp, errors.records)
 
 
 def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:
@@ -125,12 +197,21 @@ def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @_metric_options
 @opt.input_options(per_model=True)
-@click.option("--overwrite", is_flag=True, help="Replace index.html / review.json in OUT.")
+@click.option("--layer", "layers", multiple=True,
+              help="ONNX tensor to explain: once for every model, or once per model in order ('-' = the default).")
+@click.option("--target", "targets", multiple=True,
+              help="What to explain (explain's --target, not topK): once, or once per model ('-' = top1).")
+@click.option("--labels", "labels_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Class names, one per line: once, or once per model ('-' = the model's own).")
+@gating.gate_options
+@click.option("--overwrite", is_flag=True, help="Replace index.html, review.json and the CI files in OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Also print review.json on stdout.")
 @guarded
 def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, method: str, boxes_file: str | None,
            steps: int, road: bool, tolerance: float, batch_size: int, device: str, presets: tuple[str, ...],
-           configs: tuple[str, ...], size: str | None, letterbox: bool | None, overwrite: bool, as_json: bool) -> None:
+           configs: tuple[str, ...], size: str | None, letterbox: bool | None, layers: tuple[str, ...],
+           targets: tuple[str, ...], labels_files: tuple[str, ...], forbidden_file: str | None, truth_file: str | None, requires: tuple[str, ...],
+           junit_name: str | None, markdown_name: str | None, overwrite: bool, as_json: bool) -> None:
     """Compare models' explanations on the same images in one self-contained HTML page.
 
     Writes OUT/index.html (images inlined, no network needed to view it) with, per image, the
@@ -138,20 +219,40 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     models' maps agree; a table of metrics per model; the agreement of every pair (Spearman ρ and
     top-20% IoU of the maps at the image's own size). OUT/review.json, written last, holds all the
     numbers. Each model is prepared as `explain` would prepare it: its own input size, layout,
-    metadata (onnxcam.preprocess / onnxcam.preset / onnxcam.labels), --config and --preset.
+    metadata (onnxcam.preprocess / onnxcam.preset / onnxcam.labels), --config, --preset, --labels,
+    --layer and --target (each once, or once per model).
+
+    `onnxcam review OLD NEW` compares model versions: review.json's "drift" lists, per image (most
+    changed first) and per class, the rank correlation, top-k IoU, label changes and the energy
+    moved onto --forbidden regions of every model against the first. --require gates any metric
+    per model or per pair (exit code 3 when one fails); --junit/--markdown write CI files in OUT.
     """
-    chosen_presets = per_model(presets, len(models), "--preset")
-    chosen_configs = per_model(configs, len(models), "--config")
-    out = OutputDir(out_dir, overwrite, protect=models)
-    out.check_free(("index.html", "review.json"))
-    boxes, items, errors = _inputs(images, boxes_file, "review", exclude=Path(out_dir))
-    runs = [ModelRun.load(m, method, p, size, name=n, providers=opt.providers(device), config=c, letterbox=letterbox)
-            for m, p, c, n in zip(models, chosen_presets, chosen_configs, unique_names([Path(m).stem for m in models]))]
-    rv = review_stream(runs, items, boxes, steps, road, batch_size, tolerance, on_error=errors)
-    rv.report["errors"] = errors.records
+    n = len(models)
+    chosen_presets = per_model(presets, n, "--preset")
+    chosen_configs = per_model(configs, n, "--config")
+    chosen_layers = per_model(layers, n, "--layer")
+    chosen_targets = per_model(targets, n, "--target")
+    chosen_labels = per_model(labels_files, n, "--labels")
+    names = unique_names([Path(m).stem for m in models])
+    gp = gating.plan(requires, boxes_file, forbidden_file, truth_file, road, junit_name, markdown_name, True)
+    gating.check(gp, names)
+    files = _files(images, "review", exclude=Path(out_dir))
+    out = OutputDir(out_dir, overwrite, protect=[*models, *files])
+    out.check_free(["index.html", "review.json", *gp.planned()])
+    items, errors = _items(files)
+    runs = [ModelRun.load(m, method, p, size, name=nm, providers=opt.providers(device), config=c, letterbox=letterbox,
+                          labels_file=lb, layer=ly, target=t)
+            for m, p, c, nm, ly, t, lb in zip(models, chosen_presets, chosen_configs, names, chosen_layers,
+                                              chosen_targets, chosen_labels)]
+    rv = review_stream(runs, items, gp.notes.boxes, steps, road, batch_size, tolerance, on_error=errors,
+                       notes=gp.notes)
+    report = rv.report
+    report["errors"] = errors.records
+    gating.judge(gp, report)
+    images = _Images(items, {r["image"] for r in report["images"]})
+    gating.write_ci(gp, out, report, images, _Maps(runs, images))
     page, _ = write_report(out, rv)
     if as_json:
-        click.echo(dumps(rv.report))
-    echo_line(f"reviewed {len(rv.report['images'])} image(s) with {len(runs)} model(s); open {page}", err=True)
-    if errors.records:
-        sys.exit(1)
+        click.echo(dumps(report))
+    echo_line(f"reviewed {len(report['images'])} image(s) with {len(runs)} model(s); open {page}", err=True)
+    gating.finish(gp, errors.records)
