@@ -22,7 +22,7 @@ from .backends.ort_training import OrtTrainingSession
 from .errors import ModelLoadError, UsageError
 from .limits import check_text_value
 from .graph.rewrite import (
-    ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TAP_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
+    ATTN_GRAD_OUTPUT, ATTN_OUTPUT, ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TAP_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
     Prepared, build_explain_model, prepare,
 )
 from .graph.split import Split, split_at
@@ -33,6 +33,7 @@ from .model import ModelInfo, inspect_model, load_model
 from .protos import copy_model
 from .runtime import provider_of, session_for
 from .targets import ClassTarget, Target, TopK
+from .tokens import from_grid, to_grid
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,30 @@ def _fit_shape(name: str, v: np.ndarray, declared: tuple) -> np.ndarray:
                      f"{list(declared)}")
 
 
-def _to_nchw(a: np.ndarray, layout: str) -> np.ndarray:
-    """A 4-D tensor in `layout` as channels-first float32 (no copy when it already is)."""
-    perm = [layout.index(c) for c in "NCHW"]
-    a = a if perm == [0, 1, 2, 3] else np.ascontiguousarray(a.transpose(perm))
-    return a.astype(np.float32, copy=False)
+def _to_nchw(a: np.ndarray, layer: Layer) -> np.ndarray:
+    """A layer's tensor as channels-first (N, C, h, w) float32: 4-D tensors transposed (no copy
+    when already NCHW), token tensors without their prefix tokens, on the patch grid."""
+    return to_grid(a, layer.layout, layer.prefix, (layer.height, layer.width))
+
+
+def _from_nchw(acts: np.ndarray, layer: Layer, own: np.ndarray) -> np.ndarray:
+    """(B, C, h, w) activations back in the layer's layout; token layers with image's own prefix
+    tokens (`own`: its activation, batch 1), zeroed in the channels `acts` ablates."""
+    if not layer.is_tokens:
+        return from_grid(acts, layer.layout)
+    ntc = own.transpose([layer.layout.index(a) for a in "NTC"])
+    prefix = np.repeat(ntc[:, : layer.prefix], len(acts), axis=0)
+    ablated = ~acts.reshape(len(acts), acts.shape[1], -1).any(axis=2)
+    ablated &= ntc[:, layer.prefix:].any(axis=1)
+    prefix = prefix * ~ablated[:, None, :]
+    return from_grid(acts, layer.layout, prefix)
+
+
+def _per_head(a: np.ndarray, n: int) -> np.ndarray:
+    """Attention probabilities as (N, heads, T, T): exporters keep the batch outermost, heads
+    next, or fold them into one axis (N·heads, T, T)."""
+    t = a.shape[-1]
+    return a.reshape(n, -1, t, t)
 
 
 class Explainer:
@@ -263,7 +283,8 @@ class Explainer:
                 em = build_explain_model(
                     prep, key.layer, self.method.needs_gradients,
                     input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
-                    seed_input=seed_input,
+                    seed_input=seed_input, attention=self.method.needs_attention,
+                    attention_gradients=self.method.attention_gradients,
                 )
                 sess = session_for(em.model, self.providers, self.threads)
             head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output) if self.method.needs_head else None
@@ -350,25 +371,29 @@ class Explainer:
         return self._splits[key]
 
     def _tail_fn(self, hw: Size, x: np.ndarray, layer: Layer, output: str | None = None) -> Callable[[int, np.ndarray], np.ndarray]:
-        """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n."""
-        heads: dict[int, list[np.ndarray]] = {}  # image n → the head's outputs on it
+        """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n.
+        Token layers get their prefix tokens back from image n's own activation, with every channel
+        that `acts` zeroes on all patch tokens (and image n does not) zeroed on them too: a channel
+        ablated on every token, as pytorch-grad-cam's ViT ablation layer does."""
+        heads: dict[tuple[int, int], list[np.ndarray]] = {}  # (image n, batch) → the head's outputs
 
         def tail(n: int, acts: np.ndarray) -> np.ndarray:
             ss = self._split_sessions(hw, layer.name, output)
-            if n not in heads:
-                heads[n] = self._run_fixed(ss.head, {self.info.image_input.name: x[n : n + 1]})
-            inv = [("NCHW".index(a)) for a in layer.layout]
-            a = np.ascontiguousarray(acts.transpose(inv)).astype(heads[n][0].dtype)
-            step = self.info.batch if isinstance(self.info.batch, int) else len(a)  # a fixed batch: chunks of it
+            # a fixed batch: chunks of it, the last one padded with copies of its last item
+            step = self.info.batch if isinstance(self.info.batch, int) else len(acts)
             outs = []
-            for s in range(0, len(a), step):
-                part = a[s : s + step]
+            for s in range(0, len(acts), step):
+                part = acts[s : s + step]
                 k = len(part)
-                if k < step:  # the last chunk of a fixed batch, padded with copies of its last item
+                if k < step:
                     part = np.concatenate([part, np.repeat(part[-1:], step - k, axis=0)])
-                feeds = {ss.split.layer: part}
-                for name, v in zip(ss.split.externals, heads[n][1:]):
-                    feeds[name] = np.repeat(v, len(part), axis=0) if v.ndim and v.shape[0] == 1 else v
+                key = (n, len(part))
+                if key not in heads:  # at the tail's batch size: values computed from shapes (the
+                    # flat indices of Swin's pooling) are only right at the batch they were made for
+                    heads[key] = self._run_fixed(ss.head, {self.info.image_input.name: np.repeat(x[n : n + 1], len(part), 0)})
+                own = heads[key]
+                feeds = {ss.split.layer: _from_nchw(part, layer, own[0][:1]).astype(own[0].dtype)}
+                feeds.update(zip(ss.split.externals, own[1:]))
                 outs.append(ss.tail.run(None, feeds)[0][:k])
             return np.concatenate(outs)
 
@@ -551,11 +576,11 @@ class Explainer:
 
         def gradients_at(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             r = dict(zip(names, self._run_fixed(sess, {**feeds, self.info.image_input.name: batch}, names)))
-            return _to_nchw(r[ACT_OUTPUT], em.layer.layout), _to_nchw(r[GRAD_OUTPUT], em.layer.layout)
+            return _to_nchw(r[ACT_OUTPUT], em.layer), _to_nchw(r[GRAD_OUTPUT], em.layer)
 
         return MethodInputs(
-            _to_nchw(got[ACT_OUTPUT], em.layer.layout),
-            _to_nchw(got[GRAD_OUTPUT], em.layer.layout) if em.with_gradient else None,
+            _to_nchw(got[ACT_OUTPUT], em.layer),
+            _to_nchw(got[GRAD_OUTPUT], em.layer) if em.with_gradient else None,
             got[TARGETS_OUTPUT].astype(np.int64) if plan is None else plan.classes,
             got[em.output].astype(np.float32), built.head,
             inputs=x, layout=self.info.layout, input_size=hw,
@@ -564,6 +589,10 @@ class Explainer:
             input_gradients=self._input_gradients(em, got),
             bias_gradients=[(bias, got[TAP_OUTPUT.format(i)]) for i, (_, bias) in enumerate(em.taps)],
             gradients_at=gradients_at if em.with_gradient else None,
+            tokens=built.prep.tokens,
+            attentions=[_per_head(got[ATTN_OUTPUT.format(i)], len(x)) for i in range(len(em.attention))],
+            attention_gradients=[_per_head(got[ATTN_GRAD_OUTPUT.format(i)], len(x)) for i in range(len(em.attention))]
+            if em.attention_gradients else None,
         )
 
     def _explain_once(self, x: np.ndarray, t, hw: Size, layer: str | None) -> Result:

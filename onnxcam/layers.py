@@ -5,6 +5,14 @@ default is the last of them in topological order: the input of the final global 
 flatten where there is none). Squeeze-excitation blocks pool too, but their pooled tensors are
 1×1 and their gated outputs come before the final activation, so they never win; NHWC tensors
 (tf2onnx) are read with the layout propagated from the channels-first ops.
+
+Vision transformers (a patch-embedding Conv on the image, tokens.py): the candidates are the token
+layers — LayerNormalization outputs and residual Adds, (N, T, C) in any axis order, with P prefix
+tokens and the patch grid — and the grids that follow the patch embedding (Swin's channels-last
+stages); tensors inside attention (query, key, value, heads) never are. The default is the last
+candidate whose patch tokens can receive a gradient: behind a class-token head, the norm1 output
+feeding the last attention block (from its output on, only the class token reaches the logits);
+behind a mean over tokens, the tensor pooled.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from .errors import HeadError, UsageError
 from .graph.index import GraphIndex
 from .layouts import tensor_layouts
 from .protos import node_attrs
+from .tokens import TokenLayout, has_attention, is_token_layer, patch_liveness, token_layouts
 from .types import FLOAT_TYPES, LAYOUTS, TensorInfo
 
 
@@ -33,12 +42,21 @@ class Layer:
     height: int | str | None
     width: int | str | None
     index: int  # topological position of the producing node
+    prefix: int = 0  # token layers: the class / distillation / register tokens before the patches
+    live: bool = True  # False: only prefix tokens reach the output (the patch gradient is exactly 0)
+
+    @property
+    def is_tokens(self) -> bool:
+        return "T" in self.layout
 
     def as_dict(self, default: bool = False) -> dict:
-        return {
+        d = {
             "name": self.name, "op": self.op_type, "node": self.node, "layout": self.layout,
             "shape": [self.channels, self.height, self.width], "default": default,
         }
+        if self.is_tokens:
+            d["prefix_tokens"] = self.prefix
+        return d
 
 
 def spatial_dims(shape: tuple, layout: str) -> tuple:
@@ -52,20 +70,33 @@ def _extent(chw: tuple) -> int:
     return h * w if isinstance(h, int) and isinstance(w, int) else 2**31
 
 
-def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], output: str) -> list[Layer]:
-    """All candidate layers feeding `output`, in topological order."""
+def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], output: str,
+                     constants: dict[str, np.ndarray] | None = None, image: str | None = None) -> list[Layer]:
+    """All candidate layers feeding `output`, in topological order (token layers where `image`
+    starts with a patch embedding)."""
     ranks = {k: len(v.shape) for k, v in shapes.items()}
     layouts = tensor_layouts(model, ranks)
-    feeding = GraphIndex(model.graph).ancestors([output])
+    index = GraphIndex(model.graph)
+    feeding = index.ancestors([output])
+    constants = constants or {}
+    patch, tokens = token_layouts(model, shapes, constants, image) if image else (None, {})
+    live = patch_liveness(model, constants, tokens, output) if patch else {}
+    attention = patch is not None or has_attention(model, shapes)
     out: list[Layer] = []
     for idx, node in enumerate(model.graph.node):
         for t in node.output:
             info = shapes.get(t)
-            if not t or t not in feeding or info is None or len(info.shape) != 4:
+            if not t or t not in feeding or info is None or info.elem_type not in FLOAT_TYPES:
                 continue
-            if info.elem_type not in FLOAT_TYPES:
+            if patch is not None and t in tokens and node.op_type != "Conv":
+                if is_token_layer(node, tokens, constants, index.producer):
+                    out.append(_token_layer(t, node, idx, tokens[t], info, live.get(t, True)))
+                continue  # its transposes and reshapes are the same layer
+            if len(info.shape) != 4:
                 continue
             lay = layouts.get(t)
+            if lay is None and attention:
+                continue  # in a model with attention, a 4-D tensor of unknown layout may be its heads
             if lay is None:
                 # unknown layout: a candidate only if spatial under both readings, so that a
                 # pooled (N, 1, 1, C) tensor is never taken for a 1×C map
@@ -81,6 +112,12 @@ def candidate_layers(model: onnx.ModelProto, shapes: dict[str, TensorInfo], outp
     return out
 
 
+def _token_layer(t: str, node: onnx.NodeProto, idx: int, lay: TokenLayout, info: TensorInfo, live: bool) -> Layer:
+    """A token layer (N, T, C) or a grid after the patch embedding (Swin's (N, h, w, C))."""
+    c = info.shape[lay.axes.index("C")]
+    return Layer(t, node.op_type, node.name, lay.axes, c, lay.grid[0], lay.grid[1], idx, lay.prefix, live)
+
+
 def default_layer(layers: list[Layer], model: onnx.ModelProto | None = None, output: str | None = None,
                   dense: bool = False) -> Layer:
     """The default layer. Classifiers: the last candidate (the input of the final pooling, or of
@@ -91,6 +128,8 @@ def default_layer(layers: list[Layer], model: onnx.ModelProto | None = None, out
     if not layers:
         raise UsageError("the model has no 4-D activation with spatial extent > 1 feeding its output; "
                          "name a layer with --layer")
+    if any(not l.live for l in layers):  # a class-token head: the last layer its patches reach
+        layers = [l for l in layers if l.live] or layers
     if dense and model is not None and output is not None:
         index = GraphIndex(model.graph)
         sources = [i.name for i in model.graph.input]
@@ -107,10 +146,17 @@ def default_layer(layers: list[Layer], model: onnx.ModelProto | None = None, out
 def find_layer(layers: list[Layer], name: str) -> Layer:
     for l in layers:
         if l.name == name:
+            if not l.live:
+                use = default_layer(layers)
+                raise UsageError(
+                    f"layer {name!r}: from there on the output reads only the first {l.prefix} token(s) "
+                    f"(class/distillation/register), so the gradient on every patch token is exactly zero "
+                    f"and no map can come from it; use layer {use.name!r} (the input of the last "
+                    f"attention block, after its norm)")
             return l
     close = [l.name for l in layers if name.lower() in l.name.lower()][:5]
     hint = f" (did you mean {', '.join(close)}?)" if close else " (see `onnxcam layers MODEL`)"
-    raise UsageError(f"layer {name!r} is not a 4-D spatial activation feeding the output{hint}")
+    raise UsageError(f"layer {name!r} is not a 4-D spatial activation or a token layer feeding the output{hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,24 +197,33 @@ class _HeadWalk:
 
     def fail(self, why: str) -> HeadError:
         path = " → ".join(self.seen) or "nothing"
+        tokens = (" — a vision transformer's token layer: its head reads the class token, or pools the tokens "
+                  "and normalises them before the classifier") if self.layer.is_tokens else ""
         return HeadError(
             f"CAM needs layer {self.layer.name!r} to feed global average pooling then one linear layer; "
-            f"found {path} ({why}); use --method gradcam, which works on any head"
+            f"found {path} ({why}){tokens}; use --method gradcam, which works on any head"
         )
 
 
 def _check_global_pooling(walk: _HeadWalk, node: onnx.NodeProto | None, constants: dict[str, np.ndarray]) -> str:
-    """Accept GlobalAveragePool, ReduceMean over the spatial axes or a whole-map AveragePool;
-    return the pooled tensor."""
+    """Accept GlobalAveragePool, ReduceMean over the spatial axes or a whole-map AveragePool,
+    after Transposes of a 4-D layer (Swin's channels-last stage put channels first); return the
+    pooled tensor."""
     layer = walk.layer
+    layout = layer.layout
+    while node is not None and node.op_type == "Transpose" and len(layout) == 4:
+        layout = "".join(layout[p] for p in node_attrs(node).get("perm", [3, 2, 1, 0]))
+        node = walk.next_node(walk.step(node))
     if node is None:
         raise walk.fail("the layer feeds more than one branch")
     t = walk.step(node)
     attrs = node_attrs(node)
+    if node.op_type in ("GlobalAveragePool", "AveragePool") and layout not in ("NCHW", "NCWH"):
+        raise walk.fail(f"{node.op_type} over a tensor laid out {layout}, not channels first")
     if node.op_type == "GlobalAveragePool":
         return t
     if node.op_type == "ReduceMean":
-        hw = [layer.layout.index("H"), layer.layout.index("W")]
+        hw = [layout.index("H"), layout.index("W")] if "H" in layout else [-1]
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1:
             axes = constants.get(node.input[1], np.array([])).tolist()

@@ -31,7 +31,8 @@ from .hostile.harness import (
 )
 
 for _m in sorted(METHODS):
-    CASES[f"model-fixed-batch1-{_m}"] = fixed_batch_case(_m)
+    if not getattr(METHODS[_m], "needs_attention", False):  # the attention methods need a transformer
+        CASES[f"model-fixed-batch1-{_m}"] = fixed_batch_case(_m)
 
 
 def _sha(p: Path) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxcam.errors import OnnxcamError
 from onnxcam.graph.constants import constant_values, fold_constants
-from onnxcam.graph.passes import normalize, resolve_auto_pad, same_pads, upgrade_opset
+from onnxcam.graph.passes import decompose_attention, normalize, resolve_auto_pad, same_pads, upgrade_opset
 from onnxcam.model import inspect_model
 from onnxcam.shapes import fill_runtime_shapes, infer_shapes
 
@@ -123,3 +126,37 @@ def test_shapes_inference_loses_are_measured_without_changing_the_given_shapes()
     norm = normalize(m, inspect_model(m), None)
     assert norm.shapes["y"].shape == ("N", 4, 6, 6)
     assert ("fill_runtime_shapes", 2) in norm.applied
+
+
+def _attention_model(q_shape: list[int], kv_shape: list[int], **attrs) -> onnx.ModelProto:
+    """One opset-23 Attention node on graph inputs q, k, v."""
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("q", q_shape), ("k", kv_shape), ("v", kv_shape))]
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], name="attn", **attrs)
+    g = helper.make_graph([node], "attention", ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+@pytest.mark.parametrize("q_shape, kv_shape, attrs", [
+    ([2, 3, 5, 4], [2, 3, 7, 4], {}),
+    ([2, 3, 5, 4], [2, 3, 5, 4], {"scale": 0.3}),
+    ([2, 5, 12], [2, 7, 12], {"q_num_heads": 3, "kv_num_heads": 3}),
+])
+def test_decompose_attention_equals_onnxruntimes_attention(q_shape, kv_shape, attrs) -> None:
+    """The decomposed graph (MatMul → Softmax → MatMul, probabilities a tensor) computes what
+    onnxruntime's own Attention kernel does, on a copy."""
+    model = _attention_model(q_shape, kv_shape, **attrs)
+    res = decompose_attention(model, infer_shapes(model))
+    assert res.changed == 1 and res.model is not model and model.graph.node[0].op_type == "Attention"
+    assert "Attention" not in {n.op_type for n in res.model.graph.node}
+    assert sum(n.op_type == "Softmax" for n in res.model.graph.node) == 1
+    rng = np.random.default_rng(0)
+    feeds = {"q": rng.normal(size=q_shape), "k": rng.normal(size=kv_shape), "v": rng.normal(size=kv_shape)}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]  # noqa: E731
+    np.testing.assert_allclose(run(res.model), run(model), rtol=1e-5, atol=1e-6)
+
+
+def test_decompose_attention_refuses_what_it_does_not_write() -> None:
+    model = _attention_model([1, 2, 4, 4], [1, 2, 4, 4], is_causal=1)
+    with pytest.raises(OnnxcamError, match=r"Attention node 'attn': is_causal is not supported; export at opset 18"):
+        decompose_attention(model, infer_shapes(model))

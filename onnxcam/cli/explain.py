@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ImageError, UsageError
 from ..explainer import Explainer, Result
 from ..image import deprocess, load_image, overlay
+from ..methods import configured
 from ..output import OutputDir, dumps, output_names
 from ..preprocessing import Batch, InputPolicy, policy_for
 from ..resume import Journal, signature
@@ -173,6 +174,7 @@ def _report(job: Job, model: str, model_sha: str, ex: Explainer, policy: InputPo
 @click.argument("inputs", nargs=-1, required=True)
 @opt.out_dir_option
 @opt.method_option
+@opt.attention_options()
 @click.option("--layer", "layers_opt", multiple=True,
               help="ONNX tensor to explain (default: the last spatial activation); repeat to fuse several.")
 @click.option("--fuse", default="mean", show_default=True, type=click.Choice(["mean", "max"]),
@@ -193,7 +195,8 @@ def _report(job: Job, model: str, model_sha: str, ex: Explainer, policy: InputPo
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout; no progress bar.")
 @opt.overwrite_option
 @guarded
-def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, layers_opt: tuple[str, ...], fuse: str,
+def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, head_fusion: str | None,
+            discard_ratio: float | None, start_layer: int | None, layers_opt: tuple[str, ...], fuse: str,
             aug_smooth: bool, eigen_smooth: bool, target: str, output_name: str | None, preset: str | None,
             config_file: str | None, size: str | None, letterbox: bool | None, extra_inputs: tuple[str, ...],
             batch_size: int, labels_file: str | None, device: str, backend: str, as_json: bool, overwrite: bool) -> None:
@@ -211,7 +214,8 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, laye
     if not found:
         raise UsageError("no images to explain")
     layer = list(layers_opt) if len(layers_opt) > 1 else (layers_opt[0] if layers_opt else None)
-    ex = Explainer(model, method=method, layer=layer, providers=opt.providers(device), fuse=fuse,
+    chosen = configured(method, head_fusion=head_fusion, discard_ratio=discard_ratio, start_layer=start_layer)
+    ex = Explainer(model, method=chosen, layer=layer, providers=opt.providers(device), fuse=fuse,
                    aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, output=output_name, backend=backend, inputs=extra)
     policy = policy_for(ex, config_file=config_file, preset=preset, size=size, letterbox=letterbox,
                         labels_file=labels_file)

@@ -18,7 +18,8 @@ from .common import echo_line, guarded, prepared_model
 @opt.json_option
 @guarded
 def layers(model: str, size: str | None, as_json: bool) -> None:
-    """List candidate target layers (4-D activations feeding the output) and mark the default."""
+    """List candidate target layers (4-D activations, or a vision transformer's token layers on
+    their patch grid, feeding the output) and mark the default."""
     hw = parse_size(size)
     info, prep = prepared_model(model, hw)
     size_used = info.fixed_size or hw or DEFAULT_SIZE
@@ -35,7 +36,9 @@ def layers(model: str, size: str | None, as_json: bool) -> None:
     width = max([len(l.name) for l in cands] + [5])
     for l in cands:
         mark = "*" if l.name == default else " "
-        echo_line(f"{mark} {l.name:<{width}}  {l.op_type:<18} {l.channels}x{l.height}x{l.width}  {l.layout}")
+        tokens = f" +{l.prefix} prefix token(s)" if l.is_tokens else ""
+        zero = "  (patch gradient exactly 0)" if not l.live else ""
+        echo_line(f"{mark} {l.name:<{width}}  {l.op_type:<18} {l.channels}x{l.height}x{l.width}  {l.layout}{tokens}{zero}")
     echo_line("* default layer")
 
 

@@ -38,6 +38,19 @@ def stack(*decorators: Decorator) -> Decorator:
 model_argument = click.argument("model", type=click.Path(dir_okay=False))
 method_option = click.option("--method", "-m", default="gradcam", show_default=True,
                              type=click.Choice(sorted(METHODS), case_sensitive=False), help="CAM method.")
+
+def attention_options() -> Decorator:
+    """The transformer methods' parameters: rollout's head fusion and discard ratio, the first block."""
+    return stack(
+        click.option("--head-fusion", type=click.Choice(["mean", "max", "min"]), default=None,
+                     help="rollout: how heads are fused (default mean)."),
+        click.option("--discard-ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="rollout, grad-rollout: share of the smallest attention entries set to 0 (default 0)."),
+        click.option("--start-layer", type=click.IntRange(min=0), default=None,
+                     help="attention methods: the first block taken into account (default 0)."),
+    )
+
+
 layer_option = click.option("--layer", default=None,
                             help="ONNX tensor to explain (default: the last spatial activation).")
 target_option = click.option("--target", default="top1", show_default=True, help=TARGET_HELP)

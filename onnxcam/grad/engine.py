@@ -48,9 +48,9 @@ class GradientResult:
 
 
 def path_nodes(graph: onnx.GraphProto, x: str, ys: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
-    """Nodes that depend on `x` and feed one of `ys`, in graph (topological) order; and the set
-    of tensors that depend on `x`."""
-    return GraphIndex(graph).path(x, ys)
+    """Nodes that depend on the values of `x` and feed one of `ys`, in graph (topological) order;
+    and the set of tensors that depend on them (shape arithmetic carries no gradient)."""
+    return GraphIndex(graph).path(x, ys, values_only=True)
 
 
 def _is_default_domain(node: onnx.NodeProto) -> bool:

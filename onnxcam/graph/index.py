@@ -12,6 +12,9 @@ from typing import Iterable, Optional
 import onnx
 
 
+_SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
 class GraphIndex:
     """Producers and consumers of every tensor of one graph (nodes in topological order)."""
 
@@ -58,12 +61,16 @@ class GraphIndex:
         """True when every path from `sources` to `output` passes through `tensor`."""
         return output not in self.descendants(sources, avoid=tensor)
 
-    def path(self, x: str, ys: Iterable[str]) -> tuple[list[onnx.NodeProto], set[str]]:
+    def path(self, x: str, ys: Iterable[str], values_only: bool = False) -> tuple[list[onnx.NodeProto], set[str]]:
         """The nodes that depend on `x` and feed one of `ys`, in topological order; and the set of
-        tensors that depend on `x` (`x` included)."""
+        tensors that depend on `x` (`x` included). `values_only`: through its values only — Shape
+        and Size read a shape, so what is computed from them alone (Swin's shifted-window masks,
+        ConstantOfShape and ScatterND from the feature map's size) is a constant for a gradient."""
         active = {x}
         forward: list[onnx.NodeProto] = []
         for node in self.nodes:
+            if values_only and node.op_type in _SHAPE_READERS:
+                continue
             if any(i in active for i in node.input if i):
                 forward.append(node)
                 active.update(o for o in node.output if o)

@@ -7,7 +7,9 @@
    runs with the image alone): −1 means the predicted class (ArgMax inside the graph);
 3. seeds the output with OneHot(target) (or a fed cotangent, `onnxcam_seed`) and appends
    ∂y_target/∂A as plain ai.onnx ops;
-4. exposes A, the gradient and the chosen targets as extra graph outputs.
+4. exposes A, the gradient and the chosen targets as extra graph outputs; for the transformer
+   methods, every block's attention probabilities and, when asked, their gradients (one
+   reverse pass from the first block's, with the others as taps).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..model import ModelInfo, default_opset, inspect_model
 from ..protos import copy_model
 from ..shapes import Shapes
 from ..storage import PROTOBUF_LIMIT, proto_size
+from ..tokens import TokenModel, token_model
 from ..types import FLOAT_TYPES, LAYOUTS, TensorInfo
 from .constants import Constants, constant_values, fold_constants
 from .index import GraphIndex
@@ -42,6 +45,8 @@ ACT_OUTPUT = "onnxcam_activation"
 INPUT_GRAD_OUTPUT = "onnxcam_input_gradient"
 TAP_OUTPUT = "onnxcam_bias_gradient_{}"
 SEED_INPUT = "onnxcam_seed"
+ATTN_OUTPUT = "onnxcam_attention_{}"
+ATTN_GRAD_OUTPUT = "onnxcam_attention_gradient_{}"
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Prepared:
     output: str
     layers: list[Layer]
     info: ModelInfo
+    tokens: TokenModel | None = None  # vision transformers: prefix, grid, head tokens, attention
 
     def layer(self, name: str | None) -> Layer:
         if name is not None:
@@ -74,6 +80,8 @@ class ExplainModel:
     input_gradient: str | None = None  # None, "plain" or "guided"
     taps: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (tensor, bias (C,))
     seed_input: bool = False  # the cotangent is fed (onnxcam_seed), not chosen by class inside
+    attention: list[str] = field(default_factory=list)  # Softmax outputs exposed (transformer methods)
+    attention_gradients: bool = False
 
     @property
     def output_names(self) -> list[str]:
@@ -81,6 +89,8 @@ class ExplainModel:
         names += [GRAD_OUTPUT] if self.with_gradient else []
         names += [INPUT_GRAD_OUTPUT] if self.input_gradient else []
         names += [TAP_OUTPUT.format(i) for i in range(len(self.taps))]
+        names += [ATTN_OUTPUT.format(i) for i in range(len(self.attention))]
+        names += [ATTN_GRAD_OUTPUT.format(i) for i in range(len(self.attention))] if self.attention_gradients else []
         return names
 
 
@@ -112,8 +122,10 @@ def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None,
                          ModelLoadError)
     norm = normalize(model, info, hw)
     out = choose_output(norm.model, norm.shapes, output)
-    layers = candidate_layers(norm.model, norm.shapes, out)
-    return Prepared(norm.model, norm.shapes, norm.constants, out, layers, info)
+    image = info.image_input.name if info else None
+    layers = candidate_layers(norm.model, norm.shapes, out, norm.constants, image)
+    tokens = token_model(norm.model, norm.shapes, norm.constants, image, out) if image else None
+    return Prepared(norm.model, norm.shapes, norm.constants, out, layers, info, tokens)
 
 
 def _find_or_none(layers: list[Layer], name: str) -> Layer | None:
@@ -226,35 +238,60 @@ def build_explain_model(
     input_gradient: str | None = None,
     with_bias_taps: bool = False,
     seed_input: bool = False,
+    attention: bool = False,
+    attention_gradients: bool = False,
 ) -> ExplainModel:
     """Rewrite `prep.model` so that one run returns outputs, A, ∂y_c/∂A and the targets; and,
     when asked, the input's gradient (plain or guided) and FullGrad's bias-tap gradients.
 
     seed_input: instead of a class chosen inside the graph, the cotangent u is an input,
     `onnxcam_seed`, shaped like the output: the gradient is ∂⟨u, y⟩/∂A (any target: a region of a
-    segmentation map, one detection, a regression output, a counterfactual)."""
+    segmentation map, one detection, a regression output, a counterfactual).
+
+    attention: also return every block's attention probabilities (`prep.tokens.attention`), and
+    with `attention_gradients` their gradients ∂⟨seed, y⟩/∂A_l."""
     target = _explained_layer(prep, layer)
+    probs = _attention_tensors(prep) if attention else []
+    attention_gradients = attention_gradients and bool(probs)
     y, image = prep.output, prep.info.image_input.name
     k = _classes(prep, seed_input)
     taps = bias_taps(prep) if with_bias_taps else []
     m, shapes = copy_model(prep.model), prep.shapes
-    if with_gradient or input_gradient:
-        need = max(required_opset(m.graph, target.name, y), required_opset(m.graph, image, y) if input_gradient else 1)
+    if with_gradient or input_gradient or attention_gradients:
+        need = max(required_opset(m.graph, target.name, y), required_opset(m.graph, image, y) if input_gradient else 1,
+                   required_opset(m.graph, probs[0], y) if attention_gradients else 1)
         m, shapes = with_opset(m, shapes, need)
     add = _Additions()
     if not seed_input:
         _select_target(add, y)
     add.expose(target.name, ACT_OUTPUT, shapes[target.name])
-    if with_gradient or input_gradient:
+    for i, p in enumerate(probs):
+        add.expose(p, ATTN_OUTPUT.format(i), shapes[p])
+    if with_gradient or input_gradient or attention_gradients:
         seed, shapes = _seed(add, shapes, y, int(k) if isinstance(k, int) else 0, fed=seed_input)
         grads = _Gradients(m.graph, shapes, dict(prep.constants), default_opset(m), y, seed)
         if with_gradient:
             add.expose(grads.layer(add, target.name), GRAD_OUTPUT, shapes[target.name])
         if input_gradient:
             grads.input(add, image, taps, input_gradient == "guided")
+        if attention_gradients:
+            grads.attention(add, probs)
     add.apply(m.graph)
     _check_rewritten(m)
-    return ExplainModel(m, target, y, int(k) if isinstance(k, int) else 0, with_gradient, input_gradient, taps, seed_input)
+    return ExplainModel(m, target, y, int(k) if isinstance(k, int) else 0, with_gradient, input_gradient, taps, seed_input,
+                        probs, attention_gradients)
+
+
+def _attention_tensors(prep: Prepared) -> list[str]:
+    """The attention probabilities over all tokens, or a clear error where the model has none."""
+    if prep.tokens is None:
+        raise UsageError("this method reads the attention of a vision transformer, and the model has no patch "
+                         "embedding (a Conv with kernel = stride on the image): use a CAM method such as gradcam")
+    if not prep.tokens.attention:
+        raise UsageError(
+            f"this method reads self-attention over all {prep.tokens.tokens} tokens, and the model has none "
+            "(windowed attention, as in Swin, has no token-to-token matrix over the image): use gradcam")
+    return prep.tokens.attention
 
 
 @dataclass
@@ -274,6 +311,16 @@ class _Gradients:
         add.nodes += grad.nodes
         add.inits += grad.initializers
         return grad.grad
+
+    def attention(self, add: _Additions, probs: list[str]) -> None:
+        """∂⟨seed, y⟩/∂A_l of every block as ATTN_GRAD_OUTPUT.format(l): one reverse pass from
+        the first block's probabilities, the later ones as taps on the way."""
+        grad = append_gradient(self.graph, self.shapes, self.constants, self.opset, probs[0], self.y, self.seed,
+                               prefix="onnxcam_agrad/", also=probs[1:])
+        add.nodes += grad.nodes
+        add.inits += grad.initializers
+        for i, p in enumerate(probs):
+            add.expose(grad.grad if i == 0 else grad.also[p], ATTN_GRAD_OUTPUT.format(i), self.shapes[p])
 
     def input(self, add: _Additions, image: str, taps: list[tuple[str, np.ndarray]], guided: bool) -> None:
         """The image's gradient (guided backpropagation with `guided`) as INPUT_GRAD_OUTPUT, and
@@ -295,6 +342,8 @@ def _any_tensor(prep: Prepared, name: str) -> Layer:
     info = prep.shapes.get(name)
     if info is None or info.elem_type not in FLOAT_TYPES or len(info.shape) != 4:
         return find_layer(prep.layers, name)  # raises with suggestions
+    if prep.tokens is not None and name != prep.info.image_input.name:
+        return find_layer(prep.layers, name)  # inside a transformer's attention: no spatial reading
     ranks = {k: len(v.shape) for k, v in prep.shapes.items()}
     lay = prep.info.layout if name == prep.info.image_input.name else tensor_layouts(prep.model, ranks).get(name, "NCHW")
     if lay not in LAYOUTS:

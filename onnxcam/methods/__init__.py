@@ -2,7 +2,7 @@
 by family; maps.py holds the maths they share."""
 
 from .ablation import AblationCAM
-from .base import METHODS, CAMMethod, MethodInputs, get_method
+from .base import METHODS, CAMMethod, MethodInputs, configured, get_method
 from .baselines import RandomCAM
 from .cam import CAM
 from .eigen import KPCACAM, EigenCAM, EigenGradCAM
@@ -11,10 +11,11 @@ from .gradients import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, L
 from .input_gradients import FullGrad, GuidedBackprop, GuidedGradCAM
 from .maps import normalize_maps, scale_maps
 from .score import ISCAM, SSCAM, ScoreCAM
+from .transformer import AttentionRollout, Chefer, GradRollout, RawAttention
 
 __all__ = [
-    "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "FEM", "FullGrad", "GradCAM",
+    "AblationCAM", "AttentionRollout", "Chefer", "GradRollout", "RawAttention", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "FEM", "FullGrad", "GradCAM",
     "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM",
     "KPCACAM", "LayerCAM", "METHODS", "MethodInputs", "RandomCAM", "SSCAM", "ScoreCAM",
-    "SmoothGradCAMpp", "XGradCAM", "get_method", "normalize_maps", "scale_maps",
+    "SmoothGradCAMpp", "XGradCAM", "configured", "get_method", "normalize_maps", "scale_maps",
 ]

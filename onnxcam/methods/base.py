@@ -8,13 +8,15 @@ pytorch-grad-cam does them). A method overrides `weights` (N, C) — or, for the
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
 from ..errors import UsageError
 from ..layers import CamHead
+from ..tokens import TokenModel
 from .maps import first_component
 
 
@@ -41,6 +43,9 @@ class MethodInputs:
     gradients_at: Optional[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = None
     pixel_maps: dict = field(default_factory=dict)  # pixel-space outputs a method adds (Result.extra)
     seeds: np.ndarray | None = None  # (N, ...) cotangents, when the target is not a plain class
+    tokens: TokenModel | None = None  # vision transformers: prefix, grid, the tokens the head reads
+    attentions: list = field(default_factory=list)  # per block (N, heads, T, T) probabilities
+    attention_gradients: list | None = None  # per block ∂y_t/∂A (N, heads, T, T)
 
     def score(self, n: int, out: np.ndarray) -> np.ndarray:
         """The explained score of item n's target on a batch of outputs (B, ...): y[:, t_n] for a
@@ -63,12 +68,15 @@ class CAMMethod:
     needs_head: ClassVar[bool] = False  # the GAP → linear classifier weights (CAM)
     input_gradient: ClassVar[Optional[str]] = None  # ∂y/∂x at the input: "plain" or "guided"
     bias_taps: ClassVar[bool] = False  # FullGrad's bias-gradient terms
+    needs_attention: ClassVar[bool] = False  # every block's attention probabilities (transformers)
+    attention_gradients: ClassVar[bool] = False  # and their gradients
 
     @classmethod
     def needs_backward(cls) -> bool:
         """True when the method runs a backward pass of any kind: ∂y/∂A at the layer, ∂y/∂x at the
-        input (guided backpropagation, FullGrad) or the bias gradients (FullGrad)."""
-        return bool(cls.needs_gradients or cls.input_gradient or cls.bias_taps)
+        input (guided backpropagation, FullGrad), the bias gradients (FullGrad) or the attention
+        gradients (Grad-Rollout, Chefer et al.)."""
+        return bool(cls.needs_gradients or cls.input_gradient or cls.bias_taps or cls.attention_gradients)
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
         raise NotImplementedError
@@ -98,6 +106,22 @@ def register(cls: type[CAMMethod]) -> type[CAMMethod]:
     """Class decorator: make the method available by its `name` (METHODS, get_method, the CLI)."""
     METHODS[cls.name] = cls
     return cls
+
+
+def configured(name: str | CAMMethod, **params: Any) -> CAMMethod:
+    """A method by name built with the constructor parameters given (None: left at the method's
+    default); UsageError naming a parameter the method does not take (CLI options such as
+    --head-fusion for `rollout`)."""
+    given = {k: v for k, v in params.items() if v is not None}
+    method = get_method(name)
+    if not given:
+        return method
+    accepted = inspect.signature(type(method).__init__).parameters
+    bad = sorted(k for k in given if k not in accepted)
+    if bad:
+        opts = ", ".join("--" + b.replace("_", "-") for b in bad)
+        raise UsageError(f"method {method.name} takes no {opts}")
+    return type(method)(**given)
 
 
 def get_method(name: str | CAMMethod) -> CAMMethod:

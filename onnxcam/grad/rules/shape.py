@@ -64,28 +64,58 @@ def _static(e: Emitter, node: Node, t: str) -> list[int]:
 
 @register("Slice")
 def slice_(e: Emitter, node: Node, g: G) -> G:
-    """Zero-pad the gradient back to the input's extent (unit steps)."""
+    """Put the gradient back where the elements came from, zeros elsewhere: unit steps by one Pad;
+    an axis with step s spreads its k gradient rows s apart (Unsqueeze, Pad by s − 1, Reshape to
+    k·s) and shifts them to their start (Swin's patch merging takes x[:, 0::2, 1::2, :]); negative
+    steps reverse the gradient first. Any axis of static size may be sliced, axis 0 included (the
+    stacked q, k, v of a dynamo export); a sliced axis of unknown size (a dynamic batch) may only be
+    taken whole."""
     x = node.inputs[0]
-    shape = _static(e, node, x)
+    shape = list(e.shape(x))
     r = len(shape)
     starts = _const_ints(e, node, 1, "starts")
     ends = _const_ints(e, node, 2, "ends")
-    axes = _const_ints(e, node, 3, "axes") or list(range(len(starts)))
+    axes = [a % r for a in (_const_ints(e, node, 3, "axes") or list(range(len(starts))))]
     steps = _const_ints(e, node, 4, "steps") or [1] * len(starts)
-    if any(s != 1 for s in steps):
-        raise UnsupportedOpError("Slice", node.name, "steps other than 1")
     pads = [0] * (2 * r)
-    for st, en, ax in zip(starts, ends, axes):
-        ax %= r
-        if ax == 0:
-            if st == 0 and en >= 2**31 - 1:  # the whole batch (Keras' Cropping2D writes this)
-                continue
-            raise UnsupportedOpError("Slice", node.name, "slicing the batch axis")
+    strided: list[tuple[int, list[int]]] = []
+    cur = list(shape)  # the gradient's shape as it is rebuilt
+    for st, en, ax, step in zip(starts, ends, axes, steps):
         dim = shape[ax]
-        st = min(max(st + dim if st < 0 else st, 0), dim)
-        en = min(max(en + dim if en < 0 else en, 0), dim)
-        pads[ax], pads[ax + r] = st, dim - max(en, st)
-    return [e.op("Pad", [g[0], e.ints(pads)], mode="constant") if e.opset >= 11 else e.op("Pad", [g[0]], pads=pads)]
+        if not isinstance(dim, int):
+            if step == 1 and st == 0 and en >= 2**31 - 1:
+                continue  # the whole dynamic axis (Keras' Cropping2D writes this for the batch)
+            raise UnsupportedOpError("Slice", node.name, f"slicing axis {ax} of unknown size (the batch?)")
+        idx = list(range(dim))[slice(st, en, step)]
+        if not idx:
+            raise UnsupportedOpError("Slice", node.name, f"empty slice on axis {ax}")
+        if step == 1:
+            pads[ax], pads[ax + r] = idx[0], dim - idx[-1] - 1
+        else:
+            strided.append((ax, idx))
+            cur[ax] = len(idx)
+    out = g[0]
+    if any(pads):
+        out = e.op("Pad", [out, e.ints(pads)], mode="constant") if e.opset >= 11 else e.op("Pad", [out], pads=pads)
+    for ax, idx in strided:
+        if idx[1] < idx[0]:  # negative step: reverse the gradient along the axis first
+            out = e.op("Slice", [out, e.ints([-1]), e.ints([-(2**62)]), e.ints([ax]), e.ints([-1])])
+            idx = idx[::-1]
+        s, k, dim = idx[1] - idx[0], len(idx), shape[ax]
+        spread = [0] * (2 * (r + 1))
+        spread[ax + 1 + r + 1] = s - 1
+        out = e.op("Pad", [e.unsqueeze(out, [ax + 1]), e.ints(spread)], mode="constant")
+        cur[ax] = k * s
+        out = e.op("Reshape", [out, e.ints([d if isinstance(d, int) else -1 for d in cur])])
+        before, after = idx[0], dim - idx[0] - k * s
+        if after < 0:  # the last row's spread runs past the end: cut it
+            out = e.slice(out, ax, 0, k * s + after)
+            after = 0
+        shift = [0] * (2 * r)
+        shift[ax], shift[ax + r] = before, after
+        out = e.op("Pad", [out, e.ints(shift)], mode="constant")
+        cur[ax] = dim
+    return [out]
 
 
 @register("Pad", min_opset=10)
