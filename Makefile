@@ -1,12 +1,13 @@
-# Entry points: `make demo` (explain the bundled photos with the bundled model), `make test`, and
-# `make test-ort-training` (the onnxruntime-training backend, in its own environment).
+# Entry points: `make demo` (explain the bundled photos with the bundled model), `make test`,
+# `make test-ort-training` (the onnxruntime-training backend) and `make test-ray` (Ray Data), the last
+# two each in its own environment.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 # onnxruntime is an explicit choice: `make test RUNTIME=gpu` installs onnxruntime-gpu instead.
 RUNTIME ?= cpu
 
-.PHONY: demo test test-ort-training bench clean
+.PHONY: demo test test-ort-training test-ray bench clean
 
 $(BIN)/onnxcam: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +39,22 @@ $(ORTT)/.installed: pyproject.toml
 test-ort-training: $(ORTT)/.installed
 	$(ORTT)/bin/python -m pytest tests/test_backend_ort_training.py
 
+# Ray Data (onnxcam/scale/, `explain --ray`): the `ray` extra in its own environment, and the tests
+# marked `ray` (a local 2-CPU Ray in a child process under a hard timeout; moto's S3 server on
+# 127.0.0.1 for the s3:// source). About 2 minutes once installed.
+RAYV ?= .venv-ray
+
+$(RAYV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RAYV)
+	$(RAYV)/bin/pip install -q --upgrade pip
+	$(RAYV)/bin/pip install -q -e '.[$(RUNTIME),test,ray]' 'moto[server]' boto3
+	touch $@
+
+test-ray: $(RAYV)/.installed
+	$(RAYV)/bin/python -m pytest -m ray
+
 bench: $(BIN)/onnxcam
 	$(BIN)/python bench/bench_gradcam.py
 
 clean:
-	rm -rf $(VENV) $(ORTT) results
+	rm -rf $(VENV) $(ORTT) $(RAYV) results

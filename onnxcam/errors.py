@@ -55,3 +55,9 @@ class HeadError(OnnxcamError):
 
 class ImageError(OnnxcamError):
     """An image could not be read or does not fit the model."""
+
+
+class ItemError(OnnxcamError):
+    """One image of a batch cannot be explained as asked — its segmentation class is predicted
+    nowhere, it has no detection, its map is exactly zero — while the others can: the explainer
+    reports it in `Result.errors` for that image instead of drawing a blank map."""

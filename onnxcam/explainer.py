@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -19,7 +19,9 @@ import onnx
 import onnxruntime as ort
 
 from .backends.ort_training import OrtTrainingSession
-from .errors import ModelLoadError, UsageError
+from . import detection
+from .preselection import PreSelection, final_outputs, find_preselection
+from .errors import ItemError, ModelLoadError, UsageError
 from .limits import check_text_value
 from .graph.rewrite import (
     ATTN_GRAD_OUTPUT, ATTN_OUTPUT, ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TAP_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
@@ -32,7 +34,7 @@ from .methods.maps import normalize_maps, scale_maps
 from .model import ModelInfo, inspect_model, load_model
 from .protos import copy_model
 from .runtime import provider_of, session_for
-from .targets import ClassTarget, Target, TopK
+from .targets import ClassTarget, DetectionTarget, Target, TopK
 from .tokens import from_grid, to_grid
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class _SeedPlan:
     output: str
     seeds: np.ndarray
     classes: np.ndarray
+    errors: list[Optional[str]] = field(default_factory=list)  # per item: why it cannot be explained
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Result:
     provider: str = ""
     extra: dict = field(default_factory=dict)  # pixel-space maps a method adds (guided backprop, ...)
     layer_results: list["Result"] = field(default_factory=list)  # per layer, when several are fused
+    errors: list[Optional[str]] = field(default_factory=list)  # per item: None, or why its map means nothing
 
 
 def _read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[str, onnx.ModelProto]:
@@ -180,6 +184,33 @@ def _per_head(a: np.ndarray, n: int) -> np.ndarray:
     next, or fold them into one axis (N·heads, T, T)."""
     t = a.shape[-1]
     return a.reshape(n, -1, t, t)
+def _concat_results(runs: list["Result"]) -> "Result":
+    """Results of single-item runs as one (outputs kept per run where their shapes differ)."""
+    first = runs[0]
+    cat = lambda name: np.concatenate([getattr(r, name) for r in runs])  # noqa: E731
+    outs = [r.outputs for r in runs]
+    same = all(o.shape == outs[0].shape for o in outs)
+    return Result(
+        heatmaps=cat("heatmaps"), cams=cat("cams"), activations=cat("activations"),
+        gradients=None if first.gradients is None else cat("gradients"), targets=cat("targets"),
+        outputs=np.concatenate(outs) if same else np.array(outs + [None], dtype=object)[:-1],
+        layer=first.layer, method=first.method, provider=first.provider,
+        layer_results=[_concat_results([r.layer_results[i] for r in runs]) for i in range(len(first.layer_results))],
+        errors=[e for r in runs for e in r.errors],
+    )
+
+
+def _item_errors(seeded: list[Optional[str]], results: list["Result"]) -> list[Optional[str]]:
+    """Per item: why its map means nothing — the target's own error, or a map that is exactly zero
+    at every layer (∂y/∂A = 0 there, or the ReLU removed all of it) — else None."""
+    errors = list(seeded)
+    for n, err in enumerate(errors):
+        if err is None and not any(np.any(r.cams[n]) for r in results):
+            errors[n] = (f"the map is exactly zero at {' + '.join(r.layer for r in results)}: the target does not "
+                         "depend on this layer here (or every contribution is negative); try another --layer or target")
+    return errors
+
+
 
 
 class Explainer:
@@ -241,12 +272,15 @@ class Explainer:
         self._built: dict[_BuildKey, _Built] = {}
         self._forward_sessions: dict[Size, ort.InferenceSession] = {}
         self._splits: dict[tuple[Size, str, Optional[str]], _SplitSessions] = {}
+        self._whole: Optional[PreSelection] = None  # a whole exported detector's pre-selection scores
         if self.info.fixed_size is not None:
             self._check_early(self.info.fixed_size)
 
     def _check_early(self, hw: Size) -> None:
         """Fail at construction, not at the first batch: unknown layer, missing rule, no CAM head."""
         prep = self._prepare(hw)
+        if final_outputs(prep.model, prep.shapes) is not None:
+            return  # a whole exported detector: what is explained is found on the first image
         for name in self.layer_names:
             if len(prep.shapes[prep.output].shape) == 2:
                 self._build(hw, name)
@@ -451,6 +485,10 @@ class Explainer:
         """Turn Target objects or a seed array into cotangents (and expand the batch for TopK)."""
         if isinstance(targets, TopK):
             return self._topk_plan(targets, x, hw)
+        if isinstance(targets, DetectionTarget) and targets.top:  # the k best detections, one map each
+            items = [replace(targets, top=None, rank=j, chosen=targets.chosen) for _ in range(len(x)) for j in range(targets.top)]
+            x = np.repeat(x, targets.top, axis=0)
+            return self._target_plan(items, x, hw), x
         if isinstance(targets, np.ndarray):
             return self._array_plan(targets, x, hw), x
         return self._target_plan(targets, x, hw), x
@@ -495,18 +533,88 @@ class Explainer:
             raise UsageError(f"got {len(items)} targets for a batch of {len(x)}")
         if not all(isinstance(t, Target) for t in items):
             raise UsageError("mix of targets: give Target objects for every item, or class indices for every item")
+        if any(isinstance(t, DetectionTarget) for t in items) and self._whole_export(hw, x):
+            if not self._whole.batched and len(x) > 1:
+                raise UsageError("this detector's scores are per proposal, chosen at run time, with no batch axis: "
+                                 "explain one image per call (CLI --batch-size 1)")
+            return self._whole_plan(items, x, hw)
         out = self._target_output(items, hw)
+        if any(isinstance(t, DetectionTarget) for t in items):
+            prep, shape = self._prepare(hw), self._item_shape(hw, out, x)
+            items = [detection.resolve(t, prep.model, prep.shapes, out, shape, hw) if isinstance(t, DetectionTarget) else t
+                     for t in items]
         if any(t.needs_outputs for t in items):
             names = [o.name for o in self._prepare(hw).model.graph.output]
             values = dict(zip(names, self._forward_all(hw, x, names)))
         else:
             values = {out: np.zeros((len(x),) + self._item_shape(hw, out, x), np.float32)}  # only shapes used
-        seeds, classes = [], []
+        seeds, classes, errors = [], [], []
         for n, t in enumerate(items):
             item = {k: v[n] for k, v in values.items()}
-            seeds.append(t.seed(item, out))
-            classes.append(t.class_index(item, out))
-        return _SeedPlan(out, np.ascontiguousarray(np.stack(seeds)), np.asarray(classes, np.int64))
+            try:
+                seeds.append(t.seed(item, out))
+                classes.append(t.class_index(item, out))
+                errors.append(None)
+            except ItemError as exc:  # this image only: reported, never drawn as a blank map
+                seeds.append(np.zeros(item[out].shape, np.float32))
+                classes.append(-1)
+                errors.append(str(exc))
+        return _SeedPlan(out, np.ascontiguousarray(np.stack(seeds)), np.asarray(classes, np.int64), errors)
+
+    def _whole_export(self, hw: Size, x: np.ndarray) -> bool:
+        """True for a detector exported with its post-processing (final boxes, scores, labels).
+        On the first call, find its pre-selection scores (preselection.py) and add them to the
+        model's outputs, so that they can be explained."""
+        if self._whole is not None:
+            return True
+        prep = self._prepare(hw)
+        final = final_outputs(prep.model, prep.shapes)
+        if final is None:
+            return False
+
+        def run(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+            m = copy_model(model)
+            known = {o.name for o in m.graph.output}
+            m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
+            sess = session_for(m, ["CPUExecutionProvider"], self.threads)
+            feeds = self._with_other_inputs({self.info.image_input.name: x[:1]}, 1)
+            return dict(zip(names, sess.run(names, feeds)))
+
+        self._whole = find_preselection(prep.model, prep.shapes, final, run)
+        info = prep.shapes[self._whole.tensor]
+        m = copy_model(self._model)
+        m.graph.output.append(onnx.helper.make_tensor_value_info(info.name, info.elem_type, list(info.shape)))
+        self._model = m
+        for cache in (self._prepared, self._built, self._forward_sessions, self._splits):
+            cache.clear()
+        log.info("whole detector: final detections explained at their pre-selection scores %s (%s)",
+                 self._whole.tensor, self._whole.format)
+        return True
+
+    def _whole_plan(self, items: list[Target], x: np.ndarray, hw: Size) -> _SeedPlan:
+        """Seeds on the pre-selection scores for detection targets on a whole export, one image
+        per run (its final outputs have no batch axis)."""
+        assert self._whole is not None
+        w = self._whole
+        final = (w.final.boxes, w.final.scores, w.final.labels)
+        names = list(final) + [w.tensor]
+        seeds, classes, errors = [], [], []
+        for n, t in enumerate(items):
+            if not isinstance(t, DetectionTarget):
+                raise UsageError("a whole exported detector explains detection targets (det:...)")
+            t = replace(t, output=w.tensor, final=final, pre_format=w.format, chosen=t.chosen)
+            values = dict(zip(names, self._forward_all(hw, x[n : n + 1], names)))
+            item = {**{k: values[k] for k in final}, w.tensor: values[w.tensor][0] if w.batched else values[w.tensor]}
+            try:
+                seeds.append(t.seed(item, w.tensor))
+                classes.append(t.class_index(item, w.tensor))
+                errors.append(None)
+            except ItemError as exc:
+                seeds.append(np.zeros(item[w.tensor].shape, np.float32))
+                classes.append(-1)
+                errors.append(str(exc))
+        stacked = np.stack(seeds) if w.batched else seeds[0]  # unbatched: (rows, K) of the one image
+        return _SeedPlan(w.tensor, np.ascontiguousarray(stacked), np.asarray(classes, np.int64), errors)
 
     # -- running -----------------------------------------------------------------------------
     def explain(self, batch: np.ndarray, targets: Targets = None) -> Result:
@@ -519,19 +627,49 @@ class Explainer:
         """
         x = self._check_batch(batch)
         hw = (x.shape[2], x.shape[3]) if self.info.layout == "NCHW" else (x.shape[1], x.shape[2])
+        if self._one_by_one(targets, x, hw):
+            return self._explain_each(x, targets)
         if self._is_class_targets(targets):
             t = self._targets(targets, len(x), self._build(hw).em.num_classes)
         else:
             t, x = self._seed_plan(targets, x, hw)
-        results = [self._explain_layer(x, t, hw, name) for name in self.layer_names]
-        res = results[0]
+        results = [self._explain_layer(x, t, hw, name) for name in self._layers(hw, t.output if isinstance(t, _SeedPlan) else None)]
+        res = replace(results[0]) if len(results) > 1 else results[0]  # layer_results keep their own
         if len(results) > 1:
             stack = np.stack([r.heatmaps for r in results])
             fused = stack.mean(axis=0) if self.fuse == "mean" else stack.max(axis=0)
             res.heatmaps = normalize_maps(fused)
             res.layer = " + ".join(r.layer for r in results)
             res.layer_results = results
+        res.errors = _item_errors(t.errors if isinstance(t, _SeedPlan) and t.errors else [None] * len(x), results)
         return res
+
+    def _one_by_one(self, targets, x: np.ndarray, hw: Size) -> bool:
+        """A whole two-stage detector (scores per proposal, no batch axis) explains one image and
+        one detection per run."""
+        dets = isinstance(targets, DetectionTarget) or (
+            isinstance(targets, (list, tuple)) and targets and all(isinstance(t, DetectionTarget) for t in targets))
+        if not dets or not self._whole_export(hw, x) or self._whole.batched:
+            return False
+        first = targets if isinstance(targets, DetectionTarget) else targets[0]
+        return len(x) > 1 or bool(first.top)
+
+    def _explain_each(self, x: np.ndarray, targets) -> Result:
+        """Explain item by item (top=k: each of the k detections in turn); results concatenated."""
+        items = list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(x)
+        runs = []
+        for n, t in enumerate(items):
+            ranks = [replace(t, top=None, rank=j, chosen=t.chosen) for j in range(t.top)] if t.top else [t]
+            runs += [self.explain(x[n : n + 1], r) for r in ranks]
+        return _concat_results(runs)
+
+    def _layers(self, hw: Size, output: str | None) -> list[str | None]:
+        """The layers explained: those asked for; by default, for a multi-scale detection head,
+        the map it reads at each scale (fused), else the one default layer."""
+        if self.layer_names != [None]:
+            return self.layer_names
+        heads = self._prepare(hw, output).head_inputs()
+        return [l.name for l in heads] or [None]
 
     def _explain_layer(self, x: np.ndarray, t, hw: Size, layer: str | None) -> Result:
         if not self.aug_smooth:

@@ -70,8 +70,18 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             data = np.frombuffer(f.read(), dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"cannot read image {p}: {exc.strerror or exc}") from None
+    return decode_image(data, p)
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
+    """Encoded image bytes (a file's whole content) → RGB uint8 (H, W, 3), as `load_image` decodes
+    files (the Ray path decodes the same bytes the same way); ImageError naming `name` otherwise:
+    more than MAX_IMAGE_PIXELS declared in the header (checked before decoding), undecodable, or
+    decoded with the codec reporting damage (what the codecs print is captured, never shown)."""
+    data = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    p = name
     if not data.size:
-        raise ImageError(f"cannot decode image {p}: the file is empty")
+        raise ImageError(f"cannot decode image: {p} (the file is empty)")
     dims = image_header_size(data[: 1 << 16].tobytes())
     if dims is not None:
         check_image_pixels(dims[0], dims[1], f"image {p}")
@@ -79,10 +89,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         with native_stderr() as noise:
             img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except (cv2.error, MemoryError) as exc:
-        raise ImageError(f"cannot decode image {p} ({type(exc).__name__})") from None
+        raise ImageError(f"cannot decode image: {p} ({type(exc).__name__})") from None
     problem = _decode_problem(noise[0] if noise else "")
     if img is None:
-        raise ImageError(f"cannot decode image {p}" + (f": {problem}" if problem else ""))
+        raise ImageError(f"cannot decode image: {p}" + (f" ({problem})" if problem else ""))
     if problem:
         raise ImageError(f"image {p} is damaged: {problem}")
     check_image_pixels(img.shape[1], img.shape[0], f"image {p}")

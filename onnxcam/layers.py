@@ -303,3 +303,137 @@ def cam_head(
         raise walk.fail(f"linear layer takes {w.shape[1]} features, the layer has {layer.channels} channels")
     return CamHead(np.asarray(w, np.float32), np.asarray(bias, np.float32), " → ".join(walk.seen))
 
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-scale detection heads (FPN / PAN necks): the maps the head reads at each scale
+@dataclass
+class DetectionHead:
+    """A multi-scale detection head: the map it reads at each scale (largest first) and the
+    tensors computed from its rows (anchor-major tensors such as YOLOv8's DFL: never layers)."""
+
+    inputs: list[Layer]
+    after_rows: set[str]
+
+
+def _to_rows(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, TensorInfo]) -> bool:
+    """A node that turns a head convolution's 4-D map into rows of anchors: a Reshape / Flatten
+    to another rank of a Conv output, or of a Concat of Conv outputs (YOLOv8's box and class maps)."""
+    if node.op_type not in ("Reshape", "Flatten") or not node.input or not node.output:
+        return False
+    i, o = shapes.get(node.input[0]), shapes.get(node.output[0])
+    if i is None or o is None or len(i.shape) != 4 or len(o.shape) == 4:
+        return False
+    p = index.producer(node.input[0])
+    if p is not None and p.op_type == "Concat":
+        return all((q := index.producer(t)) is not None and q.op_type == "Conv" for t in p.input)
+    return p is not None and p.op_type == "Conv"
+
+
+# inputs of these ops that carry a gradient; their other inputs are indices, shapes or RoIs,
+# constants of the run (a two-stage detector's proposals reach its scores only as RoIs)
+_DIFFERENTIABLE_INPUTS = {
+    "RoiAlign": (0,), "MaxRoiPool": (0,), "Gather": (0,), "GatherElements": (0,), "GatherND": (0,),
+    "ScatterElements": (0, 2), "ScatterND": (0, 2), "Slice": (0,), "Reshape": (0,), "Expand": (0,),
+    "Tile": (0,), "Pad": (0,), "Resize": (0,), "TopK": (0,), "ConstantOfShape": (), "Shape": (), "Size": (),
+    "Range": (), "NonZero": (), "NonMaxSuppression": (),
+}
+
+
+def _reaches_differentiably(index: GraphIndex, shapes: dict[str, TensorInfo], x: str, y: str) -> bool:
+    """True when a gradient can flow from `x` to `y`: a path through float tensors and the
+    differentiable inputs of each op."""
+    reach = {x}
+    for node in index.nodes:
+        diff = _DIFFERENTIABLE_INPUTS.get(node.op_type, range(len(node.input)))
+        if any(i < len(node.input) and node.input[i] in reach for i in diff):
+            reach.update(o for o in node.output if o and shapes.get(o) is not None and shapes[o].elem_type in FLOAT_TYPES)
+    return y in reach
+
+
+def _immediate_dominators(index: GraphIndex, sources: list[str]) -> dict[str, str | None]:
+    """Each tensor reachable from `sources` → its immediate dominator (every path from the sources
+    to it passes through that tensor): the common ancestor, in the dominator tree, of the inputs of
+    its producer (Cooper, Harvey & Kennedy's intersection, in one pass over a topological order)."""
+    idom: dict[str, str | None] = {s: None for s in sources}
+    depth = {s: 0 for s in sources}
+
+    def common(a: str, b: str) -> str | None:
+        while a != b:
+            if a is None or b is None:
+                return None
+            if depth[a] >= depth[b]:
+                a = idom[a]
+            else:
+                b = idom[b]
+        return a
+
+    for node in index.nodes:
+        live = [i for i in node.input if i in idom]
+        if not live:
+            continue
+        d: str | None = live[0]
+        for i in live[1:]:
+            d = common(d, i) if d is not None else None
+        for o in node.output:
+            if o and d is not None:
+                idom[o], depth[o] = d, depth[d] + 1
+    return idom
+
+
+def _dominator_chain(idom: dict[str, str | None], t: str) -> list[str]:
+    """`t` and its dominators, nearest first."""
+    chain = []
+    cur: str | None = t
+    while cur is not None:
+        chain.append(cur)
+        cur = idom.get(cur)
+    return chain
+
+
+def detection_head(model: onnx.ModelProto, shapes: dict[str, TensorInfo], output: str,
+                   layers: list[Layer]) -> DetectionHead | None:
+    """The multi-scale detection head feeding `output`, or None where there is none.
+
+    Such a head turns each scale's map into rows (a Reshape/Flatten of a 4-D map) and a Concat
+    joins the rows of two or more scales (YOLOv5/v8/11, SSD, RetinaNet). For each joined scale the
+    map the head reads is the latest map of that size that every path from the image to that
+    scale's row tensors passes through (their common dominator): the neck's output (P3, P4, P5),
+    not a head convolution, and never a tensor computed after the rows (DFL).
+    """
+    index = GraphIndex(model.graph)
+    feeding = index.ancestors([o.name for o in model.graph.output])  # scores and boxes: the whole head
+    by_name = {l.name: l for l in layers}
+    tags: dict[str, frozenset] = {}  # tensor computed from rows → the scales it comes from
+    rows: dict[tuple, list[str]] = {}
+    joined: set = set()
+    for node in index.nodes:
+        tin = frozenset().union(*(tags.get(i, frozenset()) for i in node.input if i))
+        if not tin and _to_rows(node, index, shapes) and node.output[0] in feeding:
+            layer = by_name.get(node.input[0])
+            hw = (layer.height, layer.width) if layer else tuple(shapes[node.input[0]].shape[2:])  # NCHW
+            rows.setdefault(hw, []).append(node.input[0])
+            tin = frozenset([hw])
+        if node.op_type == "Concat":
+            parts = {tags[i] for i in node.input if i in tags}
+            if len(parts) >= 2:
+                joined |= frozenset().union(*parts)
+        for o in node.output:
+            if o and tin:
+                tags[o] = tin
+    if len(joined) < 2:
+        return None
+    idom = _immediate_dominators(index, [i.name for i in model.graph.input])
+    maps = {l.name: l for l in layers if l.name not in tags}
+    inputs: dict[str, Layer] = {}
+    for hw in joined:
+        chains = {r: _dominator_chain(idom, r) for r in rows[hw]}
+        for r, chain in chains.items():
+            at_hw = [t for t in chain[1:] if t in maps and (maps[t].height, maps[t].width) == hw
+                     and _reaches_differentiably(index, shapes, t, output)]
+            shared = [t for t in at_hw if any(t in c for q, c in chains.items() if q != r)]
+            pick = shared[0] if len(chains) > 1 and shared else (at_hw[0] if at_hw else None)
+            if pick is not None:
+                inputs[pick] = maps[pick]
+    area = lambda l: l.height * l.width if isinstance(l.height, int) and isinstance(l.width, int) else 0
+    return DetectionHead(sorted(inputs.values(), key=lambda l: (-area(l), l.index)), set(tags))

@@ -21,7 +21,7 @@ import math
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -215,6 +215,30 @@ def json_safe(v: Any) -> Any:
 def dumps(obj: Any) -> str:
     """Strict, indented JSON of `obj` (see json_safe)."""
     return json.dumps(json_safe(obj), indent=2, allow_nan=False)
+
+
+# -- records --------------------------------------------------------------------------------------
+def probabilities_or_softmax(scores: np.ndarray) -> np.ndarray:
+    """Scores as probabilities: unchanged when they already are (non-negative, summing to 1),
+    else their softmax."""
+    if np.all(scores >= 0) and abs(float(scores.sum()) - 1) < 1e-3:
+        return scores
+    z = np.exp(scores - scores.max())
+    return z / z.sum()
+
+
+def image_record(image: str, scores: np.ndarray, target: int, label: Callable[[int], str | None]) -> dict[str, Any]:
+    """What results.json says about one explained image (local and Ray runs alike): its target
+    and label and, for a classifier (1-D scores), the target's score and probability and the top-5."""
+    rec: dict[str, Any] = {"image": image, "target": target, "label": label(target) if target >= 0 else None}
+    if scores.ndim == 1:
+        probs = probabilities_or_softmax(scores.astype(np.float64))
+        if target >= 0:
+            rec["score"] = float(scores[target])
+            rec["probability"] = float(probs[target])
+        rec["top5"] = [{"class": int(k), "label": label(int(k)), "score": float(scores[k]),
+                        "probability": float(probs[k])} for k in np.argsort(-scores)[:5]]
+    return rec
 
 
 # -- names ----------------------------------------------------------------------------------------

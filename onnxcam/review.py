@@ -244,7 +244,9 @@ def _image_record(run: ModelRun, name: str, big: np.ndarray, k: int, sc: _BatchS
     return rec
 
 
-def _summary(records: list[dict[str, Any]], steps: int, tolerance: float) -> dict[str, Any]:
+def summarise(records: list[dict[str, Any]], steps: int, tolerance: float) -> dict[str, Any]:
+    """The metrics over per-image records (means, rates): the same whether the records come from
+    one process or from many Ray workers (onnxcam.scale.evaluate)."""
     with_boxes = [r for r in records if "pointing_hit" in r]
     with_forbidden = [r for r in records if "energy_in_forbidden" in r]
     with_truth = [r for r in records if "correct" in r]
@@ -353,7 +355,7 @@ def evaluate_stream(run: ModelRun, items: Sequence[tuple[str, Loader]], boxes: d
                 maps.append(ex.maps[i])
     model = run.describe()
     model["layer"] = layer
-    return Evaluation(model, records, _summary(records, steps, tolerance), maps, layer)
+    return Evaluation(model, records, summarise(records, steps, tolerance), maps, layer)
 
 
 def _raise(name: str, message: str) -> None:
@@ -385,10 +387,7 @@ def image_map(run: ModelRun, img: np.ndarray) -> np.ndarray:
 def file_items(paths: Sequence[Path]) -> list[tuple[str, Loader]]:
     """(name, loader) per file: names are file names, made unique with their parent folders where
     two share one (then with -2, -3, ...); nothing is decoded until a loader is called."""
-    names = [p.name for p in paths]
-    dup = {n for n in names if names.count(n) > 1}
-    keys = [(p.parent.name + "/" + p.name) if p.name in dup else p.name for p in paths]
-    return [(n, (lambda p=p: load_image(p))) for n, p in zip(unique_names(keys), paths)]
+    return [(n, (lambda p=p: load_image(p))) for n, p in zip(image_names(paths), paths)]
 
 
 # -- review ---------------------------------------------------------------------------------------
@@ -515,7 +514,7 @@ def review_stream(runs: Sequence[ModelRun], items: Sequence[tuple[str, Loader]],
     for k, r in enumerate(runs):
         model = r.describe()
         model["layer"] = layers[k]
-        models.append({**model, "metrics": _summary(per_model[k], steps, tolerance)})
+        models.append({**model, "metrics": summarise(per_model[k], steps, tolerance)})
     report = {
         "method": runs[0].explainer.method.name,
         "top_percent": percent,
@@ -757,3 +756,23 @@ def write_report(out: OutputDir, rv: Review) -> tuple[Path, Path]:
     page = out.shown("index.html")
     js = out.write_json("review.json", rv.report)
     return page, js
+
+
+def load_images(paths: Sequence[Path]) -> tuple[list[tuple[str, np.ndarray]], list[dict[str, str]]]:
+    """(name, RGB) pairs and one error record per unreadable file. Names are file names, made
+    unique with their parent folders where two share one (then with -2, -3, ...)."""
+    good, errors = [], []
+    for p in paths:
+        try:
+            good.append((p, load_image(p)))
+        except ImageError as exc:
+            errors.append({"image": str(p), "error": str(exc)})
+    return list(zip(image_names([p for p, _ in good]), [im for _, im in good])), errors
+
+
+def image_names(paths: Sequence[Path]) -> list[str]:
+    """The names eval and review show: file names, made unique with their parent folders where
+    two share one (then with -2, -3, ...)."""
+    names = [p.name for p in paths]
+    dup = {n for n in names if names.count(n) > 1}
+    return unique_names([(p.parent.name + "/" + p.name) if p.name in dup else p.name for p in paths])

@@ -11,12 +11,13 @@ rewritten graph (ArgMax / OneHot), which costs nothing extra.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from . import detection as D
+from .errors import ItemError, UsageError
 from .limits import MAX_TOPK
 
 
@@ -151,6 +152,11 @@ class SegmentationTarget(Target):
             m[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)] = 1
         else:
             m = (y.argmax(axis=0) == self.index).astype(np.float32)
+        if not m.any():
+            what = "the region is empty" if self.mask is not None or self.box is not None else \
+                f"class {self.index} is predicted nowhere in this image"
+            raise ItemError(f"segmentation target {self.index}: {what}, so there is nothing to explain "
+                            "(give a region: seg:C:x0,y0,x1,y1)")
         u = np.zeros(y.shape, np.float32)
         u[self.index] = m
         return u
@@ -168,84 +174,123 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area, 1e-12)
 
 
-def _sigmoid(v: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-v))
-
-
 @dataclass
 class DetectionTarget(Target):
-    """The score of one detection in a detector's raw output (before NMS).
+    """The score of one detection, as the detector ranks its detections (onnxcam.detection has
+    the formats: YOLOv5 rows, YOLOv8/YOLO11 channels first or transposed, RetinaNet / SSD /
+    probability score + box pairs, DETR; "final" for whole exports, resolved by the explainer to
+    the pre-selection scores behind the final, post-NMS detections).
 
-    format="yolo": one output (boxes, 5 + K) = (cx, cy, w, h, objectness logit, K class logits);
-    the detection's score is objectness logit + class logit (u = 1 at both).
-    format="scores": a scores output (boxes, K) of class logits (SSD, RetinaNet), with the boxes
-    (boxes, 4), x0 y0 x1 y1, in output `boxes_output` (only needed to choose by `box`).
-    Which detection: `index` (a box row); else the best-scoring row for class `cls`; else the
-    row whose box overlaps `box` (x0, y0, x1, y1) most; else the best-scoring row overall.
-    `what="box"` explains the box coordinates (regression) instead of the score.
+    Which detection: `index` (a row: anchor, query, proposal; for a whole export the final
+    detection's rank); else `rank` (the rank-th best, 0 = best); else the best-scoring row of
+    class `cls`; else the row whose box overlaps `box` (x0, y0, x1, y1, input pixels) most; else
+    the best row. `top=k` asks for the k best, one map each (the batch grows k-fold).
+    format: "auto" (recognised from the graph and shapes), one of detection.FORMATS, or the
+    older name "yolo" (= yolov5).
+    boxes_output: the boxes of a paired format (default: the model's other (rows, 4) output).
+    `what="box"` explains the box coordinates of a YOLO row instead of its score.
     """
 
     index: Optional[int] = None
     cls: Optional[int] = None
     box: Optional[Sequence[float]] = None
-    format: str = "yolo"
+    format: str = "auto"
     output: Optional[str] = None
     boxes_output: Optional[str] = None
     what: str = "score"
+    rank: Optional[int] = None
+    top: Optional[int] = None
+    input_size: Optional[tuple[int, int]] = None  # (H, W), filled in by the explainer (DETR boxes)
+    final: Optional[tuple[str, str, str]] = None  # whole exports: the (boxes, scores, labels) outputs
+    pre_format: str = "probs"  # whole exports: how the pre-selection tensor (`output`) becomes scores
     chosen: list = field(default_factory=list)  # (row, class) per explained item, for reports
 
+    def fmt(self) -> str:
+        return {"yolo": "yolov5"}.get(self.format, self.format)
+
+    def _candidates(self, outputs, output) -> D.Candidates:
+        fmt = self.fmt()
+        if fmt == "auto":
+            raise UsageError("the detection format is not resolved: give format=... (the explainer infers it)")
+        boxes = outputs.get(self.boxes_output) if self.boxes_output else None
+        return D.candidates(fmt, outputs[output], boxes, self.input_size or (0, 0))
+
     def _choose(self, outputs, output) -> tuple[int, int]:
-        y = outputs[output]
-        if y.ndim != 2:
-            raise UsageError(f"a detection target needs (batch, boxes, values) outputs; {output!r} is {list(y.shape)} per item")
-        if self.format == "yolo":
-            if y.shape[1] < 6:
-                raise UsageError(f"format='yolo' needs 5 + K values per box; {output!r} has {y.shape[1]}")
-            cls_logits, boxes = y[:, 5:], y[:, :4]
-            score = _sigmoid(y[:, 4:5]) * _sigmoid(cls_logits)
-            xyxy = np.stack([boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2,
-                             boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2], axis=1)
-        elif self.format == "scores":
-            score = _sigmoid(y)
-            xyxy = outputs.get(self.boxes_output) if self.boxes_output else None
-        else:
-            raise UsageError(f"unknown detection format {self.format!r}: use 'yolo' or 'scores'")
-        k = score.shape[1]
-        if self.cls is not None and not 0 <= self.cls < k:
-            raise UsageError(f"detection class {self.cls} is out of range: the detector has {k} classes")
+        c = self._candidates(outputs, output)
+        n, k = c.scores.shape
+        if self.cls is not None and self.cls not in set(c.classes.tolist()):
+            raise UsageError(f"detection class {self.cls} is out of range: the detector's classes are "
+                             f"{int(c.classes[0])}..{int(c.classes[-1])}")
         if self.index is not None:
-            if not 0 <= self.index < len(y):
-                raise UsageError(f"detection {self.index} is out of range: the output has {len(y)} boxes")
+            if not 0 <= self.index < n:
+                raise UsageError(f"detection row {self.index} is out of range: the output has {n} rows (0..{n - 1})")
             row = int(self.index)
+        elif self.rank is not None:
+            row, cls = c.best(self.rank + 1)[self.rank]
+            return row, cls
         elif self.cls is not None:
-            row = int(np.argmax(score[:, self.cls]))
+            row = int(np.argmax(c.scores[:, self.cls]))
         elif self.box is not None:
-            if xyxy is None:
-                raise UsageError("choosing a detection by box needs the boxes output (boxes_output=...)")
-            row = int(np.argmax(_iou(np.asarray(xyxy, np.float64), np.asarray(self.box, np.float64))))
+            if c.boxes is None:
+                raise UsageError("choosing a detection by box needs the boxes output (boxes_output=..., CLI --boxes-output)")
+            row = int(np.argmax(_iou(c.boxes, np.asarray(self.box, np.float64))))
         else:
-            row = int(np.unravel_index(np.argmax(score), score.shape)[0])
-        cls = int(self.cls) if self.cls is not None else int(np.argmax(score[row]))
+            return c.best(1)[0]
+        cls = int(self.cls) if self.cls is not None else int(c.classes[np.argmax(c.scores[row, c.classes])])
         return row, cls
 
-    def seed(self, outputs, output):
-        name = output
-        row, cls = self._choose(outputs, name)
-        self.chosen.append((row, cls))
-        y = outputs[name]
-        u = np.zeros(y.shape, np.float32)
-        if self.what == "box":
-            u[row, :4] = 1 if self.format == "yolo" else 0
-            if self.format != "yolo":
-                raise UsageError("what='box' with format='scores': explain the boxes output with OutputTarget")
-        elif self.format == "yolo":
-            u[row, 4] = 1
-            u[row, 5 + cls] = 1
+    def _final_choice(self, outputs, output) -> tuple[int, int, int]:
+        """Whole exports: (final detection i, its row of the pre-selection scores, its label)."""
+        from .preselection import final_row
+
+        boxes, scores, labels = (np.asarray(outputs[n]) for n in self.final)
+        n = len(scores)
+        if n == 0:
+            raise ItemError("no detections in this image (the detector's final output is empty): nothing to explain")
+        want = self.index if self.index is not None else self.rank
+        if want is not None:
+            if not 0 <= want < n:
+                raise ItemError(f"detection {want} asked for, but this image has {n} (0..{n - 1})")
+            i = int(want)
+        elif self.cls is not None:
+            mine = np.flatnonzero(labels == self.cls)
+            if not len(mine):
+                raise ItemError(f"no detection of class {self.cls} in this image (its classes: {sorted(set(labels.tolist()))})")
+            i = int(mine[np.argmax(scores[mine])])
+        elif self.box is not None:
+            i = int(np.argmax(_iou(boxes.astype(np.float64).reshape(-1, 4), np.asarray(self.box, np.float64))))
         else:
-            u[row, cls] = 1
-        return u
+            i = int(np.argmax(scores))
+        label = int(labels[i])
+        row = final_row(np.asarray(outputs[output]), self.pre_format, float(scores[i]), label)
+        if row is None:
+            raise ItemError(f"final detection {i} (class {label}, score {float(scores[i]):.4g}) matches no "
+                            f"pre-selection score in {output!r}")
+        return i, row, label
+
+    def seed(self, outputs, output):
+        if self.final is not None:
+            _, row, cls = self._final_choice(outputs, output)
+            self.chosen.append((row, cls))
+            s = np.asarray(outputs[output])
+            return D.seed(self.pre_format, s.reshape(-1, s.shape[-1]), row, cls).reshape(s.shape)
+        row, cls = self._choose(outputs, output)
+        self.chosen.append((row, cls))
+        y = outputs[output]
+        if self.what == "box":
+            if self.fmt() not in ("yolov5", "yolov8", "yolov8t"):
+                raise UsageError("what='box' needs a YOLO output; for a separate boxes output explain it with OutputTarget")
+            u = np.zeros(y.shape, np.float32)
+            if self.fmt() == "yolov8":
+                u[:4, row] = 1
+            else:
+                u[row, :4] = 1
+            return u
+        return D.seed(self.fmt(), y, row, cls)
 
     def class_index(self, outputs, output):
+        if self.final is not None:
+            return self._final_choice(outputs, output)[2]
         return self._choose(outputs, output)[1]
 
 
@@ -277,8 +322,9 @@ TARGET_HELP = (
     "What to explain: top1 (default), a class index, a class label, topK (K maps per image), "
     "softmax:C, counterfactual:C, index:I[,J...] (one element of the output, e.g. a regression "
     "value), seg:C (the pixels predicted as C) or seg:C:x0,y0,x1,y1 (a region of the output map), "
-    "det:best | det:row=R | det:class=C | det:box=x0,y0,x1,y1 (one detection of a YOLO-style raw "
-    "output; det-scores:... for a (boxes, classes) scores output)."
+    "det:best | det:row=R | det:class=C | det:box=x0,y0,x1,y1 | det:top=K (one detection, or the K "
+    "best, of a detector's raw or final output; its format is recognised, or stated with "
+    "--det-format; det-scores:... for sigmoid (boxes, classes) scores)."
 )
 
 _INT_LIMIT = 2**31
@@ -304,7 +350,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _parse_detection(kind: str, rest: str) -> DetectionTarget:
-    fmt = "yolo" if kind == "det" else "scores"
+    fmt = "auto" if kind == "det" else "scores"
     key, _, val = rest.partition("=")
     if key in ("", "best"):
         return DetectionTarget(format=fmt)
@@ -314,6 +360,10 @@ def _parse_detection(kind: str, rest: str) -> DetectionTarget:
         return DetectionTarget(cls=_int(val), format=fmt)
     if key == "box":
         return DetectionTarget(box=[_float(b) for b in val.split(",")], format=fmt)
+    if key == "top" and _int(val) >= 1:
+        if _int(val) > MAX_TOPK:
+            raise UsageError(f"det:top={val} asks for more than {MAX_TOPK} detections per image")
+        return DetectionTarget(top=_int(val), format=fmt)
     raise ValueError(key)
 
 
@@ -341,6 +391,27 @@ def _by_label(text: str, labels: Sequence[str] | None) -> int:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UsageError(f"target {text!r} is neither a class index nor one of the model's labels{hint}")
     raise UsageError(f"target {text!r} is not a target. {TARGET_HELP}")
+
+
+def with_detection_options(target, format: Optional[str] = None, boxes_output: Optional[str] = None):
+    """`target` with a stated detection format and boxes output (CLI --det-format, --boxes-output);
+    a UsageError when they are given for a target that is not a detection."""
+    if format is None and boxes_output is None:
+        return target
+    if not isinstance(target, DetectionTarget):
+        raise UsageError("--det-format and --boxes-output apply to detection targets (det:...)")
+    if format is not None and format != "auto" and format not in D.FORMATS:
+        raise UsageError(f"unknown detection format {format!r}; one of auto, {', '.join(D.FORMATS)}")
+    return replace(target, format=format or target.format, boxes_output=boxes_output or target.boxes_output)
+
+
+def maps_per_image(target) -> int:
+    """How many maps a target makes for each image (topK, det:top=K: K; else 1)."""
+    if isinstance(target, TopK):
+        return target.k
+    if isinstance(target, DetectionTarget) and target.top:
+        return target.top
+    return 1
 
 
 def parse_target(text: str, labels: Sequence[str] | None = None) -> "int | Target | TopK | None":

@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.errors import OnnxcamError
 from onnxcam.graph.constants import constant_values, fold_constants
-from onnxcam.graph.passes import decompose_attention, normalize, resolve_auto_pad, same_pads, upgrade_opset
+from onnxcam.graph.attention import decompose_attention
+from onnxcam.graph.passes import normalize, resolve_auto_pad, same_pads, upgrade_opset
 from onnxcam.model import inspect_model
 from onnxcam.shapes import fill_runtime_shapes, infer_shapes
 

@@ -163,8 +163,14 @@ def test_cli_targets(tmp_path: Path):
     rec = json.loads(r.stdout)["images"][0]
     assert rec["target"] == 2 and np.load(rec["heatmap"]).shape == (400, 600)  # mapped back to the photo
     r = run("explain", TASKS / "reg_multi.onnx", img, "-o", tmp_path / "r", "--output", "age", "--target", "index:0",
-            "--preset", "unit", "--json")
+            "--preset", "unit", "--json", "--method", "layercam")
     assert r.exit_code == 0, r.output
+    # Grad-CAM of the same value is exactly zero on this photo (every channel weighs against it):
+    # reported for the image, never written as a blank map (issue 16)
+    r = run("explain", TASKS / "reg_multi.onnx", img, "-o", tmp_path / "r0", "--output", "age", "--target", "index:0",
+            "--preset", "unit", "--json")
+    assert r.exit_code == 1 and "the map is exactly zero" in r.stderr
+    assert json.loads(r.stdout)["images"] == [] and not list((tmp_path / "r0").glob("*.npy"))
     r = run("explain", TASKS / "seg_fcn.onnx", img, "-o", tmp_path / "e", "--target", "seg:9", "--preset", "unit")
     assert r.exit_code == 2 and "segmentation class 9 is out of range" in r.stderr
     r = run("explain", MOBILENET, img, "-o", tmp_path / "f", "--output", "nope")
@@ -203,12 +209,12 @@ LABELS = ["tench", "goldfish", "coffee mug", "espresso"]
         ("index:1,2", T.OutputTarget((1, 2))),
         ("seg:1", T.SegmentationTarget(1, box=None)),
         ("seg:1:8,16,32,40", T.SegmentationTarget(1, box=[8, 16, 32, 40])),
-        ("det:best", T.DetectionTarget(format="yolo")),
-        ("det", T.DetectionTarget(format="yolo")),
+        ("det:best", T.DetectionTarget(format="auto")),
+        ("det", T.DetectionTarget(format="auto")),
         ("softmax", T.SoftmaxTarget(None)),
-        ("det:class=2", T.DetectionTarget(cls=2, format="yolo")),
-        ("det:row=17", T.DetectionTarget(index=17, format="yolo")),
-        ("det:box=10,20.5,30,40", T.DetectionTarget(box=[10.0, 20.5, 30.0, 40.0], format="yolo")),
+        ("det:class=2", T.DetectionTarget(cls=2, format="auto")),
+        ("det:row=17", T.DetectionTarget(index=17, format="auto")),
+        ("det:box=10,20.5,30,40", T.DetectionTarget(box=[10.0, 20.5, 30.0, 40.0], format="auto")),
         ("det-scores:class=1", T.DetectionTarget(cls=1, format="scores")),
         ("DET-SCORES:best", T.DetectionTarget(format="scores")),
     ],

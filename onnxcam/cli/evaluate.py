@@ -4,7 +4,6 @@ uses (onnxcam.preprocessing), so their maps are explain's maps."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -145,12 +144,14 @@ def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
               help="Folder for --junit/--markdown (eval writes nothing else).")
 @opt.overwrite_option
 @opt.json_option
+@opt.ray_options(formats=False)
 @guarded
 def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | None, steps: int, road: bool,
           tolerance: float, batch_size: int, device: str, preset: str | None, config_file: str | None,
           size: str | None, letterbox: bool | None, labels_file: str | None, layer: str | None, target: str,
           forbidden_file: str | None, truth_file: str | None, requires: tuple[str, ...], junit_name: str | None,
-          markdown_name: str | None, out_dir: str | None, overwrite: bool, as_json: bool) -> None:
+          markdown_name: str | None, out_dir: str | None, overwrite: bool, as_json: bool, use_ray: bool,
+          address: str | None, actors: int | None, image_column: str | None) -> None:
     """Measure how faithful and well placed a model's explanations are on IMAGES (files or folders).
 
     Per image and on average: average drop and increase in confidence (Grad-CAM++), deletion and
@@ -158,29 +159,47 @@ def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | No
     energy-based pointing game and the IoU of the CAM paper's box; with --forbidden, the share of
     the map's energy inside regions it must avoid; with --truth, the accuracy. --require gates the
     numbers (exit code 3 when one fails, one stderr line each); --junit/--markdown write CI files
-    inside -o OUT.
+    inside -o OUT. With --ray the images are evaluated on Ray Data's workers (any SOURCE explain
+    --ray takes) and the metrics averaged over all of them; --junit/--markdown need the local run.
     """
     gp = gating.plan(requires, boxes_file, forbidden_file, truth_file, road, junit_name, markdown_name, bool(out_dir))
     gating.check(gp, [Path(model).stem])
-    files = _files(images, "evaluate", Path(out_dir) if out_dir else None)
-    out = None
-    if out_dir:
-        out = OutputDir(out_dir, overwrite, protect=[model, *files])
-        out.check_free(gp.planned())
-    items, errors = _items(files)
-    run = ModelRun.load(model, method, preset, size, providers=opt.providers(device), config=config_file,
-                        letterbox=letterbox, labels_file=labels_file, layer=layer, target=target)
-    ev = evaluate_stream(run, items, gp.notes.boxes, steps, road, batch_size, tolerance, on_error=errors,
-                         notes=gp.notes)
-    report = {"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors.records}
-    gating.judge(gp, report)
-    images = _Images(items, {r["image"] for r in ev.images})
-    gating.write_ci(gp, out, report, images, _Maps([run], images))
+    ray_only = {"--address": address, "--actors": actors, "--image-column": image_column}
+    if not use_ray and any(v is not None for v in ray_only.values()):
+        raise UsageError(f"{next(k for k, v in ray_only.items() if v is not None)} needs --ray")
+    if use_ray:
+        if out_dir:
+            raise UsageError("--junit, --markdown and -o are not available with --ray yet; run them locally")
+        from .on_ray import eval_on_ray
+
+        run = ModelRun.load(model, method, preset, size, providers=["CPUExecutionProvider"], config=config_file,
+                            letterbox=letterbox, labels_file=labels_file, layer=layer, target=target)
+        report = eval_on_ray(run, images, gp.notes, steps, road, tolerance, batch_size, device,
+                             {"address": address, "actors": actors, "image_column": image_column})
+        ev = Evaluation(report["model"], report["images"], report["metrics"], [], report["model"]["layer"])
+        errors = report["errors"]
+        gating.judge(gp, report)
+    else:
+        files = _files(images, "evaluate", Path(out_dir) if out_dir else None)
+        out = None
+        if out_dir:
+            out = OutputDir(out_dir, overwrite, protect=[model, *files])
+            out.check_free(gp.planned())
+        items, failed = _items(files)
+        run = ModelRun.load(model, method, preset, size, providers=opt.providers(device), config=config_file,
+                            letterbox=letterbox, labels_file=labels_file, layer=layer, target=target)
+        ev = evaluate_stream(run, items, gp.notes.boxes, steps, road, batch_size, tolerance, on_error=failed,
+                             notes=gp.notes)
+        errors = failed.records
+        report = {"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors}
+        gating.judge(gp, report)
+        shown = _Images(items, {r["image"] for r in ev.images})
+        gating.write_ci(gp, out, report, shown, _Maps([run], shown))
     if as_json:
         click.echo(dumps(report))
     else:
         _print_eval(model, run, ev)
-    gating.finish(gp, errors.records)
+    gating.finish(gp, errors)
 
 
 def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:

@@ -15,10 +15,11 @@ from ..errors import ImageError, UsageError
 from ..explainer import Explainer, Result
 from ..image import deprocess, load_image, overlay
 from ..methods import configured
-from ..output import OutputDir, dumps, output_names
+from ..output import OutputDir, dumps, image_record, output_names
 from ..preprocessing import Batch, InputPolicy, policy_for
+from ..detection import FORMATS
 from ..resume import Journal, signature
-from ..targets import TopK, parse_target
+from ..targets import maps_per_image, parse_target, with_detection_options
 from . import options as opt
 from .common import chunks, collect_images, echo_line, guarded, parse_inputs, progress, report_error
 
@@ -44,26 +45,6 @@ class Job:
         return ["results.json"] + [f"{n}{s}.{k}" for n in self.names for s in self.suffixes for k in KINDS]
 
 
-def _softmax(v: np.ndarray) -> np.ndarray:
-    if np.all(v >= 0) and abs(float(v.sum()) - 1) < 1e-3:
-        return v
-    z = np.exp(v - v.max())
-    return z / z.sum()
-
-
-def _record(path: Path, scores: np.ndarray, target: int, policy: InputPolicy) -> dict[str, Any]:
-    """The image's target, label and, for a classifier, its score, probability and top-5."""
-    rec: dict[str, Any] = {"image": str(path), "target": target, "label": policy.label(target) if target >= 0 else None}
-    if scores.ndim == 1:
-        probs = _softmax(scores.astype(np.float64))
-        if target >= 0:
-            rec["score"] = float(scores[target])
-            rec["probability"] = float(probs[target])
-        rec["top5"] = [{"class": int(k), "label": policy.label(int(k)), "score": float(scores[k]),
-                        "probability": float(probs[k])} for k in np.argsort(-scores)[:5]]
-    return rec
-
-
 def _write_item(job: Job, res: Result, batch: Batch, policy: InputPolicy, i: int, path: Path, name: str,
                 img: np.ndarray) -> None:
     """Write image i's overlay, heatmap (and guided image) per target; append its records."""
@@ -71,10 +52,13 @@ def _write_item(job: Job, res: Result, batch: Batch, policy: InputPolicy, i: int
     for j, sfx in enumerate(job.suffixes):
         r = i * len(job.suffixes) + j
         heat = res.heatmaps[r]
+        if res.errors and res.errors[r]:
+            _error(job, path, f"{path}: {res.errors[r]}; no map written")
+            continue
         if not (np.isfinite(heat).all() and np.isfinite(res.outputs[r]).all()):
             _error(job, path, f"{path}: the model's outputs or the map are not finite (NaN or Inf); no map written")
             continue
-        rec = _record(path, res.outputs[r], int(res.targets[r]), policy)
+        rec = image_record(str(path), res.outputs[r], int(res.targets[r]), policy.label)
         rec["target_spec"] = job.target_spec
         rec["overlay"] = str(job.out.write_png(f"{name}{sfx}.overlay.png", overlay(img, batch.image_map(i, heat))))
         rec["heatmap"] = str(job.out.write_npy(f"{name}{sfx}.heatmap.npy", batch.saved_map(i, heat)))
@@ -185,6 +169,10 @@ def _report(job: Job, model: str, model_sha: str, ex: Explainer, policy: InputPo
 @opt.target_option
 @click.option("--output", "output_name", default=None,
               help="The model output to explain (default: the first (batch, classes) output).")
+@click.option("--det-format", default=None, type=click.Choice(["auto", *FORMATS]),
+              help="A detector's output format, where it is not recognised (det: targets; README's target table).")
+@click.option("--boxes-output", default=None,
+              help="The output holding a detector's boxes (det:box=... on score + box outputs; default: found).")
 @opt.input_options()
 @click.option("--input", "extra_inputs", multiple=True, help="Another model input, NAME=VALUE (numbers or a .npy file).")
 @opt.batch_size_option
@@ -194,12 +182,15 @@ def _report(job: Job, model: str, model_sha: str, ex: Explainer, policy: InputPo
               help="Gradient backend.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout; no progress bar.")
 @opt.overwrite_option
+@opt.ray_options()
 @guarded
 def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, head_fusion: str | None,
             discard_ratio: float | None, start_layer: int | None, layers_opt: tuple[str, ...], fuse: str,
-            aug_smooth: bool, eigen_smooth: bool, target: str, output_name: str | None, preset: str | None,
+            aug_smooth: bool, eigen_smooth: bool, target: str, output_name: str | None, det_format: str | None,
+            boxes_output: str | None, preset: str | None,
             config_file: str | None, size: str | None, letterbox: bool | None, extra_inputs: tuple[str, ...],
-            batch_size: int, labels_file: str | None, device: str, backend: str, as_json: bool, overwrite: bool) -> None:
+            batch_size: int, labels_file: str | None, device: str, backend: str, as_json: bool, overwrite: bool,
+            use_ray: bool, address: str | None, actors: int | None, out_format: str, image_column: str | None) -> None:
     """Explain images (files or folders) with a CAM method.
 
     Writes, per image, OUT/NAME.overlay.png (at the image's own size) and OUT/NAME.heatmap.npy
@@ -208,26 +199,46 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, head
     mirrors the image's path below the folder it was found in. With --target topK, one of each per
     class: NAME.top1.overlay.png ... Methods with a pixel-space result (guidedbackprop,
     guidedgradcam) also write OUT/NAME.guided.png.
+
+    With --ray the images are explained on Ray Data (onnxcam.scale) with the same results;
+    see --ray and README's "Scaling out".
     """
     extra = parse_inputs(extra_inputs)
+    ray_only = {"--address": address, "--actors": actors, "--image-column": image_column,
+                "--format": None if out_format == "files" else out_format}
+    if not use_ray and any(v is not None for v in ray_only.values()):
+        raise UsageError(f"{next(k for k, v in ray_only.items() if v is not None)} needs --ray")
+    chosen = configured(method, head_fusion=head_fusion, discard_ratio=discard_ratio, start_layer=start_layer)
+    if use_ray:
+        from .on_ray import explain_on_ray
+
+        explainer = {"fuse": fuse, "aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "output": output_name,
+                     "backend": backend, "inputs": extra}
+        explain_on_ray(model, inputs, out_dir, chosen, layers_opt, explainer, target,
+                       {"config_file": config_file, "preset": preset, "size": size, "letterbox": letterbox,
+                        "labels_file": labels_file},
+                       batch_size, device, as_json, overwrite,
+                       {"address": address, "actors": actors, "fmt": out_format, "image_column": image_column})
+        return
     found = collect_images(inputs, Path(out_dir))
     if not found:
         raise UsageError("no images to explain")
     layer = list(layers_opt) if len(layers_opt) > 1 else (layers_opt[0] if layers_opt else None)
-    chosen = configured(method, head_fusion=head_fusion, discard_ratio=discard_ratio, start_layer=start_layer)
     ex = Explainer(model, method=chosen, layer=layer, providers=opt.providers(device), fuse=fuse,
                    aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, output=output_name, backend=backend, inputs=extra)
     policy = policy_for(ex, config_file=config_file, preset=preset, size=size, letterbox=letterbox,
                         labels_file=labels_file)
-    tgt = parse_target(target, policy.labels)
-    per_image = tgt.k if isinstance(tgt, TopK) else 1
+    tgt = with_detection_options(parse_target(target, policy.labels), det_format, boxes_output)
+    per_image = maps_per_image(tgt)
     images = [p for p, _ in found]
     out = OutputDir(out_dir, overwrite, protect=[model, *images])
     job = Job(out, images, output_names(found), [""] if per_image == 1 else [f".top{j + 1}" for j in range(per_image)],
               target)
     model_sha = file_sha256(model)
     options = {"layers": list(layers_opt), "fuse": fuse, "aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth,
-               "target": target, "output": output_name, "backend": backend, "per_image": per_image}
+               "target": target, "output": output_name, "backend": backend, "per_image": per_image,
+               "det_format": det_format, "boxes_output": boxes_output,
+               "method_options": [head_fusion, discard_ratio, start_layer]}
     journal = Journal(out, _signature(model_sha, ex, policy, options, extra), "explain")
     resuming = journal.exists() and not overwrite
     if resuming:  # finishing an unfinished run: its own files may be replaced (links, inputs still refused)

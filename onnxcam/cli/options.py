@@ -94,3 +94,23 @@ def config_option(per_model: bool = False) -> Decorator:
 def input_options(per_model: bool = False, native: bool = True) -> Decorator:
     """How images become model inputs (onnxcam.preprocessing): preset, config, size, letterbox."""
     return stack(preset_option(per_model), config_option(per_model), size_option(native), letterbox_option)
+
+
+def ray_options(formats: bool = True) -> Decorator:
+    """Running on Ray Data (the `ray` extra): --ray, --address, --actors, --image-column and, for
+    commands that write per-image files, --format."""
+    fmt = click.option("--format", "out_format", default="files", show_default=True, type=click.Choice(["files", "parquet"]),
+                       help="With --ray: overlays and .npy files as without --ray, or Parquet parts in OUT/explanations/.")
+    return stack(
+        click.option("--ray", "use_ray", is_flag=True,
+                     help="Run on Ray Data (pip install 'onnxcam[ray]'): a local Ray, or the cluster at --address. "
+                          "Images may then also come as globs, Parquet files with an image column, WebDataset tars "
+                          "or s3:// URIs; explain's reruns keep what OUT already has."),
+        click.option("--address", default=None,
+                     help="With --ray: the cluster, 'auto' or ray://HOST:10001 (default: start a local Ray)."),
+        click.option("--actors", default=None, type=click.IntRange(min=1),
+                     help="With --ray: explaining actors (default: one per free CPU, or per GPU with --device cuda)."),
+        *([fmt] if formats else []),
+        click.option("--image-column", default=None,
+                     help="With --ray: the Parquet column holding encoded images (default: the first binary one)."),
+    )

@@ -166,7 +166,10 @@ def append_gradient(
         raise OnnxcamError(f"output {y!r} does not depend on tensor {x!r}: choose a layer that feeds it")
     e = Emitter(shapes, constants, opset, prefix, compute_type)
     grads = _Cotangents(e, y, seed)
+    carries = lambda i: bool(i) and i in active and shapes.get(i, TensorInfo(i, (), 0)).elem_type in FLOAT_TYPES  # noqa: E731
     for proto in reversed(nodes):
+        if not any(carries(i) for i in proto.input):
+            continue  # only shapes or indices depend on x here (ConstantOfShape of x's shape): no gradient
         g_out = [grads.total(o) if o else None for o in proto.output]
         if any(g is not None for g in g_out):
             _backward(proto, rule_for(proto, guided), e, grads, g_out, active, shapes)

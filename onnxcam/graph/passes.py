@@ -23,28 +23,20 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper, version_converter
+from onnx import helper, version_converter
 
 from ..errors import OnnxcamError
 from ..model import ModelInfo, default_opset, with_input_size
 from ..protos import copy_model, node_attr
 from ..shapes import Shapes, fill_runtime_shapes, infer_shapes
+from .attention import decompose_attention
+from .pass_result import PassResult
 from .constants import Constants, constant_values, fold_constants
 
 log = logging.getLogger(__name__)
 
 _PADDED_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool", "ConvInteger", "QLinearConv"}
-
-
-@dataclass(frozen=True)
-class PassResult:
-    """What a pass returns: its model (the input itself when `changed` is 0) and how many nodes
-    (or opset versions) it changed."""
-
-    model: onnx.ModelProto
-    changed: int
 
 
 def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
@@ -104,105 +96,6 @@ def resolve_auto_pad(model: onnx.ModelProto, shapes: Shapes) -> PassResult:
         _set_attr(m.graph.node[i], "auto_pad", "NOTSET")
         _set_attr(m.graph.node[i], "pads", p)
     return PassResult(m, len(todo))
-
-
-_ATTENTION_UNSUPPORTED = ("is_causal", "softcap")
-
-
-def decompose_attention(model: onnx.ModelProto, shapes: Shapes) -> PassResult:
-    """Opset 23's fused `Attention` op (the dynamo exporter writes it from opset 23) as the ops it
-    stands for, Y = Softmax(Q Kᵀ · scale [+ mask]) V with scale = 1/√d by default, so that its
-    probabilities are a tensor of the graph (the transformer methods read them) and every op has a
-    gradient rule. 3-D inputs (N, S, heads·d) are split into heads (q_num_heads) and merged back.
-    Refused, naming the node: causal masks, softcap, grouped key/value heads, past key/values and
-    the optional outputs."""
-    nodes = [n for n in model.graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
-    if not nodes:
-        return PassResult(model, 0)
-    m = copy_model(model)
-    out_nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
-    for node in m.graph.node:
-        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
-            out_nodes.append(node)
-            continue
-        out_nodes.extend(_attention_nodes(node, shapes, inits))
-    del m.graph.node[:]
-    m.graph.node.extend(out_nodes)
-    m.graph.initializer.extend(inits)
-    return PassResult(m, len(nodes))
-
-
-def _attention_nodes(node: onnx.NodeProto, shapes: Shapes, inits: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
-    name = node.name or node.output[0]
-
-    def refuse(why: str) -> OnnxcamError:
-        return OnnxcamError(f"Attention node {name!r}: {why} is not supported; export at opset 18 "
-                            "(torch.onnx.export(..., opset_version=18)) to get attention as plain ops")
-
-    for a in _ATTENTION_UNSUPPORTED:
-        if node_attr(node, a, 0):
-            raise refuse(a)
-    if len(node.input) > 4 and any(node.input[4:]):
-        raise refuse("past key/value")
-    if len(node.output) > 1 and any(node.output[1:]):
-        raise refuse("an optional output (present key/value, qk_matmul_output)")
-    q, k, v = node.input[:3]
-    mask = node.input[3] if len(node.input) > 3 and node.input[3] else None
-    qs = shapes[q].shape
-    elem = shapes[q].elem_type
-    np_t = helper.tensor_dtype_to_np_dtype(elem)
-    made: list[onnx.NodeProto] = []
-    count = [0]
-
-    def t(hint: str) -> str:
-        count[0] += 1
-        return f"{name}/{hint}_{count[0]}"
-
-    def op(op_type: str, inputs: list[str], hint: str, **attrs) -> str:
-        out = t(hint)
-        made.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
-
-    def const(value: np.ndarray, hint: str) -> str:
-        out = t(hint)
-        inits.append(numpy_helper.from_array(np.asarray(value), out))
-        return out
-
-    heads = node_attr(node, "q_num_heads")
-    kv_heads = node_attr(node, "kv_num_heads")
-    if heads and kv_heads and heads != kv_heads:
-        raise refuse("grouped key/value heads (kv_num_heads ≠ q_num_heads)")
-    three_d = len(qs) == 3
-    if three_d:
-        if not heads:
-            raise refuse("3-D inputs without q_num_heads")
-        split = lambda x: op("Transpose", [op("Reshape", [x, const(np.array([0, 0, heads, -1], np.int64), "heads")], "split")],
-                             "to_heads", perm=[0, 2, 1, 3])
-        q, k, v = split(q), split(k), split(v)
-        d = qs[2] // heads if isinstance(qs[2], int) else None
-    else:
-        d = qs[3]
-        if shapes[k].shape[1] != qs[1]:
-            raise refuse("grouped key/value heads")
-    if not isinstance(d, int):
-        raise refuse("a head size that is not static")
-    scale = node_attr(node, "scale") or 1.0 / float(np.sqrt(d))
-    logits = op("Mul", [op("MatMul", [q, op("Transpose", [k], "kT", perm=[0, 1, 3, 2])], "qk"),
-                        const(np.array(scale, np_t), "scale")], "scaled")
-    if mask is not None:
-        if shapes[mask].elem_type == onnx.TensorProto.BOOL:
-            logits = op("Where", [mask, logits, const(np.array(-np.inf, np_t), "neg_inf")], "masked")
-        else:
-            logits = op("Add", [logits, mask], "masked")
-    probs = op("Softmax", [logits], "probs", axis=-1)
-    y = node.output[0]
-    if three_d:
-        merged = op("Transpose", [op("MatMul", [probs, v], "pv")], "from_heads", perm=[0, 2, 1, 3])
-        made.append(helper.make_node("Reshape", [merged, const(np.array([0, 0, -1], np.int64), "merge")], [y], name=t("out")))
-    else:
-        made.append(helper.make_node("MatMul", [probs, v], [y], name=t("pv")))
-    return made
 
 
 def upgrade_opset(model: onnx.ModelProto, minimum: int) -> PassResult:

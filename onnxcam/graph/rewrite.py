@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelLoadError, OnnxcamError, UsageError
 from ..grad.engine import append_gradient, required_opset
-from ..layers import Layer, candidate_layers, default_layer, find_layer, spatial_dims
+from ..layers import Layer, candidate_layers, default_layer, detection_head, find_layer, spatial_dims
 from ..layouts import tensor_layouts
 from ..limits import check_input_size
 from ..model import ModelInfo, default_opset, inspect_model
@@ -60,12 +60,20 @@ class Prepared:
     layers: list[Layer]
     info: ModelInfo
     tokens: TokenModel | None = None  # vision transformers: prefix, grid, head tokens, attention
+    heads: list[Layer] = field(default_factory=list)  # a multi-scale detection head's input maps
 
     def layer(self, name: str | None) -> Layer:
         if name is not None:
             return find_layer(self.layers, name)
+        if self.heads:
+            return self.heads[0]
         dense = len(self.shapes[self.output].shape) != 2
         return default_layer(self.layers, self.model, self.output, dense)
+
+    def head_inputs(self) -> list[Layer]:
+        """The maps a multi-scale detection head reads, one per scale (largest first); [] for
+        other models. The explainer's default layers for such a detector (fused)."""
+        return list(self.heads)
 
 
 @dataclass
@@ -125,7 +133,11 @@ def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None,
     image = info.image_input.name if info else None
     layers = candidate_layers(norm.model, norm.shapes, out, norm.constants, image)
     tokens = token_model(norm.model, norm.shapes, norm.constants, image, out) if image else None
-    return Prepared(norm.model, norm.shapes, norm.constants, out, layers, info, tokens)
+    head = detection_head(norm.model, norm.shapes, out, layers)  # a whole detector explains (rows, K) scores
+    if head is None:
+        return Prepared(norm.model, norm.shapes, norm.constants, out, layers, info, tokens)
+    layers = [l for l in layers if l.name not in head.after_rows]  # DFL and other anchor-major tensors
+    return Prepared(norm.model, norm.shapes, norm.constants, out, layers, info, tokens, head.inputs)
 
 
 def _find_or_none(layers: list[Layer], name: str) -> Layer | None:

@@ -8,8 +8,18 @@ import numpy as np
 
 
 def normalize_maps(cams: np.ndarray) -> np.ndarray:
-    """Per image: (m − min) / (max − min + 1e-7) in float32, as pytorch-grad-cam's scale_cam_image."""
-    return minmax_channels(cams.astype(np.float32), 1e-7)
+    """Per image: (m − min) / (max − min) · 1 / (1 + 1e-7), in float32.
+
+    pytorch-grad-cam's scale_cam_image divides by (max − min + 1e-7): an absolute ε that blanks a
+    map whose values are all tiny — a correct gradient of a score of 1e-11 (a saturated sigmoid)
+    gives a map below 1e-3. Here ε is relative to the map's own range, so the result does not
+    depend on the gradient's scale (it equals pytorch-grad-cam's wherever max − min ≫ 1e-7). A
+    constant map stays 0 (the explainer reports an exactly zero map as such)."""
+    m = cams.astype(np.float64)
+    mins = m.min(axis=(1, 2), keepdims=True)
+    span = m.max(axis=(1, 2), keepdims=True) - mins
+    safe = np.where(span > 0, span * (1 + 1e-7), 1.0)
+    return ((m - mins) / safe).astype(np.float32)
 
 
 def scale_maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -58,7 +68,7 @@ def minmax_resize_channels(maps: np.ndarray, size: tuple[int, int]) -> np.ndarra
     """(N, C, h, w) → (N, C, H, W): each (n, c) map min-max normalised, then resized bilinearly
     (pytorch-grad-cam's scale_accross_batch_and_channels)."""
     n, c = maps.shape[:2]
-    flat = normalize_maps(maps.reshape(n * c, *maps.shape[2:]))
+    flat = minmax_channels(maps.reshape(n * c, *maps.shape[2:]).astype(np.float32), 1e-7)  # FullGrad's own ψ
     h, w = size
     if flat.shape[1:] == (h, w):
         return flat.reshape(n, c, h, w)

@@ -146,3 +146,57 @@ def max_pool(e: Emitter, node: Node, g: G) -> G:
     )
     scattered = e.scatter_add(zeros, e.op("Reshape", [idx, flat]), e.op("Reshape", [g[0], flat]))
     return [e.op("Reshape", [scattered, e.runtime_shape(x)])]
+
+
+def _roi_axis_weights(e: Emitter, lo: str, span: str, n_out: int, grid: int, size: int, like: str) -> str:
+    """(R, n_out, size): RoiAlign's bilinear weights along one axis, averaged over the `grid`
+    samples of each output bin — samples at lo + (i + (k + ½)/grid)·span/n_out, dropped outside
+    [−1, size], clamped to [0, size − 1], weight max(0, 1 − |s − h|) on pixel h."""
+    dt = e.np_dtype(like)
+    frac = (np.arange(n_out)[:, None] + (np.arange(grid)[None, :] + 0.5) / grid).astype(dt)  # (n_out, grid)
+    bins = e.op("Div", [span, e.const(np.array(n_out, dt))])
+    r3 = e.ints([-1, 1, 1])
+    pos = e.op("Add", [e.op("Reshape", [lo, r3]), e.op("Mul", [e.const(frac[None], "roi_frac"), e.op("Reshape", [bins, r3])])])
+    inside = e.op("And", [e.op("GreaterOrEqual", [pos, e.const(np.array(-1.0, dt))]),
+                          e.op("LessOrEqual", [pos, e.const(np.array(float(size), dt))])])
+    clamped = e.op("Min", [e.op("Max", [pos, e.const(np.array(0.0, dt))]), e.const(np.array(size - 1.0, dt))])
+    dist = e.op("Abs", [e.op("Sub", [e.unsqueeze(clamped, [3]), e.const(np.arange(size, dtype=dt), "roi_pixels")])])
+    tri = e.op("Relu", [e.op("Sub", [e.const(np.array(1.0, dt)), dist])])  # (R, n_out, grid, size)
+    tri = e.op("Mul", [tri, e.unsqueeze(e.op("Cast", [inside], to=e.elem_type(like)), [3])])
+    return e.op("Div", [e.reduce_sum(tri, [2], keepdims=False), e.const(np.array(grid, dt))])
+
+
+@register("RoiAlign", min_opset=16)
+def roi_align(e: Emitter, node: Node, g: G) -> G:
+    """RoiAlign (average mode) is linear in X and separable: Y[r] = Wy_r · X[n_r] · Wx_rᵀ per
+    channel, with bilinear weights fixed by the RoIs (constants of the run: proposals, already
+    chosen). Its gradient: Wy_rᵀ · g_r · Wx_r, added into X at each RoI's batch index (ScatterND)."""
+    a = node_attrs(node.proto)
+    if a.get("mode", b"avg") not in (b"avg", "avg"):
+        raise UnsupportedOpError("RoiAlign", node.name, "mode=max")
+    grid = int(a.get("sampling_ratio", 0))
+    if grid <= 0:
+        raise UnsupportedOpError("RoiAlign", node.name, "sampling_ratio=0 (a sample count that depends on each RoI)")
+    x, rois, batch = node.inputs[:3]
+    shape = e.shape(x)
+    h, w = shape[2], shape[3]
+    if not isinstance(h, int) or not isinstance(w, int):
+        raise UnsupportedOpError("RoiAlign", node.name, f"input {x!r} has no static height and width")
+    oh, ow = int(a.get("output_height", 1)), int(a.get("output_width", 1))
+    ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+    ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+    dt = e.np_dtype(x)
+    boxes = e.op("Mul", [e.op("Cast", [rois], to=e.elem_type(x)), e.const(np.array(float(a.get("spatial_scale", 1.0)), dt))])
+    if ctm == "half_pixel":
+        boxes = e.op("Sub", [boxes, e.const(np.array(0.5, dt))])
+    col = lambda i: e.op("Gather", [boxes, e.const(np.array(i, np.int64))], axis=1)  # noqa: E731  (R,)
+    spans = [e.op("Sub", [col(2), col(0)]), e.op("Sub", [col(3), col(1)])]
+    if ctm != "half_pixel":  # output_half_pixel (torchvision's aligned=False): spans of at least 1
+        spans = [e.op("Max", [s, e.const(np.array(1.0, dt))]) for s in spans]
+    wx = _roi_axis_weights(e, col(0), spans[0], ow, grid, w, x)  # (R, ow, W)
+    wy = _roi_axis_weights(e, col(1), spans[1], oh, grid, h, x)  # (R, oh, H)
+    gy = e.op("MatMul", [e.unsqueeze(e.op("Transpose", [wy], perm=[0, 2, 1]), [1]), g[0]])  # (R, C, H, ow)
+    gx = e.op("MatMul", [gy, e.unsqueeze(wx, [1])])  # (R, C, H, W)
+    zeros = e.op("ConstantOfShape", [e.runtime_shape(x)], value=helper.make_tensor("zero", e.elem_type(x), [1], [0]))
+    idx = e.unsqueeze(e.op("Cast", [batch], to=7), [1])  # (R, 1) int64
+    return [e.op("ScatterND", [zeros, idx, gx], reduction="add"), None, None]

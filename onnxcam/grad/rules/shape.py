@@ -62,6 +62,14 @@ def _static(e: Emitter, node: Node, t: str) -> list[int]:
     return list(s)
 
 
+def _select_back(e: Emitter, g: str, axis: int, rank: int, sel: str) -> str:
+    """g with its `axis` mapped back through a (n_out, n_in) selection matrix: Σ_j g[.., j, ..] sel[j, i]."""
+    perm = [a for a in range(rank) if a != axis] + [axis]
+    inv = [perm.index(a) for a in range(rank)]
+    moved = e.op("Transpose", [g], perm=perm)
+    return e.op("Transpose", [e.op("MatMul", [moved, sel])], perm=inv)
+
+
 @register("Slice")
 def slice_(e: Emitter, node: Node, g: G) -> G:
     """Put the gradient back where the elements came from, zeros elsewhere: unit steps by one Pad;
@@ -173,6 +181,8 @@ def gather(e: Emitter, node: Node, g: G) -> G:
     1-D data (PyTorch's as_strided export flattens, then gathers with run-time indices):
     ScatterElements(zeros, indices, g, reduction="add"). Constant indices on any axis: a matrix
     product with the one-hot selection matrix (folded in numpy), so dynamic batch axes stay free.
+    Indices computed at run time on N-d data (a detector's selected anchors: constants of the
+    run): the same product, the matrix built by OneHot at run time.
     """
     from onnx import helper
 
@@ -192,6 +202,8 @@ def gather(e: Emitter, node: Node, g: G) -> G:
         return [out, None]
     iv = e.value(idx)
     size = dshape[axis]
+    if iv is None and isinstance(size, int):
+        return [_gather_runtime(e, node, g[0], data, idx, axis), None]
     if iv is None or not isinstance(size, int) or iv.ndim > 1:
         raise UnsupportedOpError("Gather", node.name, "indices computed at run time on multi-dimensional data")
     sel = np.zeros((max(iv.size, 1), size), dtype=e.np_dtype(data))
@@ -202,6 +214,74 @@ def gather(e: Emitter, node: Node, g: G) -> G:
     moved = e.op("Transpose", [gy], perm=perm)
     back = e.op("MatMul", [moved, e.const(sel, "gather_sel")])
     return [e.op("Transpose", [back], perm=inv), None]
+
+
+def _gather_runtime(e: Emitter, node: Node, g: str, data: str, idx: str, axis: int) -> str:
+    """Gather on N-d data with indices known only at run time (constants of the run): the same
+    selection-matrix product as constant indices, the matrix built at run time with OneHot."""
+    dshape = e.shape(data)
+    r = len(dshape)
+    size = dshape[axis]
+    rest = dshape[axis + 1:]
+    if not isinstance(size, int) or not all(isinstance(d, int) for d in rest):
+        raise UnsupportedOpError("Gather", node.name, f"data {data!r} has no static size after axis {axis}")
+    flat = e.op("Reshape", [idx, e.ints([-1])])
+    onoff = e.const(np.array([0.0, 1.0], dtype=np.float32), "onehot_values")  # ORT's OneHot: float32 values
+    sel = e.op("OneHot", [flat, e.const(np.array(size, np.int64), "depth"), onoff], axis=-1)  # (n, size)
+    if e.np_dtype(data) != np.float32:
+        sel = e.op("Cast", [sel], to=e.elem_type(data))
+    gy = e.op("Reshape", [g, e.ints([0] * axis + [-1] + list(rest))])  # the index axes as one
+    return _select_back(e, gy, axis, r, sel)
+
+
+@register("GatherND", min_opset=16)
+def gather_nd(e: Emitter, node: Node, g: G) -> G:
+    """GatherND (batch_dims = 0) with indices of the run: ScatterND(zeros, indices, g, add)."""
+    from onnx import helper
+
+    if int(node.attr("batch_dims", 0)) != 0:
+        raise UnsupportedOpError("GatherND", node.name, "batch_dims other than 0")
+    data, idx = node.inputs[0], node.inputs[1]
+    zeros = e.op("ConstantOfShape", [e.runtime_shape(data)], value=helper.make_tensor("zero", e.elem_type(data), [1], [0]))
+    return [e.op("ScatterND", [zeros, idx, g[0]], reduction="add"), None]
+
+
+@register("TopK", min_opset=16)
+def topk(e: Emitter, node: Node, g: G) -> G:
+    """The values of TopK: their gradient goes back to where they were taken from (the indices
+    output, a constant of the run); the indices carry none."""
+    from onnx import helper
+
+    if g[0] is None:
+        return [None, None]
+    x = node.inputs[0]
+    axis = int(node.attr("axis", -1)) % e.rank(x)
+    zeros = e.op("ConstantOfShape", [e.runtime_shape(x)], value=helper.make_tensor("zero", e.elem_type(x), [1], [0]))
+    return [e.scatter_add(zeros, node.outputs[1], g[0], axis=axis), None]
+
+
+@register("ScatterElements", min_opset=16)
+def scatter_elements(e: Emitter, node: Node, g: G) -> G:
+    """Positions written by `updates` (indices of the run, e.g. MultiScaleRoIAlign's per-level
+    results put back in RoI order): their gradient goes to `updates` (GatherElements), the rest
+    to `data` — all of it with reduction="add", the unwritten part with "none"."""
+    reduction = node.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise UnsupportedOpError("ScatterElements", node.name, f"reduction={reduction}")
+    data, idx, upd = node.inputs[:3]
+    axis = int(node.attr("axis", 0)) % e.rank(data)
+    g_data = g_upd = None
+    if node.needs[0]:
+        if reduction == "add":
+            g_data = g[0]
+        else:
+            from onnx import helper
+
+            zeros = e.op("ConstantOfShape", [e.runtime_shape(upd)], value=helper.make_tensor("zero", e.elem_type(upd), [1], [0]))
+            g_data = e.op("ScatterElements", [g[0], idx, zeros], axis=axis)
+    if len(node.needs) > 2 and node.needs[2]:
+        g_upd = e.op("GatherElements", [g[0], idx], axis=axis)
+    return [g_data, None, g_upd]
 
 
 def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, ctm: str, nearest_mode: str) -> np.ndarray:
