@@ -20,11 +20,12 @@ import onnxruntime as ort
 
 from .backends.ort_training import OrtTrainingSession
 from . import detection
+from .blas import one_blas_thread
 from .preselection import PreSelection, final_outputs, find_preselection
-from .errors import ItemError, ModelLoadError, UsageError
+from .errors import HeadError, ItemError, ModelLoadError, UsageError
 from .limits import check_text_value
 from .graph.rewrite import (
-    ATTN_GRAD_OUTPUT, ATTN_OUTPUT, ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TAP_OUTPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
+    ATTN_GRAD_OUTPUT, ATTN_OUTPUT, ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
     Prepared, build_explain_model, prepare,
 )
 from .graph.split import Split, split_at
@@ -33,7 +34,8 @@ from .methods import CAMMethod, MethodInputs, get_method
 from .methods.maps import normalize_maps, scale_maps
 from .model import ModelInfo, inspect_model, load_model
 from .protos import copy_model
-from .runtime import provider_of, session_for
+from .runtime import provider_of, run, session_for
+from .types import FLOAT_TYPES
 from .targets import ClassTarget, DetectionTarget, Target, TopK
 from .tokens import from_grid, to_grid
 
@@ -72,6 +74,7 @@ class _Built:
     em: ExplainModel
     session: Any  # ort.InferenceSession, or OrtTrainingSession (same run/get_providers)
     head: Optional[CamHead]
+    item_bytes: int = 0  # one image's working set in a forward run (sizes Score-CAM's batches)
 
 
 @dataclass
@@ -158,6 +161,35 @@ def _fit_shape(name: str, v: np.ndarray, declared: tuple) -> np.ndarray:
         return v[None]
     raise UsageError(f"input {name}: a value of shape {list(v.shape)} does not fit its declared shape "
                      f"{list(declared)}")
+
+
+def _in_chunks(session, key: str, rows: np.ndarray, others: dict[str, np.ndarray], fixed: int | None) -> np.ndarray:
+    """The session's first output for `rows` fed as `key` (with `others` as they are): in chunks of
+    `fixed` rows where the model's batch is fixed (the last chunk padded by repeating its last row,
+    the padding dropped)."""
+    n = len(rows)
+    if not fixed or fixed == n:
+        return run(session, {key: rows, **others})[0]
+    outs = []
+    for s in range(0, n, fixed):
+        chunk = rows[s : s + fixed]
+        m = len(chunk)
+        if m < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - m, axis=0)])
+        outs.append(run(session, {key: chunk, **others})[0][:m])
+    return np.concatenate(outs)
+
+
+def _item_bytes(prep: Prepared) -> int:
+    """One image's working set in a forward run, estimated from the shapes: its input plus twice
+    its largest intermediate tensor (onnxruntime reuses buffers, so the sum would overstate it)."""
+    def size(info) -> int:
+        dims = info.shape[1:] if info.shape else ()
+        if not all(isinstance(d, int) for d in dims):
+            return 0
+        return int(np.prod(dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(info.elem_type).itemsize
+    floats = [size(i) for i in prep.shapes.values() if i.elem_type in FLOAT_TYPES]
+    return size(prep.shapes[prep.info.image_input.name]) + 2 * max(floats, default=0)
 
 
 def _to_nchw(a: np.ndarray, layer: Layer) -> np.ndarray:
@@ -317,14 +349,26 @@ class Explainer:
                 em = build_explain_model(
                     prep, key.layer, self.method.needs_gradients,
                     input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
-                    seed_input=seed_input, attention=self.method.needs_attention,
+                    seed_input=seed_input, method_graph=self.method.graph, attention=self.method.needs_attention,
                     attention_gradients=self.method.attention_gradients,
                 )
                 sess = session_for(em.model, self.providers, self.threads)
-            head = cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output) if self.method.needs_head else None
-            self._built[key] = _Built(prep, em, sess, head)
+            head = self._head(prep, em)
+            self._built[key] = _Built(prep, em, sess, head, _item_bytes(prep))
             log.info("explaining %s at layer %s (%s) on %s", em.output, em.layer.name, em.layer.layout, provider_of(sess))
         return self._built[key]
+
+    def _head(self, prep: Prepared, em: ExplainModel) -> CamHead | None:
+        """The GAP → linear head after the layer: required (HeadError) for methods that need it,
+        None where there is none for methods that only use it when it is there."""
+        if not (self.method.needs_head or self.method.uses_head):
+            return None
+        try:
+            return cam_head(prep.model, prep.shapes, prep.constants, em.layer, em.output)
+        except HeadError:
+            if self.method.needs_head:
+                raise
+            return None
 
     def prepared(self, hw: tuple[int, int] | None = None) -> Prepared:
         """The normalised model at image size `hw` (default: the model's own size)."""
@@ -381,7 +425,7 @@ class Explainer:
         n = len(feeds[self.info.image_input.name])
         feeds = self._with_other_inputs(feeds, n)
         if not fixed or fixed == n:
-            return sess.run(names, feeds)
+            return run(sess, feeds, names)
         parts = []
         for s in range(0, n, fixed):
             chunk = {k: (v[s : s + fixed] if v.ndim and len(v) == n else v) for k, v in feeds.items()}
@@ -390,7 +434,7 @@ class Explainer:
                 chunk = {name: (np.concatenate([v, np.repeat(v[-1:], fixed - k, axis=0)])
                                 if v.ndim and len(v) == k and feeds[name].ndim and len(feeds[name]) == n else v)
                          for name, v in chunk.items()}
-            outs = sess.run(names, chunk)
+            outs = run(sess, chunk, names)
             parts.append([o[:k] if o.ndim and len(o) == fixed else o for o in outs])
         return [np.concatenate(p) for p in zip(*parts)]
 
@@ -408,28 +452,25 @@ class Explainer:
         """tail(n, acts): the part of the model after `layer`, fed ablated activations of image n.
         Token layers get their prefix tokens back from image n's own activation, with every channel
         that `acts` zeroes on all patch tokens (and image n does not) zeroed on them too: a channel
-        ablated on every token, as pytorch-grad-cam's ViT ablation layer does."""
+        ablated on every token, as pytorch-grad-cam's ViT ablation layer does. The part before the
+        layer reruns only where the tail needs more than the layer (prefix tokens, tensors around
+        it); a model with a fixed batch gets padded chunks."""
         heads: dict[tuple[int, int], list[np.ndarray]] = {}  # (image n, batch) → the head's outputs
+        fixed = self.info.batch if isinstance(self.info.batch, int) else None
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self._prepare(hw, output).shapes[layer.name].elem_type)
 
         def tail(n: int, acts: np.ndarray) -> np.ndarray:
             ss = self._split_sessions(hw, layer.name, output)
-            # a fixed batch: chunks of it, the last one padded with copies of its last item
-            step = self.info.batch if isinstance(self.info.batch, int) else len(acts)
-            outs = []
-            for s in range(0, len(acts), step):
-                part = acts[s : s + step]
-                k = len(part)
-                if k < step:
-                    part = np.concatenate([part, np.repeat(part[-1:], step - k, axis=0)])
-                key = (n, len(part))
-                if key not in heads:  # at the tail's batch size: values computed from shapes (the
-                    # flat indices of Swin's pooling) are only right at the batch they were made for
-                    heads[key] = self._run_fixed(ss.head, {self.info.image_input.name: np.repeat(x[n : n + 1], len(part), 0)})
-                own = heads[key]
-                feeds = {ss.split.layer: _from_nchw(part, layer, own[0][:1]).astype(own[0].dtype)}
-                feeds.update(zip(ss.split.externals, own[1:]))
-                outs.append(ss.tail.run(None, feeds)[0][:k])
-            return np.concatenate(outs)
+            if not ss.split.externals and not layer.is_tokens:
+                return _in_chunks(ss.tail, ss.split.layer, from_grid(acts, layer.layout).astype(dtype, copy=False), {}, fixed)
+            b = fixed or len(acts)
+            key = (n, b)
+            if key not in heads:  # at the tail's batch size: values computed from shapes (the
+                # flat indices of Swin's pooling) are only right at the batch they were made for
+                heads[key] = self._run_fixed(ss.head, {self.info.image_input.name: np.repeat(x[n : n + 1], b, 0)})
+            own = heads[key]
+            rows = _from_nchw(acts, layer, own[0][:1]).astype(own[0].dtype)
+            return _in_chunks(ss.tail, ss.split.layer, rows, dict(zip(ss.split.externals, own[1:])), fixed)
 
         return tail
 
@@ -725,7 +766,8 @@ class Explainer:
             forward=lambda b: self._forward(hw, b, em.output), tail=self._tail_fn(hw, x, em.layer, em.output),
             seeds=plan.seeds if plan is not None else None,
             input_gradients=self._input_gradients(em, got),
-            bias_gradients=[(bias, got[TAP_OUTPUT.format(i)]) for i, (_, bias) in enumerate(em.taps)],
+            graph={key: got[name] for key, name in em.method_outputs.items()},
+            item_bytes=built.item_bytes,
             gradients_at=gradients_at if em.with_gradient else None,
             tokens=built.prep.tokens,
             attentions=[_per_head(got[ATTN_OUTPUT.format(i)], len(x)) for i in range(len(em.attention))],
@@ -738,9 +780,16 @@ class Explainer:
         plan = t if isinstance(t, _SeedPlan) else None
         built = self._build(hw, layer, plan.output if plan else None, seed_input=plan is not None)
         inp = self._method_inputs(built, x, t, hw)
-        cams = self.method.eigen_cam(inp) if self.eigen_smooth else self.method.cam(inp)
+        with one_blas_thread():  # numpy's small linear algebra, without OpenBLAS's spinning workers
+            if self.eigen_smooth:
+                cams = self.method.eigen_cam(inp)
+            elif "cam" in inp.graph:  # the method's map, computed inside the run
+                cams = inp.graph["cam"].astype(np.float32, copy=False)
+            else:
+                cams = self.method.cam(inp)
+            heatmaps = scale_maps(cams, hw)
         return Result(
-            heatmaps=scale_maps(cams, hw), cams=cams, activations=inp.activations, gradients=inp.gradients,
+            heatmaps=heatmaps, cams=cams, activations=inp.activations, gradients=inp.gradients,
             targets=inp.targets, outputs=inp.outputs, layer=built.em.layer.name, method=self.method.name,
             provider=provider_of(built.session), extra=inp.pixel_maps,
         )

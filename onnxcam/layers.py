@@ -163,6 +163,7 @@ def find_layer(layers: list[Layer], name: str) -> Layer:
 # CAM head: layer → global average pooling → [flatten] → linear → [softmax] → output
 _PASS = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Transpose", "Unsqueeze", "Cast"}
 _MONOTONE_TAIL = {"Softmax", "LogSoftmax", "Sigmoid", "Identity", "Flatten", "Reshape", "Squeeze"}
+_ACTIVATIONS = {"Softmax", "LogSoftmax", "Sigmoid"}
 
 
 @dataclass
@@ -172,6 +173,7 @@ class CamHead:
     weight: np.ndarray
     bias: np.ndarray
     description: str
+    linear: bool = True  # the output is exactly W·mean(A) + b (no activation after the linear layer)
 
 
 class _HeadWalk:
@@ -294,14 +296,16 @@ def cam_head(
         w, bias, t = _matmul_weights(walk, node, constants)
     else:
         raise walk.fail(f"{node.op_type} instead of Gemm/MatMul")
+    linear = True
     while t != output:  # up to the output, only reshapes or a monotone activation
         node = walk.next_node(t)
         if node is None or node.op_type not in _MONOTONE_TAIL:
             raise walk.fail(f"{node.op_type if node else 'a branch'} after the linear layer")
+        linear = linear and node.op_type not in _ACTIVATIONS
         t = walk.step(node)
     if w.shape[1] != layer.channels:
         raise walk.fail(f"linear layer takes {w.shape[1]} features, the layer has {layer.channels} channels")
-    return CamHead(np.asarray(w, np.float32), np.asarray(bias, np.float32), " → ".join(walk.seen))
+    return CamHead(np.asarray(w, np.float32), np.asarray(bias, np.float32), " → ".join(walk.seen), linear)
 
 
 

@@ -9,6 +9,11 @@ and log the fallback through Python logging instead.
 `INLINE_LIMIT` it is serialised and loaded from bytes; above (protobuf cannot serialise more than
 2 GB) it is written, with its initializers as external data, into a temporary directory that lives
 as long as the returned session (`session.onnxcam_tmpdir`) and is removed with it.
+
+`run(session, feeds, names)` is how the explainer runs a session: on the CUDA provider through
+onnxruntime's I/O binding (each input copied to the GPU once, the outputs allocated there and
+copied back once, no staging through onnxruntime's own output copies); on the CPU the plain run,
+whose outputs already are numpy arrays. `run_bound` is the binding path itself, on any provider.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 import tempfile
 from typing import Sequence
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -136,6 +142,27 @@ def ort_message(exc: BaseException) -> str:
     msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
     msg = re.sub(r"/onnxruntime_src/\S+:\d+ [^()]*\([^()]*\)\s*", "", msg)
     return msg
+
+
+def run_bound(session: ort.InferenceSession, feeds: dict[str, np.ndarray], names: Sequence[str] | None = None) -> list:
+    """`session.run(names, feeds)` through I/O binding: inputs placed on the session's device
+    (CUDA's first GPU or the CPU), outputs bound there, then copied to numpy arrays."""
+    device = "cuda" if provider_of(session) == CUDA else "cpu"
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0))
+    for name in names or [o.name for o in session.get_outputs()]:
+        binding.bind_output(name, device, 0)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
+
+
+def run(session, feeds: dict[str, np.ndarray], names: Sequence[str] | None = None) -> list:
+    """Run a session: I/O binding on CUDA (`run_bound`), the plain run elsewhere (and for sessions
+    that are not onnxruntime InferenceSessions, such as the ort-training backend's)."""
+    if isinstance(session, ort.InferenceSession) and provider_of(session) == CUDA:
+        return run_bound(session, feeds, names)
+    return session.run(None if names is None else list(names), feeds)
 
 
 def provider_of(session: ort.InferenceSession) -> str:

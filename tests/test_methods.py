@@ -10,8 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import onnx
+
 from onnxcam import Explainer
-from onnxcam.methods import METHODS, SSCAM, SmoothGradCAMpp, scale_maps
+from onnxcam.errors import UsageError
+from onnxcam.methods import ISCAM, METHODS, SSCAM, AblationCAM, MethodInputs, ScoreCAM, SmoothGradCAMpp, get_method, scale_maps
+from onnxcam.methods.maps import first_component
+from onnxcam.methods.score import channel_batch, top_channels, upsampled_masks
 
 from .helpers import GOLDENS, ROOT
 
@@ -181,3 +186,118 @@ def test_several_layers_are_fused():
         want = want / (want.max(axis=(1, 2), keepdims=True) + 1e-7)
         np.testing.assert_allclose(res.heatmaps, want, atol=1e-5)
         assert res.layer == " + ".join(layers)
+
+
+# -- cost floors (issue 15): the fast paths against the formulas they replace ---------------------
+GRAPH_MAPS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcam-elementwise"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("method", GRAPH_MAPS)
+def test_in_graph_map_equals_the_numpy_formula(name: str, method: str):
+    """The Grad-CAM family's map computed inside the run equals the method's numpy `cam` (float64
+    formula) on the same A and ∂y/∂A."""
+    r = ref(name)
+    res = Explainer(GOLDENS / f"torchscript_{name}.onnx", method=method).explain(r["x"], targets=r["targets"])
+    want = get_method(method).cam(MethodInputs(res.activations, res.gradients, res.targets, res.outputs))
+    np.testing.assert_allclose(res.cams, want, rtol=1e-4, atol=1e-5 * want.max())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("method", ["eigencam", "eigengradcam"])
+def test_in_graph_gram_equals_the_svd(name: str, method: str):
+    """Eigen methods from the in-graph Gram matrix (eigh of h·w × h·w) equal the thin SVD's
+    projection (`first_component`) on the same stack."""
+    r = ref(name)
+    res = Explainer(GOLDENS / f"torchscript_{name}.onnx", method=method).explain(r["x"], targets=r["targets"])
+    stack = res.activations if method == "eigencam" else res.gradients * res.activations
+    want = np.maximum(first_component(stack), 0)
+    np.testing.assert_allclose(res.cams, want, rtol=1e-5, atol=1e-6 * want.max())
+
+
+class _RerunAblation(AblationCAM):
+    """Ablation-CAM without its closed form: the model's tail reruns on every ablated copy."""
+
+    uses_head = False
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ablation_closed_form_equals_rerunning_the_tail(name: str):
+    """On a GAP → linear head (tinyresnet, tinymeanpool, tinysqueeze) Ablation-CAM needs no extra
+    run and its weights equal the reruns'; elsewhere (tinymbv3's MLP head, tinyvgg's flatten) it
+    reruns the tail."""
+    r = ref(name)
+    path = GOLDENS / f"torchscript_{name}.onnx"
+    ex = Explainer(path, method="ablationcam")
+    got = ex.explain(r["x"], targets=r["targets"])
+    want = Explainer(path, method=_RerunAblation()).explain(r["x"], targets=r["targets"])
+    assert (not ex._splits) == (name in ("tinyresnet", "tinymeanpool", "tinysqueeze"))
+    np.testing.assert_allclose(got.cams, want.cams, rtol=1e-4, atol=1e-5 * want.cams.max())
+
+
+def test_ablation_closed_form_with_a_seed_target():
+    """A seed u instead of a class: the score is ⟨u, y⟩, closed form and reruns agree."""
+    r = ref("tinyresnet")
+    path = GOLDENS / "torchscript_tinyresnet.onnx"
+    k = Explainer(path).explain(r["x"]).outputs.shape[1]
+    u = np.random.default_rng(3).uniform(0.5, 1.5, size=(len(r["x"]), k)).astype(np.float32)
+    got = Explainer(path, method="ablationcam").explain(r["x"], targets=u)
+    want = Explainer(path, method=_RerunAblation()).explain(r["x"], targets=u)
+    np.testing.assert_allclose(got.cams, want.cams, rtol=1e-4, atol=1e-5 * want.cams.max())
+
+
+def test_ablation_reruns_a_fixed_batch_tail_in_padded_chunks(tmp_path):
+    """A model exported with a fixed batch of 2: the ablated copies (5 per run here) go through
+    its tail in chunks of 2, the last one padded; same maps as the dynamic-batch model."""
+    src = GOLDENS / "torchscript_tinyvgg.onnx"
+    m = onnx.load(src)
+    for v in list(m.graph.input[:1]) + list(m.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = 2
+    del m.graph.value_info[:]
+    onnx.save(m, tmp_path / "fixed.onnx")
+    r = ref("tinyvgg")
+    x, t = r["x"][:2], r["targets"][:2]
+    got = Explainer(tmp_path / "fixed.onnx", method=AblationCAM(batch_size=5)).explain(x, targets=t)
+    want = Explainer(src, method=AblationCAM(batch_size=5)).explain(x, targets=t)
+    np.testing.assert_allclose(got.cams, want.cams, rtol=1e-5, atol=1e-6 * want.cams.max())
+
+
+@pytest.mark.parametrize("cls", [ScoreCAM, SSCAM, ISCAM])
+def test_max_n_of_all_channels_is_the_full_method(cls):
+    r = ref("tinyresnet")
+    kw = {"num_samples": 2} if cls is not ScoreCAM else {}
+    full = explain("tinyresnet", cls(**kw), r)
+    c = Explainer(GOLDENS / "torchscript_tinyresnet.onnx").explain(r["x"]).activations.shape[1]
+    np.testing.assert_array_equal(explain("tinyresnet", cls(max_N=c, **kw), r), full)
+    np.testing.assert_array_equal(explain("tinyresnet", cls(max_N=10 * c, **kw), r), full)
+
+
+def test_max_n_scores_only_the_most_varied_channels():
+    """Faster Score-CAM: weights only on the max_N channels of largest spatial std, softmax over
+    their scores (Score-CAM's score on the same masks)."""
+    r = ref("tinyresnet")
+    path = GOLDENS / "torchscript_tinyresnet.onnx"
+    res = Explainer(path, method=ScoreCAM(max_N=3)).explain(r["x"], targets=r["targets"])
+    plain = Explainer(path)
+    for n in range(len(r["x"])):
+        a = res.activations[n]
+        ks = top_channels(a, 3)
+        std = a.reshape(len(a), -1).std(axis=1)
+        assert set(ks) == set(np.argsort(-std)[:3])
+        masked = (r["x"][n][None] * upsampled_masks(a[ks], r["x"].shape[2:])[:, None]).astype(np.float32)
+        s = plain.explain(masked).outputs[:, r["targets"][n]].astype(np.float64)
+        w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+        want = np.maximum(np.einsum("k,khw->hw", w, a[ks].astype(np.float64)), 0)
+        np.testing.assert_allclose(res.cams[n], want, rtol=1e-4, atol=1e-5 * want.max())
+    with pytest.raises(UsageError, match="max_N must be a positive"):
+        ScoreCAM(max_N=0)
+
+
+def test_channel_batches_are_sized_from_memory():
+    assert channel_batch(1 << 20, budget=64 << 20) == 64
+    assert channel_batch(1 << 40, budget=64 << 20) == 1
+    assert channel_batch(1, budget=64 << 20) == 128
+    r = ref("tinyresnet")  # the batch size changes neither Score-CAM's nor SS-CAM's maps
+    for cls, kw in ((ScoreCAM, {}), (SSCAM, {"num_samples": 2})):
+        np.testing.assert_allclose(explain("tinyresnet", cls(batch_size=3, **kw), r), explain("tinyresnet", cls(**kw), r),
+                                   atol=1e-6)

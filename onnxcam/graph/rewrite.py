@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelLoadError, OnnxcamError, UsageError
+from ..grad.builder import Emitter
 from ..grad.engine import append_gradient, required_opset
 from ..layers import Layer, candidate_layers, default_layer, detection_head, find_layer, spatial_dims
 from ..layouts import tensor_layouts
@@ -43,8 +45,8 @@ TARGETS_OUTPUT = "onnxcam_targets"
 GRAD_OUTPUT = "onnxcam_gradient"
 ACT_OUTPUT = "onnxcam_activation"
 INPUT_GRAD_OUTPUT = "onnxcam_input_gradient"
-TAP_OUTPUT = "onnxcam_bias_gradient_{}"
 SEED_INPUT = "onnxcam_seed"
+METHOD_OUTPUT = "onnxcam_{}"  # a method's in-graph result, by its key ("cam", "gram", "fullgrad", ...)
 ATTN_OUTPUT = "onnxcam_attention_{}"
 ATTN_GRAD_OUTPUT = "onnxcam_attention_gradient_{}"
 
@@ -88,6 +90,7 @@ class ExplainModel:
     input_gradient: str | None = None  # None, "plain" or "guided"
     taps: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (tensor, bias (C,))
     seed_input: bool = False  # the cotangent is fed (onnxcam_seed), not chosen by class inside
+    method_outputs: dict[str, str] = field(default_factory=dict)  # key → graph output (the method's part)
     attention: list[str] = field(default_factory=list)  # Softmax outputs exposed (transformer methods)
     attention_gradients: bool = False
 
@@ -96,10 +99,36 @@ class ExplainModel:
         names = [self.output] + ([] if self.seed_input else [TARGETS_OUTPUT]) + [ACT_OUTPUT]
         names += [GRAD_OUTPUT] if self.with_gradient else []
         names += [INPUT_GRAD_OUTPUT] if self.input_gradient else []
-        names += [TAP_OUTPUT.format(i) for i in range(len(self.taps))]
+        names += list(self.method_outputs.values())
         names += [ATTN_OUTPUT.format(i) for i in range(len(self.attention))]
         names += [ATTN_GRAD_OUTPUT.format(i) for i in range(len(self.attention))] if self.attention_gradients else []
         return names
+
+
+@dataclass
+class GraphTensors:
+    """What a method's in-graph part reads — tensor names of the rewritten graph — and the
+    Emitter it writes through. `acts`/`grads` are the layer's A and ∂y/∂A channels-first (N, C, h, w)
+    in float32 (None for a transformer's token layer: methods then compute in numpy); `targets` the (N,) int64 classes (None when a seed is fed); `input_grad` ∂y/∂x in
+    the image's layout and `taps` (∂y/∂z_l, bias b_l, (h, w), element type) per biased layer when
+    the method asked for them."""
+
+    e: Emitter
+    layer: Layer
+    acts: Optional[str]
+    grads: Optional[str]
+    targets: Optional[str]
+    image: str
+    image_layout: str
+    image_type: int
+    input_size: tuple[int, int]
+    input_grad: Optional[str] = None
+    taps: list[tuple[str, np.ndarray, tuple[int, int], int]] = field(default_factory=list)
+
+
+# A method's in-graph part: emits its reductions, returns {key: tensor} to expose as outputs (each
+# tensor's shape declared with `g.e.set_info`, None for unknown dimensions).
+MethodGraph = Callable[[GraphTensors], dict[str, str]]
 
 
 def choose_output(model: onnx.ModelProto, shapes: Shapes, name: str | None = None) -> str:
@@ -250,16 +279,19 @@ def build_explain_model(
     input_gradient: str | None = None,
     with_bias_taps: bool = False,
     seed_input: bool = False,
+    method_graph: MethodGraph | None = None,
     attention: bool = False,
     attention_gradients: bool = False,
 ) -> ExplainModel:
     """Rewrite `prep.model` so that one run returns outputs, A, ∂y_c/∂A and the targets; and,
-    when asked, the input's gradient (plain or guided) and FullGrad's bias-tap gradients.
+    when asked, the input's gradient (plain or guided) and, for the method's in-graph part, the
+    gradients at FullGrad's bias taps.
 
     seed_input: instead of a class chosen inside the graph, the cotangent u is an input,
     `onnxcam_seed`, shaped like the output: the gradient is ∂⟨u, y⟩/∂A (any target: a region of a
     segmentation map, one detection, a regression output, a counterfactual).
-
+    method_graph: the method's reductions over A, ∂y/∂A (and ∂y/∂x, the taps) emitted into the
+    same graph; what it returns becomes outputs `onnxcam_<key>` (`ExplainModel.method_outputs`).
     attention: also return every block's attention probabilities (`prep.tokens.attention`), and
     with `attention_gradients` their gradients ∂⟨seed, y⟩/∂A_l."""
     target = _explained_layer(prep, layer)
@@ -279,19 +311,61 @@ def build_explain_model(
     add.expose(target.name, ACT_OUTPUT, shapes[target.name])
     for i, p in enumerate(probs):
         add.expose(p, ATTN_OUTPUT.format(i), shapes[p])
+    layer_grad = input_grad = None
+    tap_grads: dict[str, str] = {}
     if with_gradient or input_gradient or attention_gradients:
         seed, shapes = _seed(add, shapes, y, int(k) if isinstance(k, int) else 0, fed=seed_input)
         grads = _Gradients(m.graph, shapes, dict(prep.constants), default_opset(m), y, seed)
         if with_gradient:
-            add.expose(grads.layer(add, target.name), GRAD_OUTPUT, shapes[target.name])
+            layer_grad = grads.layer(add, target.name)
+            add.expose(layer_grad, GRAD_OUTPUT, shapes[target.name])
         if input_gradient:
-            grads.input(add, image, taps, input_gradient == "guided")
+            input_grad, tap_grads = grads.input(add, image, taps, input_gradient == "guided")
         if attention_gradients:
             grads.attention(add, probs)
+    outputs = {}
+    if method_graph is not None:
+        e = Emitter(shapes, {}, default_opset(m), prefix="onnxcam_method/")
+        spatial = sorted(target.layout) == sorted("NCHW")  # token layers: the numpy path (to_grid)
+        g = GraphTensors(
+            e, target, _channels_first(e, target, shapes, target.name if spatial else None),
+            _channels_first(e, target, shapes, layer_grad if spatial else None),
+            None if seed_input else TARGETS_OUTPUT, image, prep.info.layout, shapes[image].elem_type,
+            prep.info.fixed_size or _input_size(shapes[image], prep.info.layout), input_grad,
+            [(tap_grads[t], b, (int(shapes[t].shape[2]), int(shapes[t].shape[3])), shapes[t].elem_type)
+             for t, b in taps if t in tap_grads],
+        )
+        found = method_graph(g)
+        add.nodes += e.nodes
+        add.inits += e.initializers
+        for key, tensor in found.items():
+            name = METHOD_OUTPUT.format(key)
+            add.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"onnxcam/{key}"))
+            info = e.shapes[tensor]  # the method declares each result's shape (Emitter.set_info)
+            add.outputs.append(helper.make_tensor_value_info(name, info.elem_type, list(info.shape)))
+            outputs[key] = name
     add.apply(m.graph)
     _check_rewritten(m)
     return ExplainModel(m, target, y, int(k) if isinstance(k, int) else 0, with_gradient, input_gradient, taps, seed_input,
-                        probs, attention_gradients)
+                        outputs, probs, attention_gradients)
+
+
+def _input_size(info: TensorInfo, layout: str) -> tuple[int, int]:
+    return int(info.shape[layout.index("H")]), int(info.shape[layout.index("W")])
+
+
+def _channels_first(e: Emitter, layer: Layer, shapes: Shapes, tensor: str | None) -> str | None:
+    """The layer's A or its gradient (`tensor`, shaped like A) as channels-first float32 for a
+    method's in-graph part: a Transpose from the layer's layout and a Cast from other float types,
+    where needed (None for None)."""
+    if tensor is None:
+        return None
+    info = shapes[layer.name]
+    perm = [layer.layout.index(c) for c in "NCHW"]
+    x = tensor if perm == [0, 1, 2, 3] else e.op("Transpose", [tensor], "to_nchw", perm=perm)
+    if info.elem_type != TensorProto.FLOAT:
+        x = e.op("Cast", [x], "to_float", to=TensorProto.FLOAT)
+    return e.set_info(x, (None, layer.channels, layer.height, layer.width), TensorProto.FLOAT)
 
 
 def _attention_tensors(prep: Prepared) -> list[str]:
@@ -334,9 +408,9 @@ class _Gradients:
         for i, p in enumerate(probs):
             add.expose(grad.grad if i == 0 else grad.also[p], ATTN_GRAD_OUTPUT.format(i), self.shapes[p])
 
-    def input(self, add: _Additions, image: str, taps: list[tuple[str, np.ndarray]], guided: bool) -> None:
-        """The image's gradient (guided backpropagation with `guided`) as INPUT_GRAD_OUTPUT, and
-        the bias taps' gradients as TAP_OUTPUT.format(i)."""
+    def input(self, add: _Additions, image: str, taps: list[tuple[str, np.ndarray]], guided: bool) -> tuple[str, dict[str, str]]:
+        """The image's gradient (guided backpropagation with `guided`) as INPUT_GRAD_OUTPUT; returns
+        its tensor and the bias taps' gradient tensors (tap → gradient), left inside the graph."""
         grad = append_gradient(
             self.graph, self.shapes, self.constants, self.opset, image, self.y, self.seed,
             prefix="onnxcam_igrad/", also=[t for t, _ in taps], guided=guided,
@@ -344,8 +418,7 @@ class _Gradients:
         add.nodes += grad.nodes
         add.inits += grad.initializers
         add.expose(grad.grad, INPUT_GRAD_OUTPUT, self.shapes[image])
-        for i, (t, _) in enumerate(taps):
-            add.expose(grad.also[t], TAP_OUTPUT.format(i), self.shapes[t])
+        return grad.grad, {t: grad.also[t] for t, _ in taps}
 
 
 def _any_tensor(prep: Prepared, name: str) -> Layer:

@@ -4,6 +4,13 @@ The base class does what every method shares: the weighted sum over channels and
 per-image normalisation and resize that follow are maps.py's, GUIDE.md's conventions as
 pytorch-grad-cam does them). A method overrides `weights` (N, C) — or, for the element-wise ones,
 `cam` (N, h, w). `METHODS` registers them by name.
+
+A method may also override `graph`: the same reductions written as ONNX ops (graph/rewrite.py
+appends them to the rewritten model, so they run inside onnxruntime, multi-threaded, next to the
+forward pass, and A and ∂y/∂A are reduced before they leave it). What `graph` returns comes back
+after the run in `MethodInputs.graph` under the same keys; a map returned as "cam" is the method's
+map (the explainer uses it instead of calling `cam`). The numpy `cam` stays the formula of record
+(the ort-training backend, eigen_smooth, and the tests' cross-checks use it).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any, Callable, ClassVar, Optional
 import numpy as np
 
 from ..errors import UsageError
+from ..graph.rewrite import GraphTensors
 from ..layers import CamHead
 from ..tokens import TokenModel
 from .maps import first_component
@@ -38,7 +46,8 @@ class MethodInputs:
     # everything else it needs taken from image n
     tail: Optional[Callable[[int, np.ndarray], np.ndarray]] = None
     input_gradients: np.ndarray | None = None  # (N, C_in, H, W) ∂y_t/∂x, channels first
-    bias_gradients: list = field(default_factory=list)  # [(bias (C,), ∂y_t/∂tap (N, C, h, w))]
+    graph: dict[str, np.ndarray] = field(default_factory=dict)  # what the method's `graph` computed in the run
+    item_bytes: int = 0  # one image's working set in a forward run (input + twice the largest tensor)
     # gradients_at(batch) → (activations, gradients) at the layer for another input, same targets
     gradients_at: Optional[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = None
     pixel_maps: dict = field(default_factory=dict)  # pixel-space outputs a method adds (Result.extra)
@@ -70,6 +79,12 @@ class CAMMethod:
     bias_taps: ClassVar[bool] = False  # FullGrad's bias-gradient terms
     needs_attention: ClassVar[bool] = False  # every block's attention probabilities (transformers)
     attention_gradients: ClassVar[bool] = False  # and their gradients
+
+    uses_head: ClassVar[bool] = False  # the head where there is one (None elsewhere, no error)
+
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        """The method's reductions as ONNX ops (through `g.e`), returned as {key: tensor}; none by default."""
+        return {}
 
     @classmethod
     def needs_backward(cls) -> bool:

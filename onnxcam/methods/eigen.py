@@ -4,8 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..graph.gram import append_gram
+from ..graph.rewrite import GraphTensors
 from .base import CAMMethod, MethodInputs, register
-from .maps import first_component
+from .graph_ops import on_spatial_layers
+from .maps import component_from_gram, first_component
+
+
+def _gram_outputs(g: GraphTensors, x: str) -> dict[str, str]:
+    """The Gram matrix of the centred stack `x` and its centred channel sum (graph/gram.py)."""
+    t = append_gram(g.e, x, int(g.layer.channels), int(g.layer.height), int(g.layer.width))
+    return {"gram_locations" if t.over_locations else "gram_channels": t.gram, "centred_sum": t.centred_sum}
+
+
+def _component(inp: MethodInputs, stack) -> np.ndarray:
+    """The first component (N, h, w): from the in-graph Gram matrix where the run computed it,
+    else `first_component` of `stack()` (the SVD)."""
+    n, _, h, w = inp.activations.shape
+    if "gram_locations" in inp.graph:
+        return component_from_gram(inp.graph["gram_locations"], inp.graph["centred_sum"], True).reshape(n, h, w)
+    if "gram_channels" in inp.graph:
+        return component_from_gram(inp.graph["gram_channels"], inp.graph["centred_sum"], False, stack()).reshape(n, h, w)
+    return first_component(stack())
 
 
 @register
@@ -22,8 +42,12 @@ class EigenCAM(CAMMethod):
     name = "eigencam"
     needs_gradients = False
 
+    @on_spatial_layers
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        return _gram_outputs(g, g.acts)
+
     def cam(self, inp: MethodInputs) -> np.ndarray:
-        return np.maximum(first_component(inp.activations), 0).astype(np.float32)
+        return np.maximum(_component(inp, lambda: inp.activations), 0).astype(np.float32)
 
 
 @register
@@ -39,8 +63,12 @@ class EigenGradCAM(CAMMethod):
 
     name = "eigengradcam"
 
+    @on_spatial_layers
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        return _gram_outputs(g, g.e.op("Mul", [g.grads, g.acts]))
+
     def cam(self, inp: MethodInputs) -> np.ndarray:
-        return np.maximum(first_component(inp.gradients * inp.activations), 0).astype(np.float32)
+        return np.maximum(_component(inp, lambda: inp.gradients * inp.activations), 0).astype(np.float32)
 
 
 def kernel_component(maps: np.ndarray, gamma: float | None = None, coef0: float = 1.0) -> np.ndarray:

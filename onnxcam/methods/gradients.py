@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..graph.rewrite import GraphTensors
 from .base import CAMMethod, MethodInputs, register
+from .graph_ops import channel_relu_sum, layer_map, on_spatial_layers, spatial_sum, weighted_sum
 
 
 @register
@@ -20,6 +22,10 @@ class GradCAM(CAMMethod):
     """
 
     name = "gradcam"
+
+    @on_spatial_layers
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        return layer_map(g, weighted_sum(g, g.e.reduce("ReduceMean", g.grads, [2, 3], keepdims=True)))
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
         return inp.gradients.mean(axis=(2, 3), dtype=np.float64)
@@ -37,6 +43,10 @@ class HiResCAM(CAMMethod):
     """
 
     name = "hirescam"
+
+    @on_spatial_layers
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        return layer_map(g, channel_relu_sum(g, g.e.op("Mul", [g.grads, g.acts])))
 
     def weighted(self, inp: MethodInputs) -> np.ndarray:
         return inp.gradients.astype(np.float64) * inp.activations.astype(np.float64)
@@ -59,6 +69,17 @@ class GradCAMPlusPlus(CAMMethod):
     """
 
     name = "gradcam++"
+
+    @on_spatial_layers
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        """α and w in float32 (pytorch-grad-cam's precision); where g = 0, α = 0 / 1e-6 = 0."""
+        e = g.e
+        g2 = e.op("Mul", [g.grads, g.grads])
+        g3 = e.op("Mul", [g2, g.grads])
+        denom = e.op("Add", [e.op("Add", [e.op("Mul", [g2, e.scalar(2.0, g2)]), e.op("Mul", [spatial_sum(g, g.acts), g3])]),
+                             e.scalar(1e-6, g2)])
+        w = spatial_sum(g, e.op("Mul", [e.op("Div", [g2, denom]), e.op("Relu", [g.grads])]))
+        return layer_map(g, weighted_sum(g, w))
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
         g = inp.gradients.astype(np.float64)
@@ -85,6 +106,12 @@ class XGradCAM(CAMMethod):
 
     name = "xgradcam"
 
+    @on_spatial_layers
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        e = g.e
+        den = e.op("Add", [spatial_sum(g, g.acts), e.scalar(1e-7, g.acts)])
+        return layer_map(g, weighted_sum(g, e.op("Div", [spatial_sum(g, e.op("Mul", [g.grads, g.acts])), den])))
+
     def weights(self, inp: MethodInputs) -> np.ndarray:
         g = inp.gradients.astype(np.float64)
         a = inp.activations.astype(np.float64)
@@ -102,6 +129,10 @@ class LayerCAM(CAMMethod):
     """
 
     name = "layercam"
+
+    @on_spatial_layers
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        return layer_map(g, channel_relu_sum(g, g.e.op("Mul", [g.e.op("Relu", [g.grads]), g.acts])))
 
     def weighted(self, inp: MethodInputs) -> np.ndarray:
         return np.maximum(inp.gradients.astype(np.float64), 0) * inp.activations.astype(np.float64)
@@ -121,6 +152,10 @@ class GradCAMElementWise(CAMMethod):
     """
 
     name = "gradcam-elementwise"
+
+    @on_spatial_layers
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        return layer_map(g, g.e.reduce_sum(g.e.op("Relu", [g.e.op("Mul", [g.grads, g.acts])]), [1], keepdims=False))
 
     def weighted(self, inp: MethodInputs) -> np.ndarray:
         return np.maximum(inp.gradients.astype(np.float64) * inp.activations.astype(np.float64), 0)

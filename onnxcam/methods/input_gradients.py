@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UsageError
+from ..graph.fullgrad import append_fullgrad
+from ..graph.rewrite import GraphTensors
 from .base import CAMMethod, MethodInputs, register
 from .gradients import GradCAM
-from .maps import minmax_resize_channels, scale_maps
+from .maps import scale_maps
 
 
 @register
@@ -59,6 +62,8 @@ class FullGrad(CAMMethod):
     S = ψ(|x ⊙ ∇_x y^c|) + Σ_l Σ_c ψ(|b_l ⊙ ∇_{z_l} y^c|), with z_l the output of every convolution
     with a bias and of every batch norm (effective bias β − μγ/√(σ²+ε)), ψ = per-channel min-max
     then bilinear resize to the input (as pytorch-grad-cam). Class-specific; the layer is unused.
+    Computed inside the rewritten model (graph/fullgrad.py): the channel sums at each layer's
+    resolution, one resize per resolution (the resize is linear), no bias gradient leaves the run.
 
     Example: ``Explainer("model.onnx", method="fullgrad").explain(x).heatmaps``
     """
@@ -68,10 +73,10 @@ class FullGrad(CAMMethod):
     input_gradient = "plain"
     bias_taps = True
 
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        return {"fullgrad": append_fullgrad(g.e, g.image, g.input_grad, g.image_layout, g.image_type, g.taps, g.input_size)}
+
     def cam(self, inp: MethodInputs) -> np.ndarray:
-        size = inp.input_size
-        total = minmax_resize_channels(np.abs(inp.input_gradients * inp.inputs_nchw), size).sum(axis=1)
-        for bias, grads in inp.bias_gradients:
-            term = np.abs(bias[None, :, None, None] * grads.astype(np.float64))
-            total = total + minmax_resize_channels(term.astype(np.float32), size).sum(axis=1)
-        return total.astype(np.float32)
+        if "fullgrad" not in inp.graph:
+            raise UsageError("FullGrad is computed inside the rewritten model: use onnxcam's own backend (backend='onnx')")
+        return inp.graph["fullgrad"].astype(np.float32, copy=False)

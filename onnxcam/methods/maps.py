@@ -64,19 +64,6 @@ def minmax_channels(m: np.ndarray, eps: float) -> np.ndarray:
     return (m - mins) / (maxs - mins + eps)
 
 
-def minmax_resize_channels(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N, C, h, w) → (N, C, H, W): each (n, c) map min-max normalised, then resized bilinearly
-    (pytorch-grad-cam's scale_accross_batch_and_channels)."""
-    n, c = maps.shape[:2]
-    flat = minmax_channels(maps.reshape(n * c, *maps.shape[2:]).astype(np.float32), 1e-7)  # FullGrad's own ψ
-    h, w = size
-    if flat.shape[1:] == (h, w):
-        return flat.reshape(n, c, h, w)
-    # separable bilinear, half-pixel centres: OpenCV's INTER_LINEAR
-    out = np.concatenate([upsample(flat[s : s + 256], (h, w), align_corners=False) for s in range(0, n * c, 256)])
-    return out.reshape(n, c, h, w)
-
-
 def first_component(maps: np.ndarray) -> np.ndarray:
     """Project each (C, h, w) stack, centred over locations, on its first right singular vector.
 
@@ -98,3 +85,21 @@ def first_component(maps: np.ndarray) -> np.ndarray:
             proj = -proj
         out[i] = proj.reshape(h, w)
     return out
+
+
+def component_from_gram(gram: np.ndarray, centred_sum: np.ndarray, over_locations: bool,
+                        maps: np.ndarray | None = None) -> np.ndarray:
+    """`first_component` from the Gram matrix of the centred stack (graph/gram.py computes it in
+    the session): with X_c = UΣVᵀ (h·w × C), X_c v₁ = σ₁u₁ and (u₁, σ₁²) is the leading eigenpair of
+    G = X_c X_cᵀ, so the projection is √λ₁·u₁ (over locations); from the (C × C) X_cᵀ X_c it is X_c v₁
+    (`maps` (N, C, h, w) needed). Sign as `first_component`: positive dot with Σ_c X_c
+    (`centred_sum`, (N, h·w)). Returns (N, h·w) float64."""
+    lam, vec = np.linalg.eigh(gram.astype(np.float64))  # ascending eigenvalues
+    if over_locations:
+        proj = vec[..., -1] * np.sqrt(np.maximum(lam[..., -1:], 0.0))
+    else:
+        n, c = maps.shape[:2]
+        x = maps.reshape(n, c, -1).astype(np.float64)
+        proj = np.einsum("nci,nc->ni", x - x.mean(axis=2, keepdims=True), vec[..., -1])
+    flip = np.einsum("ni,ni->n", proj, centred_sum.reshape(len(proj), -1).astype(np.float64)) < 0
+    return np.where(flip[:, None], -proj, proj)
