@@ -4,13 +4,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# onnxruntime is an explicit choice: `make test RUNTIME=gpu` installs onnxruntime-gpu instead.
+RUNTIME ?= cpu
 
 .PHONY: demo test test-ort-training test-ray bench clean web-deps web-demo bench-export
 
 $(BIN)/onnxcam: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[$(RUNTIME),test]'
 	touch $(BIN)/onnxcam
 
 demo: $(BIN)/onnxcam
@@ -45,7 +47,7 @@ RAYV ?= .venv-ray
 $(RAYV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RAYV)
 	$(RAYV)/bin/pip install -q --upgrade pip
-	$(RAYV)/bin/pip install -q -e '.[test,ray]' 'moto[server]' boto3
+	$(RAYV)/bin/pip install -q -e '.[$(RUNTIME),test,ray]' 'moto[server]' boto3
 	touch $@
 
 test-ray: $(RAYV)/.installed

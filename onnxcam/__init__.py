@@ -1,5 +1,13 @@
 """onnxcam: CAM and Grad-CAM explanations for any ONNX vision model, computed by onnxruntime."""
 
+try:
+    import onnxruntime as _onnxruntime  # noqa: F401  (checked first: the one dependency chosen by hand)
+except ImportError as _exc:
+    raise ImportError(
+        f"onnxcam needs onnxruntime, which cannot be imported ({_exc}): pip install 'onnxcam[cpu]', or "
+        f"'onnxcam[gpu]' for CUDA (exactly one of onnxruntime / onnxruntime-gpu)"
+    ) from None
+
 from .errors import (
     GradientRuleError, HeadError, ImageError, ModelLoadError, OnnxcamError, UnsupportedOpError, UsageError,
 )

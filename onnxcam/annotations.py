@@ -22,6 +22,7 @@ from typing import Any, Mapping, TypeVar
 import numpy as np
 
 from .errors import UsageError
+from .limits import read_text
 
 T = TypeVar("T")
 Boxes = list[list[float]]
@@ -36,10 +37,11 @@ def lookup(table: Mapping[str, T] | None, image: str | os.PathLike) -> T | None:
 
 
 def _read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    text = read_text(path, f"{what} file")  # a regular UTF-8 file within the size limit
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {what} file {path}: {exc}") from None
+        raw = json.loads(text)  # NaN/Infinity parse, then fail the entry checks naming the entry
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"cannot read {what} file {path}: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{what} file {path} must hold a JSON object {{image name: ...}}")
     return raw

@@ -198,6 +198,10 @@ def self_check(
         return CheckReport(path, quant, [])
     prep = prepare(model, info, None if info.fixed_size else (size or DEFAULT_SIZE))
     names = layers or [prep.layer(None).name]
+    tensors = {o for n in prep.model.graph.node for o in n.output} | {i.name for i in prep.model.graph.input}
+    for name in names:  # a tensor the model does not have is a usage error (exit 2), not a failed check
+        if name not in tensors:
+            prep.layer(name)  # raises UsageError, with the close names
     rng = np.random.default_rng(seed)
     out = []
     for name in names:

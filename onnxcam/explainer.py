@@ -22,7 +22,8 @@ from .backends.ort_training import OrtTrainingSession
 from . import detection
 from .blas import one_blas_thread
 from .preselection import PreSelection, final_outputs, find_preselection
-from .errors import HeadError, ItemError, UsageError
+from .errors import HeadError, ItemError, ModelLoadError, UsageError
+from .limits import check_text_value
 from .graph.rewrite import (
     ATTN_GRAD_OUTPUT, ATTN_OUTPUT, ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
     Prepared, build_explain_model, prepare,
@@ -110,6 +111,23 @@ def _read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[str, onnx.M
     return path, load_model(path)
 
 
+def metadata_labels(metadata: dict[str, str]) -> list[str] | None:
+    """The class names in a model's metadata (`onnxcam.labels`, a JSON list of strings, at most
+    MAX_TEXT_BYTES, checked before parsing); ModelLoadError when the value is anything else."""
+    raw = metadata.get("onnxcam.labels")
+    if not raw:
+        return None
+    check_text_value(raw, "the model's metadata onnxcam.labels", error=ModelLoadError)
+    try:
+        labels = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ModelLoadError("the model's metadata onnxcam.labels is not valid JSON; it must be a JSON list of "
+                             "class names") from None
+    if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+        raise ModelLoadError("the model's metadata onnxcam.labels must be a JSON list of strings (class names)")
+    return labels
+
+
 def _other_inputs(info: ModelInfo, given: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """The values of the model's inputs besides the image, checked against its inputs and cast
     to their types."""
@@ -122,7 +140,27 @@ def _other_inputs(info: ModelInfo, given: dict[str, np.ndarray] | None) -> dict[
     if missing:
         desc = ", ".join(f"{n} {list(others[n].shape)} {others[n].dtype}" for n in sorted(missing))
         raise UsageError(f"the model also needs input(s) {desc}: give them (inputs={{name: value}}, CLI --input NAME=VALUE)")
-    return {name: v.astype(others[name].dtype, copy=False) for name, v in values.items()}
+    return {name: _fit_shape(name, v.astype(others[name].dtype, copy=False), others[name].shape)
+            for name, v in values.items()}
+
+
+def _fit_shape(name: str, v: np.ndarray, declared: tuple) -> np.ndarray:
+    """A value for input `name` in its declared shape: as given when it fits (symbolic axes match
+    anything), reshaped when every axis is fixed and the element count agrees (a scalar for a
+    shape-[1] input), with a leading axis added for a symbolic batch; UsageError otherwise."""
+    if not declared:
+        return v
+    fits = len(declared) == v.ndim and all(not isinstance(d, int) or d == s for d, s in zip(declared, v.shape))
+    if fits:
+        return v
+    if all(isinstance(d, int) for d in declared) and v.size == int(np.prod(declared)):
+        return v.reshape(declared)
+    rest = declared[1:]
+    if len(declared) == v.ndim + 1 and not isinstance(declared[0], int) and all(
+            not isinstance(d, int) or d == s for d, s in zip(rest, v.shape)):
+        return v[None]
+    raise UsageError(f"input {name}: a value of shape {list(v.shape)} does not fit its declared shape "
+                     f"{list(declared)}")
 
 
 def _in_chunks(session, key: str, rows: np.ndarray, others: dict[str, np.ndarray], fixed: int | None) -> np.ndarray:
@@ -353,13 +391,7 @@ class Explainer:
     @property
     def labels(self) -> list[str] | None:
         """Class names from the model's metadata (`onnxcam.labels`, a JSON list), if any."""
-        raw = self.info.metadata.get("onnxcam.labels")
-        if raw:
-            try:
-                return list(json.loads(raw))
-            except ValueError:
-                return None
-        return None
+        return metadata_labels(self.info.metadata)
 
     @property
     def input_size(self) -> tuple[int, int] | None:
@@ -397,9 +429,13 @@ class Explainer:
         parts = []
         for s in range(0, n, fixed):
             chunk = {k: (v[s : s + fixed] if v.ndim and len(v) == n else v) for k, v in feeds.items()}
-            if len(chunk[self.info.image_input.name]) != fixed:
-                raise UsageError(f"the model takes batches of exactly {fixed}; got {n} images")
-            parts.append(run(sess, chunk, names))
+            k = len(chunk[self.info.image_input.name])
+            if k < fixed:  # the last chunk, padded with copies of its last item; their outputs dropped
+                chunk = {name: (np.concatenate([v, np.repeat(v[-1:], fixed - k, axis=0)])
+                                if v.ndim and len(v) == k and feeds[name].ndim and len(feeds[name]) == n else v)
+                         for name, v in chunk.items()}
+            outs = run(sess, chunk, names)
+            parts.append([o[:k] if o.ndim and len(o) == fixed else o for o in outs])
         return [np.concatenate(p) for p in zip(*parts)]
 
     def _split_sessions(self, hw: Size, layer: str, output: str | None) -> _SplitSessions:
@@ -502,7 +538,9 @@ class Explainer:
         """k class targets per item (the batch repeated k times), the k best scores first."""
         out = targets.output or self._prepare(hw).output
         y = self._forward(hw, x, out).reshape(len(x), -1)
-        k = min(targets.k, y.shape[1])
+        if targets.k > y.shape[1]:
+            raise UsageError(f"top{targets.k} asks for more maps than output {out!r} has classes ({y.shape[1]})")
+        k = targets.k
         order = np.argsort(-y, axis=1)[:, :k]
         x = np.repeat(x, k, axis=0)
         return self._target_plan([ClassTarget(int(c), out) for c in order.reshape(-1)], x, hw), x

@@ -14,10 +14,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
-
+from .console import native_stderr
 from .errors import ImageError, UsageError
+from .limits import MAX_IMAGE_PIXELS, check_image_pixels, image_header_size, regular_file_size
+
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))  # OpenCV's own check, any format
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+_ROWS = 512  # rows per band of the overlay arithmetic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -40,14 +46,28 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def _decode_problem(noise: str) -> str | None:
+    """The first line of what a codec printed while decoding, when it says the file is damaged
+    (a truncated or corrupt JPEG decodes with a warning and grey where the data ran out)."""
+    for line in noise.splitlines():
+        low = line.lower()
+        if ("corrupt jpeg" in low and "extraneous bytes" not in low) or "premature end" in low or "libpng error" in low:
+            return line.strip()
+    return None
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H, W, 3); ImageError if it cannot be read or decoded
-    (also when OpenCV fails or runs out of memory), so a command can report it and go on."""
+    """Decode an image file to RGB uint8 (H, W, 3).
+
+    ImageError (so a command can report it in one line and go on) when the file is not a regular
+    readable file, declares more than MAX_IMAGE_PIXELS pixels in its header (checked before
+    decoding: a 130 KB PNG can decode to gigabytes), cannot be decoded, or decodes with the codec
+    reporting damage. What the codecs print is captured, never shown."""
     p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise ImageError(f"image not found: {p}")
     try:
-        data = np.fromfile(p, dtype=np.uint8)
+        regular_file_size(p, "image", ImageError)
+        with open(p, "rb") as f:
+            data = np.frombuffer(f.read(), dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"cannot read image {p}: {exc.strerror or exc}") from None
     return decode_image(data, p)
@@ -55,14 +75,27 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
     """Encoded image bytes (a file's whole content) → RGB uint8 (H, W, 3), as `load_image` decodes
-    files (the Ray path decodes the same bytes the same way); ImageError naming `name` otherwise."""
-    buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    files (the Ray path decodes the same bytes the same way); ImageError naming `name` otherwise:
+    more than MAX_IMAGE_PIXELS declared in the header (checked before decoding), undecodable, or
+    decoded with the codec reporting damage (what the codecs print is captured, never shown)."""
+    data = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    p = name
+    if not data.size:
+        raise ImageError(f"cannot decode image: {p} (the file is empty)")
+    dims = image_header_size(data[: 1 << 16].tobytes())
+    if dims is not None:
+        check_image_pixels(dims[0], dims[1], f"image {p}")
     try:
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+        with native_stderr() as noise:
+            img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except (cv2.error, MemoryError) as exc:
-        raise ImageError(f"cannot decode image: {name} ({type(exc).__name__})") from None
+        raise ImageError(f"cannot decode image: {p} ({type(exc).__name__})") from None
+    problem = _decode_problem(noise[0] if noise else "")
     if img is None:
-        raise ImageError(f"cannot decode image: {name}")
+        raise ImageError(f"cannot decode image: {p}" + (f" ({problem})" if problem else ""))
+    if problem:
+        raise ImageError(f"image {p} is damaged: {problem}")
+    check_image_pixels(img.shape[1], img.shape[0], f"image {p}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -111,14 +144,28 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, image_weight: float = 0.5) -
     """Blend a [0, 1] heatmap (any size) over an RGB uint8 image with the JET colormap.
 
     As pytorch-grad-cam's show_cam_on_image: (1 − w)·jet + w·image in [0, 1], divided by its max.
+    Computed in bands of rows, the same numbers as whole-image float32 arithmetic, so a photo's
+    overlay takes a few bytes per pixel instead of 28.
     """
     h, w = image.shape[:2]
-    m = np.clip(resize_map(heatmap, (h, w)), 0, 1)
-    jet = cv2.applyColorMap(np.uint8(255 * m), cv2.COLORMAP_JET)
-    jet = cv2.cvtColor(jet, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
-    cam = (1 - image_weight) * jet + image_weight * (image.astype(np.float32) / 255)
-    cam = cam / np.max(cam)
-    return np.uint8(255 * cam)
+    m = resize_map(heatmap, (h, w))
+    np.clip(m, 0, 1, out=m)
+    index = np.empty((h, w), np.uint8)
+    for s in range(0, h, _ROWS):
+        index[s : s + _ROWS] = np.uint8(255 * m[s : s + _ROWS])
+    del m
+    jet = cv2.applyColorMap(index, cv2.COLORMAP_JET)
+    del index
+    cv2.cvtColor(jet, cv2.COLOR_BGR2RGB, dst=jet)
+
+    def blend(s: int) -> np.ndarray:
+        return (1 - image_weight) * (jet[s : s + _ROWS].astype(np.float32) / 255) + image_weight * (
+            image[s : s + _ROWS].astype(np.float32) / 255)
+
+    top = np.float32(max(float(np.max(blend(s))) for s in range(0, h, _ROWS)))
+    for s in range(0, h, _ROWS):
+        jet[s : s + _ROWS] = np.uint8(255 * (blend(s) / top))
+    return jet
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

@@ -13,9 +13,12 @@ import os
 from dataclasses import dataclass, field
 
 import onnx
+from onnx import TensorProto
+from onnx.external_data_helper import load_external_data_for_model
 
 from .errors import ModelLoadError, UsageError
 from .layouts import tensor_layouts
+from .limits import check_text_value, regular_file_size
 from .protos import copy_model
 from .types import BATCH, FLOAT_TYPES, Dim, TensorInfo, tensor_info
 
@@ -23,17 +26,89 @@ log = logging.getLogger(__name__)
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX model with its external data; raise ModelLoadError with the reason."""
+    """Load an ONNX model with its external data; raise ModelLoadError with the reason.
+
+    The file must be a regular file (a FIFO or a device would block or stream forever); external
+    data must lie inside the model's folder (no absolute path, no '..', no link leading out:
+    CVE-2024-27318-style traversal is refused whatever the onnx version) and within its file;
+    the graph must be acyclic."""
     p = os.fspath(path)
-    if not os.path.isfile(p):
+    if not os.path.exists(p):
         raise ModelLoadError(f"model file not found: {p}")
+    regular_file_size(p, "model file", ModelLoadError)
     try:
-        model = onnx.load(p, load_external_data=True)
-    except Exception as exc:  # protobuf and external-data errors come in many types
+        model = onnx.load(p, load_external_data=False)
+    except Exception as exc:  # protobuf errors come in many types
         raise ModelLoadError(f"cannot read {p} as an ONNX model: {exc}") from None
     if not model.graph.node:
         raise ModelLoadError(f"{p} holds no graph nodes; is it an ONNX model?")
+    for entry in model.metadata_props:  # refused before any copy of the model multiplies it
+        check_text_value(entry.value, f"{p}: metadata {entry.key!r}", error=ModelLoadError)
+    base = os.path.dirname(os.path.abspath(p))
+    if any(t.data_location == TensorProto.EXTERNAL for t in _all_tensors(model)):
+        for t in _all_tensors(model):
+            if t.data_location == TensorProto.EXTERNAL:
+                _check_external(t, base, p)
+        try:
+            load_external_data_for_model(model, base)
+        except Exception as exc:  # noqa: BLE001  (onnx raises several types here)
+            raise ModelLoadError(f"cannot read the external data of {p}: {exc}") from None
+    _check_acyclic(model.graph, p)
     return model
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+
+
+def _check_external(t: onnx.TensorProto, base: str, model_path: str) -> None:
+    """External data of tensor `t` must be a file inside the model's folder, links resolved."""
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location", "")
+    bad = (f"{model_path}: tensor {t.name!r} keeps its data at {loc!r}, outside the model's folder; "
+           f"onnxcam reads external data only from files beside the model")
+    if not loc or os.path.isabs(loc) or ".." in loc.replace("\\", "/").split("/"):
+        raise ModelLoadError(bad)
+    real_base = os.path.realpath(base)
+    target = os.path.realpath(os.path.join(base, loc))
+    if not target.startswith(real_base + os.sep):
+        raise ModelLoadError(bad)
+    size = regular_file_size(target, f"external data of tensor {t.name!r} ({loc})", ModelLoadError)
+    try:
+        offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise ModelLoadError(f"{model_path}: tensor {t.name!r} has a malformed external-data offset/length") from None
+    if offset < 0 or (length is not None and (length < 0 or offset + length > size)):
+        raise ModelLoadError(f"{model_path}: tensor {t.name!r} reads bytes {offset}..{offset + (length or 0)} of "
+                             f"{loc}, which has {size}")
+
+
+def _check_acyclic(graph: onnx.GraphProto, model_path: str) -> None:
+    """ModelLoadError naming a node when the graph's nodes feed each other in a cycle."""
+    producers = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    deps = [{producers[x] for x in n.input if x in producers} for n in graph.node]
+    users: list[list[int]] = [[] for _ in graph.node]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    missing = [len(d) for d in deps]
+    ready = [i for i, m in enumerate(missing) if m == 0]
+    seen = 0
+    while ready:
+        i = ready.pop()
+        seen += 1
+        for u in users[i]:
+            missing[u] -= 1
+            if missing[u] == 0:
+                ready.append(u)
+    if seen < len(graph.node):
+        stuck = next(graph.node[i] for i, m in enumerate(missing) if m > 0)
+        raise ModelLoadError(f"{model_path} is not a valid ONNX model: its graph has a cycle (through node "
+                             f"{stuck.name or stuck.op_type!r}, {stuck.op_type})")
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -15,12 +15,13 @@ input root it was found in, so two images with one name in two folders cannot co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -94,6 +95,15 @@ class OutputDir:
     # -- writing ----------------------------------------------------------------------------------
     def write_bytes(self, name: str | os.PathLike, data: bytes) -> Path:
         """Write atomically (temp file in the same folder, then os.replace); returns the shown path."""
+        with self.open_atomic(name) as f:
+            f.write(data)
+        return self.shown(name)
+
+    @contextlib.contextmanager
+    def open_atomic(self, name: str | os.PathLike) -> Iterator[BinaryIO]:
+        """A binary file to write `name` piece by piece (a page bigger than memory should hold):
+        a temp file in the same folder, renamed over `name` when the block ends without error,
+        removed when it fails. Same checks as write_bytes."""
         p = self.path(name)
         self._check_not_input(p, name)
         if p.exists() and not self.overwrite and p not in self._written:
@@ -101,9 +111,9 @@ class OutputDir:
         if p.exists() and (p.is_dir() or p.is_symlink()):
             raise OnnxcamError(f"{self.shown(name)} is not a plain file; choose another -o")
         self._mkdirs(p.parent)
-        atomic_write(p, data)
+        with _atomic_file(p) as f:
+            yield f
         self._written.add(p)
-        return self.shown(name)
 
     def _mkdirs(self, folder: Path) -> None:
         rel = folder.relative_to(self.root) if folder != self.root else PurePosixPath()
@@ -142,12 +152,19 @@ class OutputDir:
             p.unlink()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file next to `path`, fsync it, and rename it over `path`."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A temp file next to `path`, fsynced and renamed over `path` when the block succeeds,
+    removed when it raises (also on Ctrl-C)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -157,6 +174,12 @@ def atomic_write(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file next to `path`, fsync it, and rename it over `path`."""
+    with _atomic_file(path) as f:
+        f.write(data)
 
 
 def write_file(path: str | os.PathLike, data: bytes, overwrite: bool = False,

@@ -15,14 +15,15 @@ rounded down to it, default 32); letterbox; labels (a list).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import ModelLoadError, UsageError
+from .limits import MAX_INPUT_SIDE, check_input_size, check_text_value, read_text
 from .image import PRESETS, Letterbox, Preset, get_preset, letterbox, preprocess, resize_map, unletterbox_map
 from .types import DEFAULT_SIZE
 
@@ -41,6 +42,7 @@ def parse_size(value: str | Sequence[int] | None) -> tuple[int, int] | None:
             raise ValueError(value)
     except (TypeError, ValueError):
         raise UsageError(f"size {value!r} is not HxW, e.g. 224x224") from None
+    check_input_size(h, w, "size")
     return h, w
 
 
@@ -82,20 +84,64 @@ def load_config(path: str | os.PathLike | None = None, text: str | None = None) 
     if text is None:
         p = os.fspath(path)  # type: ignore[arg-type]
         try:
-            text = Path(p).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read config {p}: {getattr(exc, 'strerror', None) or exc}") from None
+            text = read_text(p, "config")
+        except UsageError as exc:
+            raise UsageError(f"cannot read {exc}") from None
+    check_text_value(text, "the config", error=UsageError)
     text = text.strip()
     try:
-        cfg = json.loads(text) if text.startswith("{") else _parse_flat_yaml(text)
-    except ValueError as exc:
+        cfg = json.loads(text, parse_constant=_no_constant) if text.startswith("{") else _parse_flat_yaml(text)
+    except (ValueError, RecursionError) as exc:
         raise UsageError(f"config is not valid JSON: {exc}") from None
     if not isinstance(cfg, dict):
         raise UsageError("a preprocessing config must be a mapping of keys to values")
     unknown = set(cfg) - CONFIG_KEYS
     if unknown:
         raise UsageError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+    _check_config_types(cfg)
     return cfg
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_numbers(value: Any, key: str, counts: tuple[int, ...]) -> None:
+    values = value if isinstance(value, list) else [value]
+    ok = len(values) in counts and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    if not ok:
+        raise UsageError(f"config {key} must be {' or '.join(map(str, counts))} finite number(s), got {value!r}")
+
+
+def _check_config_types(cfg: dict) -> None:
+    """Every value of the type its key needs (UsageError naming the key otherwise)."""
+    if "preset" in cfg and cfg["preset"] not in PRESETS:
+        raise UsageError(f"config preset {cfg['preset']!r} is not one of: {', '.join(PRESETS)}")
+    for key in ("mean", "std"):
+        if key in cfg:
+            _finite_numbers(cfg[key], key, (1, 3))
+    if "std" in cfg and any(v == 0 for v in (cfg["std"] if isinstance(cfg["std"], list) else [cfg["std"]])):
+        raise UsageError("config std must not be 0 (the input would be divided by it)")
+    if "scale" in cfg:
+        _finite_numbers(cfg["scale"], "scale", (1,))
+        if cfg["scale"] == 0:
+            raise UsageError("config scale must not be 0")
+    for key in ("bgr", "letterbox"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise UsageError(f"config {key} must be true or false, got {cfg[key]!r}")
+    if "size" in cfg and not _is_native(cfg["size"]):
+        size = cfg["size"]
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  for v in size)):
+            raise UsageError(f"config size must be [height, width] or \"native\", got {size!r}")
+        check_input_size(size[0], size[1], "config size")
+    if "multiple" in cfg:
+        m = cfg["multiple"]
+        if not (isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= MAX_INPUT_SIDE):
+            raise UsageError(f"config multiple must be an integer from 1 to {MAX_INPUT_SIDE}, got {m!r}")
+    if "labels" in cfg and not (isinstance(cfg["labels"], list) and all(isinstance(v, str) for v in cfg["labels"])):
+        raise UsageError("config labels must be a list of strings")
 
 
 def preset_from_config(cfg: dict) -> Preset:
@@ -120,8 +166,14 @@ def merged_config(metadata: dict[str, str], config_file: str | os.PathLike | Non
     """The model's metadata config, updated by a config file, then by a preset name."""
     cfg: dict[str, Any] = {}
     if metadata.get("onnxcam.preprocess"):
-        cfg.update(load_config(text=metadata["onnxcam.preprocess"]))
-    elif metadata.get("onnxcam.preset") in PRESETS:
+        try:
+            cfg.update(load_config(text=metadata["onnxcam.preprocess"]))
+        except UsageError as exc:  # the model's own metadata: a model error (exit 1), not a usage error
+            raise ModelLoadError(f"the model's metadata onnxcam.preprocess: {exc}") from None
+    elif metadata.get("onnxcam.preset"):
+        if metadata["onnxcam.preset"] not in PRESETS:
+            raise ModelLoadError(f"the model's metadata onnxcam.preset {metadata['onnxcam.preset']!r} is not one of: "
+                                 f"{', '.join(PRESETS)}; give --preset or --config")
         cfg["preset"] = metadata["onnxcam.preset"]
     if config_file:
         cfg.update(load_config(config_file))
@@ -133,11 +185,8 @@ def merged_config(metadata: dict[str, str], config_file: str | os.PathLike | Non
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """Class names, one per line."""
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read labels {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    """Class names, one per line (a regular UTF-8 file of at most MAX_TEXT_BYTES)."""
+    return read_text(path, "labels").splitlines()
 
 
 # -- the policy -----------------------------------------------------------------------------------

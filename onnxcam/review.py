@@ -21,9 +21,10 @@ import itertools
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -31,9 +32,10 @@ import numpy as np
 from . import metrics as M
 from .annotations import Annotations, is_correct, lookup
 from .drift import drift
-from .errors import ImageError, UsageError
+from .errors import ImageError, OnnxcamError, UsageError
 from .explainer import Explainer, Result
 from .image import encode_png, load_image, overlay
+from .limits import read_text
 from .output import OutputDir, json_safe, unique_names
 from .preprocessing import Batch, InputPolicy, policy_for
 from .targets import SoftmaxTarget, TopK, parse_target
@@ -60,23 +62,35 @@ METRIC_COLUMNS: list[tuple[str, str, str]] = [
 def load_boxes(path: str | os.PathLike) -> dict[str, list[list[float]]]:
     """Ground-truth boxes from JSON: {image name: [x0, y0, x1, y1] | [[...], ...] |
     {"box": [...]} | {"boxes": [[...], ...]}} in the image's own pixels, end-exclusive."""
+    text = read_text(path, "boxes file")
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read boxes file {path}: {exc}") from None
+        raw = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"boxes file {path} is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"boxes file {path} must hold a JSON object {{image name: box}}")
     out: dict[str, list[list[float]]] = {}
     for name, v in raw.items():
+        bad = UsageError(f"boxes file {path}: entry {name!r} is not [x0, y0, x1, y1] (finite numbers, x0 < x1, "
+                         f"y0 < y1) or a list of them")
         if isinstance(v, dict):
             v = v.get("boxes", [v["box"]] if "box" in v else None)
-        arr = np.asarray(v, dtype=np.float64) if v is not None else np.zeros((0,))
+        try:
+            arr = np.asarray(v, dtype=np.float64) if v is not None else np.zeros((0,))
+        except (TypeError, ValueError):
+            raise bad from None
         if arr.ndim == 1 and arr.size == 4:
             arr = arr[None]
-        if arr.ndim != 2 or arr.shape[1] != 4 or not len(arr):
-            raise UsageError(f"boxes file {path}: entry {name!r} is not [x0, y0, x1, y1] or a list of them")
+        if arr.ndim != 2 or arr.shape[1] != 4 or not len(arr) or not np.isfinite(arr).all():
+            raise bad
+        if (arr[:, 2] <= arr[:, 0]).any() or (arr[:, 3] <= arr[:, 1]).any():
+            raise bad
         out[name] = arr.tolist()
     return out
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def boxes_for(boxes: dict[str, list[list[float]]] | None, image: str | os.PathLike) -> list[list[float]] | None:
@@ -257,6 +271,97 @@ def summarise(records: list[dict[str, Any]], steps: int, tolerance: float) -> di
     }
 
 
+Loader = Callable[[], np.ndarray]
+"""Decodes one image when called (ImageError when it cannot): images are read one batch at a time."""
+
+
+@dataclass
+class _Explained:
+    """One batch of images through one model: per item its record and map at the image's size,
+    or the reason it is an error (non-finite outputs, map or metrics)."""
+
+    records: list[dict[str, Any]]
+    maps: list[np.ndarray]
+    bad: dict[int, str]
+    layer: str
+
+
+def _finite(v: Any) -> bool:
+    if isinstance(v, dict):
+        return all(_finite(x) for k, x in v.items() if k != "boxes")
+    if isinstance(v, (list, tuple)):
+        return all(_finite(x) for x in v)
+    if isinstance(v, (float, np.floating)):
+        return math.isfinite(float(v))
+    return True
+
+
+def _explain_chunk(run: ModelRun, chunk: Sequence[tuple[str, np.ndarray]], boxes: dict | None, steps: int,
+                   road: bool, tolerance: float, notes: Annotations) -> _Explained:
+    batch = run.policy.batch([im for _, im in chunk])
+    res = run.explainer.explain(batch.x, targets=run.target)
+    sc = _batch_scores(run, batch, res, steps, road)
+    records, maps, bad = [], [], {}
+    for i, (name, _) in enumerate(chunk):
+        big = np.clip(batch.image_map(i, res.heatmaps[i]), 0, 1)
+        finite = bool(np.isfinite(res.outputs[i]).all() and np.isfinite(res.heatmaps[i]).all())
+        rec = _image_record(run, name, big, int(res.targets[i]), sc, i, boxes, tolerance) if finite else {}
+        if finite:
+            _annotate(rec, run, name, big, sc.probs[i], notes)
+        if not finite or not _finite(rec):
+            bad[i] = f"{name}: {run.name}'s outputs, map or metrics are not finite (NaN or Inf); no result"
+        records.append(rec)
+        maps.append(big)
+    return _Explained(records, maps, bad, res.layer)
+
+
+def _loaded(chunk: Sequence[tuple[str, Loader]], on_error: Callable[[str, str], None]
+            ) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for name, load in chunk:
+        try:
+            out.append((name, load()))
+        except ImageError as exc:
+            on_error(name, str(exc))
+    return out
+
+
+def evaluate_stream(run: ModelRun, items: Sequence[tuple[str, Loader]], boxes: dict | None = None,
+                    steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
+                    on_error: Callable[[str, str], None] | None = None, keep_maps: bool = False,
+                    notes: Annotations | None = None) -> Evaluation:
+    """`evaluate` over images decoded one batch at a time: memory does not grow with their number
+    (the maps are kept only with `keep_maps`). An unreadable image, or one whose outputs, map or
+    metrics are not finite, goes to `on_error(name, message)` and has no record."""
+    notes = notes or Annotations(boxes=boxes)
+    boxes = boxes if boxes is not None else notes.boxes
+    records: list[dict[str, Any]] = []
+    maps: list[np.ndarray] = []
+    layer = ""
+    report = on_error or _raise
+    step = run.policy.batch_step(batch_size)
+    for s in range(0, len(items), step):
+        chunk = _loaded(items[s : s + step], report)
+        if not chunk:
+            continue
+        ex = _explain_chunk(run, chunk, boxes, steps, road, tolerance, notes)
+        layer = ex.layer
+        for i, (name, _) in enumerate(chunk):
+            if i in ex.bad:
+                report(name, ex.bad[i])
+                continue
+            records.append(ex.records[i])
+            if keep_maps:
+                maps.append(ex.maps[i])
+    model = run.describe()
+    model["layer"] = layer
+    return Evaluation(model, records, summarise(records, steps, tolerance), maps, layer)
+
+
+def _raise(name: str, message: str) -> None:
+    raise OnnxcamError(message)
+
+
 def evaluate(run: ModelRun, images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
              steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
              notes: Annotations | None = None) -> Evaluation:
@@ -265,27 +370,24 @@ def evaluate(run: ModelRun, images: Sequence[tuple[str, np.ndarray]], boxes: dic
     The images are prepared by the model's input policy and the maps put back onto the photos as
     `explain` does (same size, normalisation, letterbox, layer, target), so the maps are explain's
     maps. `notes` adds the energy inside forbidden regions and the accuracy on labelled images
-    (its boxes, when given, are used where `boxes` is None)."""
-    notes = notes or Annotations(boxes=boxes)
-    boxes = boxes if boxes is not None else notes.boxes
-    records: list[dict[str, Any]] = []
-    maps: list[np.ndarray] = []
-    layer = ""
-    step = run.policy.batch_step(batch_size)
-    for s in range(0, len(images), step):
-        chunk = images[s : s + step]
-        batch = run.policy.batch([im for _, im in chunk])
-        res = run.explainer.explain(batch.x, targets=run.target)
-        layer = res.layer
-        sc = _batch_scores(run, batch, res, steps, road)
-        for i, (name, _) in enumerate(chunk):
-            big = np.clip(batch.image_map(i, res.heatmaps[i]), 0, 1)
-            maps.append(big)
-            records.append(_image_record(run, name, big, int(res.targets[i]), sc, i, boxes, tolerance))
-            _annotate(records[-1], run, name, big, sc.probs[i], notes)
-    model = run.describe()
-    model["layer"] = layer
-    return Evaluation(model, records, summarise(records, steps, tolerance), maps, layer)
+    (its boxes, when given, are used where `boxes` is None). An image whose outputs, map or
+    metrics are not finite raises OnnxcamError."""
+    items = [(name, (lambda im=im: im)) for name, im in images]
+    return evaluate_stream(run, items, boxes, steps, road, batch_size, tolerance, keep_maps=True, notes=notes)
+
+
+def image_map(run: ModelRun, img: np.ndarray) -> np.ndarray:
+    """`run`'s map of one image at the image's own size, as evaluate computes it (for the few images
+    a CI summary shows after a streamed run, which kept no maps)."""
+    batch = run.policy.batch([img])
+    res = run.explainer.explain(batch.x, targets=run.target)
+    return np.clip(batch.image_map(0, res.heatmaps[0]), 0, 1)
+
+
+def file_items(paths: Sequence[Path]) -> list[tuple[str, Loader]]:
+    """(name, loader) per file: names are file names, made unique with their parent folders where
+    two share one (then with -2, -3, ...); nothing is decoded until a loader is called."""
+    return [(n, (lambda p=p: load_image(p))) for n, p in zip(image_names(paths), paths)]
 
 
 # -- review ---------------------------------------------------------------------------------------
@@ -294,84 +396,145 @@ def agreement(maps_a: Sequence[np.ndarray], maps_b: Sequence[np.ndarray], percen
     return [{"spearman": M.spearman(a, b), "top_iou": M.top_k_iou(a, b, percent)} for a, b in zip(maps_a, maps_b)]
 
 
-def _pairs(runs: Sequence[ModelRun], evals: Sequence[Evaluation], n: int, percent: float
-           ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
-    """Pairwise agreement: (pair records, ρ matrix, IoU matrix, per-image pair records)."""
-    m = len(runs)
-    pairs = []
-    sp = np.full((m, m), np.nan)
-    iou = np.full((m, m), np.nan)
-    per_image: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-    for a, b in itertools.combinations(range(m), 2):
-        ag = agreement(evals[a].maps, evals[b].maps, percent)
-        for i, g in enumerate(ag):
-            ra, rb = evals[a].images[i], evals[b].images[i]
+@dataclass
+class Review:
+    """A finished review: the report (review.json) and, in the report's image order, where each
+    image's HTML card lies in the spool file (offset, length)."""
+
+    report: dict[str, Any]
+    spool: BinaryIO
+    cards: list[tuple[int, int]]
+
+
+class _Pairs:
+    """Running pairwise agreement between the models (means over the images seen)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.values: dict[tuple[int, int], list[dict[str, float]]] = {
+            ab: [] for ab in itertools.combinations(range(len(names)), 2)}
+        self.same_label = {ab: 0 for ab in self.values}
+
+    def add(self, maps: Sequence[np.ndarray], recs: Sequence[dict[str, Any]], percent: float) -> list[dict[str, Any]]:
+        out = []
+        for (a, b), vals in self.values.items():
+            g: dict[str, Any] = agreement([maps[a]], [maps[b]], percent)[0]
+            ra, rb = recs[a], recs[b]
             g["same_label"] = ra["label"] == rb["label"]
             if "energy_in_forbidden" in ra and "energy_in_forbidden" in rb:
                 ea, eb = ra["energy_in_forbidden"], rb["energy_in_forbidden"]
                 g["energy_moved_to_forbidden"] = None if ea is None or eb is None else eb - ea
-            per_image[i].append({"a": runs[a].name, "b": runs[b].name, **g})
-        ms = _nanmean([g["spearman"] for g in ag])
-        mi = _nanmean([g["top_iou"] for g in ag])
-        sp[a, b] = sp[b, a] = np.nan if ms is None else ms
-        iou[a, b] = iou[b, a] = np.nan if mi is None else mi
-        same = sum(g["same_label"] for g in ag)
-        pair = {"a": runs[a].name, "b": runs[b].name, "spearman": ms, "top_iou": mi, "same_label": same,
-                "label_agreement": same / n if n else None}
-        moved = [g["energy_moved_to_forbidden"] for g in ag if "energy_moved_to_forbidden" in g]
-        if moved:
-            pair["energy_moved_to_forbidden"] = _nanmean(moved)
-        pairs.append(pair)
-    for i in range(m):
-        sp[i, i] = iou[i, i] = 1.0
-    return pairs, sp, iou, per_image
+            vals.append(g)
+            self.same_label[(a, b)] += g["same_label"]
+            out.append({"a": self.names[a], "b": self.names[b], **g})
+        return out
+
+    def summary(self) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+        m = len(self.names)
+        sp, iou = np.full((m, m), np.nan), np.full((m, m), np.nan)
+        pairs = []
+        for (a, b), vals in self.values.items():
+            ms, mi = _nanmean([g["spearman"] for g in vals]), _nanmean([g["top_iou"] for g in vals])
+            sp[a, b] = sp[b, a] = np.nan if ms is None else ms
+            iou[a, b] = iou[b, a] = np.nan if mi is None else mi
+            same, n = self.same_label[(a, b)], len(vals)
+            pair = {"a": self.names[a], "b": self.names[b], "spearman": ms, "top_iou": mi, "same_label": same,
+                    "label_agreement": same / n if n else None}
+            moved = [g["energy_moved_to_forbidden"] for g in vals if "energy_moved_to_forbidden" in g]
+            if moved:
+                pair["energy_moved_to_forbidden"] = _nanmean(moved)
+            pairs.append(pair)
+        for i in range(m):
+            sp[i, i] = iou[i, i] = 1.0
+        return pairs, sp, iou
 
 
-def review(runs: Sequence[ModelRun], images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
-           steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
-           percent: float = TOP_PERCENT, notes: Annotations | None = None) -> tuple[dict[str, Any], list[Evaluation]]:
-    """Evaluate every model and their pairwise agreement; returns (report, evaluations).
+def review_stream(runs: Sequence[ModelRun], items: Sequence[tuple[str, Loader]], boxes: dict | None = None,
+                  steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
+                  percent: float = TOP_PERCENT, on_error: Callable[[str, str], None] | None = None,
+                  thumb_width: int = 300, notes: Annotations | None = None) -> Review:
+    """Evaluate every model and their pairwise agreement, one batch of images at a time: each
+    image's card (photo, overlays, captions) is rendered as soon as its maps exist and spooled to a
+    temporary file, so memory does not grow with the number of images. An image that cannot be
+    read, or that any model gives non-finite outputs, maps or metrics, goes to `on_error`.
 
     The report's "drift" (onnxcam.drift) compares every later model with the first one (the
     reference: the deployed, OLD model), per image and per class."""
     if not runs:
         raise UsageError("review needs at least one model")
-    if not images:
+    if not items:
         raise UsageError("no images to review")
+    report_error = on_error or _raise
     boxes = boxes if boxes is not None or notes is None else notes.boxes
-    evals = [evaluate(r, images, boxes, steps, road, batch_size, tolerance, notes) for r in runs]
-    n, m = len(images), len(runs)
-    pairs, sp, iou, per_image_pairs = _pairs(runs, evals, n, percent)
-    per_image = []
-    for i, (name, img) in enumerate(images):
-        ms = _nanmean([p["spearman"] for p in per_image_pairs[i]])
-        per_image.append({
-            "image": name,
-            "size": [int(img.shape[0]), int(img.shape[1])],
-            "boxes": boxes_for(boxes, name),
-            "forbidden": notes.forbidden_for(name, img.shape[:2]) if notes else None,
-            "agreement": {"spearman": ms, "top_iou": _nanmean([p["top_iou"] for p in per_image_pairs[i]]),
-                          "pairs": per_image_pairs[i]},
-            "models": {runs[k].name: evals[k].images[i] for k in range(m)},
-        })
+    notes = notes or Annotations(boxes=boxes)
+    names = [r.name for r in runs]
+    m = len(runs)
+    pairs = _Pairs(names)
+    per_model: list[list[dict[str, Any]]] = [[] for _ in runs]
+    layers = [""] * m
+    per_image: list[dict[str, Any]] = []
+    spool = tempfile.TemporaryFile()
+    cards: list[tuple[int, int]] = []
+    step = min(r.policy.batch_step(batch_size) for r in runs)
+    for s in range(0, len(items), step):
+        chunk = _loaded(items[s : s + step], report_error)
+        if not chunk:
+            continue
+        done = [_explain_chunk(r, chunk, boxes, steps, road, tolerance, notes) for r in runs]
+        for k, ex in enumerate(done):
+            layers[k] = ex.layer
+        for i, (name, img) in enumerate(chunk):
+            bad = [ex.bad[i] for ex in done if i in ex.bad]
+            if bad:
+                report_error(name, bad[0])
+                continue
+            recs, maps = [ex.records[i] for ex in done], [ex.maps[i] for ex in done]
+            image_pairs = pairs.add(maps, recs, percent)
+            rec = json_safe({
+                "image": name, "size": [int(img.shape[0]), int(img.shape[1])], "boxes": boxes_for(boxes, name),
+                "forbidden": notes.forbidden_for(name, img.shape[:2]),
+                "agreement": {"spearman": _nanmean([p["spearman"] for p in image_pairs]),
+                              "top_iou": _nanmean([p["top_iou"] for p in image_pairs]), "pairs": image_pairs},
+                "models": {names[k]: recs[k] for k in range(m)},
+            })
+            for k in range(m):
+                per_model[k].append(recs[k])
+            data = "\n".join(_image_card(rec, img, maps, names, percent, thumb_width)).encode("utf-8")
+            cards.append((spool.tell(), len(data)))
+            spool.write(data)
+            per_image.append(rec)
+    n = len(per_image)  # may be 0 when every image was an error: the page says so
     # lowest agreement first (no pair → keep the given order); NaN counts as the least agreement
     order = sorted(range(n), key=lambda i: (-2.0 if per_image[i]["agreement"]["spearman"] is None and m > 1
                                             else (per_image[i]["agreement"]["spearman"] if m > 1 else 0.0), i))
     for rank_, i in enumerate(order):
         per_image[i]["disagreement_rank"] = rank_
+    pair_list, sp, iou = pairs.summary()
+    models = []
+    for k, r in enumerate(runs):
+        model = r.describe()
+        model["layer"] = layers[k]
+        models.append({**model, "metrics": summarise(per_model[k], steps, tolerance)})
     report = {
         "method": runs[0].explainer.method.name,
         "top_percent": percent,
-        "models": [{**e.model, "metrics": e.summary} for e in evals],
-        "agreement": {"models": [r.name for r in runs], "spearman": sp.tolist(), "top_iou": iou.tolist(),
-                      "pairs": pairs},
+        "models": models,
+        "agreement": {"models": names, "spearman": sp.tolist(), "top_iou": iou.tolist(), "pairs": pair_list},
         "order": [per_image[i]["image"] for i in order],
         "images": [per_image[i] for i in order],
     }
     report = json_safe(report)
     if m > 1:
         report["drift"] = drift(report)
-    return report, evals
+    return Review(report, spool, [cards[i] for i in order])
+
+
+def review(runs: Sequence[ModelRun], images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
+           steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
+           percent: float = TOP_PERCENT, notes: Annotations | None = None) -> Review:
+    """`review_stream` over images already decoded ((name, RGB uint8) pairs)."""
+    items = [(name, (lambda im=im: im)) for name, im in images]
+    return review_stream(runs, items, boxes, steps, road, batch_size, tolerance, percent, notes=notes)
 
 
 # -- HTML -----------------------------------------------------------------------------------------
@@ -556,39 +719,42 @@ def _image_card(rec: dict[str, Any], img: np.ndarray, maps: Sequence[np.ndarray]
     return out
 
 
-def render_html(report: dict[str, Any], images: Sequence[tuple[str, np.ndarray]], evals: Sequence[Evaluation],
-                thumb_width: int = 300, title: str = "onnxcam review") -> str:
-    """The report as one self-contained HTML page (no external resources, no script)."""
+def _page_head(report: dict[str, Any], title: str = "onnxcam review") -> str:
     names = [m["name"] for m in report["models"]]
-    index = {name: i for i, (name, _) in enumerate(images)}
     e = html.escape
     out: list[str] = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(title)}</title>", f"<style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        f'<p class="sub">{len(names)} model(s) · {len(images)} image(s) · method {e(report["method"])} · '
+        f'<p class="sub">{len(names)} model(s) · {len(report["images"])} image(s) · method {e(report["method"])} · '
         f'agreement at each image\'s own size (Spearman ρ, top-{report["top_percent"]:g}% IoU)</p>',
     ]
     out += _gates_table(report) + _models_table(report) + _metrics_table(report)
     if len(names) > 1:
         out += _agreement_table(report) + _drift_table(report)
     out.append(f"<h2>Images{' (lowest agreement first)' if len(names) > 1 else ''}</h2>")
-    for rec in report["images"]:
-        i = index[rec["image"]]
-        out += _image_card(rec, images[i][1], [ev.maps[i] for ev in evals], names, report["top_percent"], thumb_width)
-    out.append('<p class="sub">Generated by onnxcam review. Self-contained: no external resources.</p></body></html>')
-    return "\n".join(out)
+    return "\n".join(out) + "\n"
 
 
-def write_report(out: OutputDir, report: dict[str, Any], images: Sequence[tuple[str, np.ndarray]],
-                 evals: Sequence[Evaluation]) -> tuple[Path, Path]:
-    """Write OUT/index.html, then OUT/review.json (last: its presence marks a complete run),
-    each atomically through the output writer (inside OUT, no links, no silent replacing)."""
+_PAGE_TAIL = '\n<p class="sub">Generated by onnxcam review. Self-contained: no external resources.</p></body></html>'
+
+
+def write_report(out: OutputDir, rv: Review) -> tuple[Path, Path]:
+    """Write OUT/index.html (its head, then each image's card copied from the spool, so the page is
+    never held whole), then OUT/review.json (last: its presence marks a complete run), each
+    atomically through the output writer (inside OUT, no links, no silent replacing)."""
     names = ("index.html", "review.json")
     out.check_free(names)
     out.remove_stale("review.json")
-    page = out.write_text("index.html", render_html(report, images, evals))
-    js = out.write_json("review.json", report)
+    with out.open_atomic("index.html") as f:
+        f.write(_page_head(rv.report).encode("utf-8"))
+        for offset, length in rv.cards:
+            rv.spool.seek(offset)
+            f.write(rv.spool.read(length))
+            f.write(b"\n")
+        f.write(_PAGE_TAIL.encode("utf-8"))
+    page = out.shown("index.html")
+    js = out.write_json("review.json", rv.report)
     return page, js
 
 

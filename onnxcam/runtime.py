@@ -22,6 +22,7 @@ import ctypes
 import functools
 import logging
 import os
+import re
 import tempfile
 from typing import Sequence
 
@@ -29,6 +30,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .errors import ModelLoadError, OnnxcamError
 from .storage import proto_size, without_big_data
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ def make_session(
 ) -> ort.InferenceSession:
     """An InferenceSession on the requested providers (default: CUDA where it works, else CPU).
     `model_bytes`: a serialised model, or the path of a model file."""
+    check_install()
     wanted = list(providers) if providers else default_providers()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -77,13 +80,68 @@ def make_session(
         ort.set_default_logger_severity(4)
     try:
         sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=wanted)
+    except Exception as exc:  # onnxruntime's Fail, InvalidGraph, NotImplemented, ... (no common base)
+        raise ModelLoadError(f"onnxruntime cannot load the model: {ort_message(exc)}") from None
     finally:
         if quiet:
-            ort.set_default_logger_severity(2)
+            ort.set_default_logger_severity(_severity)
     got = sess.get_providers()
     if wanted[0] not in got:
         log.info("%s is not usable here; running on %s", wanted[0], got[0])
     return sess
+
+
+_severity = 2  # onnxruntime's default logger: warnings and up
+
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-training", "onnxruntime-directml",
+                         "onnxruntime-openvino", "onnxruntime-qnn")
+"""Distributions that each install the same `onnxruntime/` package: exactly one may be installed."""
+
+
+def installed_runtimes() -> list[str]:
+    """The onnxruntime distributions installed in this environment (name==version)."""
+    from importlib import metadata
+
+    found = []
+    for name in RUNTIME_DISTRIBUTIONS:
+        try:
+            found.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def install_problem(found: Sequence[str]) -> str | None:
+    """What is wrong with the onnxruntime distributions `found` (see installed_runtimes), or None."""
+    if len(found) > 1:
+        names = " ".join(f.split("==")[0] for f in found)
+        return (f"{' and '.join(found)} are installed together; they overwrite each other's onnxruntime "
+                f"package, so which one runs is an accident: pip uninstall -y {names}, then pip install "
+                f"'onnxcam[cpu]' (or 'onnxcam[gpu]' for CUDA)")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def check_install() -> None:
+    """OnnxcamError when the environment holds a broken mix of onnxruntime distributions."""
+    problem = install_problem(installed_runtimes())
+    if problem:
+        raise OnnxcamError(problem)
+
+
+def quiet_logs() -> None:
+    """onnxruntime's default logger shows fatal errors only (the CLI, unless --verbose)."""
+    global _severity
+    _severity = 4
+    ort.set_default_logger_severity(_severity)
+
+
+def ort_message(exc: BaseException) -> str:
+    """onnxruntime's exception text without its status prefix and C++ source location."""
+    msg = str(exc)
+    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+    msg = re.sub(r"/onnxruntime_src/\S+:\d+ [^()]*\([^()]*\)\s*", "", msg)
+    return msg
 
 
 def run_bound(session: ort.InferenceSession, feeds: dict[str, np.ndarray], names: Sequence[str] | None = None) -> list:

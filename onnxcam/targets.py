@@ -10,6 +10,7 @@ rewritten graph (ArgMax / OneHot), which costs nothing extra.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from . import detection as D
 from .errors import ItemError, UsageError
+from .limits import MAX_TOPK
 
 
 class Target:
@@ -325,9 +327,26 @@ TARGET_HELP = (
     "--det-format; det-scores:... for sigmoid (boxes, classes) scores)."
 )
 
+_INT_LIMIT = 2**31
+
+
+def _int(text: str) -> int:
+    """An integer of a target string; ValueError when it is not one or is absurdly large."""
+    v = int(text)
+    if abs(v) >= _INT_LIMIT:
+        raise ValueError(text)
+    return v
+
+
+def _float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(text)
+    return v
+
 
 def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",")]
+    return [_int(v) for v in text.split(",")]
 
 
 def _parse_detection(kind: str, rest: str) -> DetectionTarget:
@@ -336,27 +355,29 @@ def _parse_detection(kind: str, rest: str) -> DetectionTarget:
     if key in ("", "best"):
         return DetectionTarget(format=fmt)
     if key == "row":
-        return DetectionTarget(index=int(val), format=fmt)
+        return DetectionTarget(index=_int(val), format=fmt)
     if key == "class":
-        return DetectionTarget(cls=int(val), format=fmt)
+        return DetectionTarget(cls=_int(val), format=fmt)
     if key == "box":
-        return DetectionTarget(box=[float(b) for b in val.split(",")], format=fmt)
-    if key == "top" and int(val) >= 1:
-        return DetectionTarget(top=int(val), format=fmt)
+        return DetectionTarget(box=[_float(b) for b in val.split(",")], format=fmt)
+    if key == "top" and _int(val) >= 1:
+        if _int(val) > MAX_TOPK:
+            raise UsageError(f"det:top={val} asks for more than {MAX_TOPK} detections per image")
+        return DetectionTarget(top=_int(val), format=fmt)
     raise ValueError(key)
 
 
 def _parse_kind(kind: str, rest: str) -> "Target | None":
     """`kind:rest` forms; None when `kind` is not one of them."""
     if kind == "softmax":
-        return SoftmaxTarget(int(rest) if rest else None)
+        return SoftmaxTarget(_int(rest) if rest else None)
     if kind == "counterfactual":
-        return CounterfactualTarget(int(rest) if rest else None)
+        return CounterfactualTarget(_int(rest) if rest else None)
     if kind == "index":
         return OutputTarget(tuple(_ints(rest)))
     if kind == "seg":
         cls, _, box = rest.partition(":")
-        return SegmentationTarget(int(cls), box=_ints(box) if box else None)
+        return SegmentationTarget(_int(cls), box=_ints(box) if box else None)
     if kind in ("det", "det-scores"):
         return _parse_detection(kind, rest)
     return None
@@ -407,11 +428,14 @@ def parse_target(text: str, labels: Sequence[str] | None = None) -> "int | Targe
         return None
     try:
         if low.startswith("top") and low[3:].isdigit():
-            if int(low[3:]) < 1:
+            k = _int(low[3:])
+            if k < 1:
                 raise ValueError(low)
-            return TopK(int(low[3:]))
+            if k > MAX_TOPK:
+                raise UsageError(f"target {text!r} asks for {k} maps per image; at most {MAX_TOPK}")
+            return TopK(k)
         if v.lstrip("-").isdigit():
-            return int(v)
+            return _int(v)
         kind, _, rest = v.partition(":")
         parsed = _parse_kind(kind.lower(), rest)
     except ValueError:

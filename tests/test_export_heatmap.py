@@ -247,7 +247,6 @@ def _with_image_output(ex, name: str) -> dict:
     ("tf2onnx_fer", "unit", "NHWC", 1),  # grayscale NHWC
 ])
 def test_rgb_input_preprocesses_like_python(stem, preset, layout, channels):
-    g = load_golden(stem)
     size = (64, 64)
     ex = export_model(GOLDENS / f"{stem}.onnx", heatmap=True, rgb_input=True, preset=preset, runtime="web")
     assert ex.inputs[0] == "onnxcam_rgb" and ex.preset == preset

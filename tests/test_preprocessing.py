@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxcam import UsageError
+from onnxcam.errors import ModelLoadError
 from onnxcam.cli import cli
 from onnxcam.explainer import Explainer
 from onnxcam.image import letterbox, load_image, resize_map
@@ -87,13 +88,31 @@ def test_bad_configs_are_usage_errors(tmp_path: Path):
         load_config(text='{"mean": [0.5], "colour": 1}')
     with pytest.raises(UsageError, match="cannot read config"):
         load_config(tmp_path / "none.json")
+    with pytest.raises(UsageError, match="config mean must be 1 or 3 finite number"):
+        load_config(text='{"mean": [1, 2]}')
+    with pytest.raises(UsageError, match="config std must not be 0"):
+        load_config(text='{"std": [0.2, 0, 0.2]}')
+    with pytest.raises(UsageError, match=r"config size must be \[height, width\]"):
+        load_config(text="size: [48]")
+    with pytest.raises(UsageError, match="config letterbox must be true or false"):
+        load_config(text='{"letterbox": "yes"}')
+    with pytest.raises(UsageError, match="40000x40000 is over the limit"):
+        load_config(text='{"size": [40000, 40000]}')
+
+
+def test_bad_metadata_configs_are_model_errors():
+    """The model's own metadata is the model's fault: exit code 1, the key named (not a usage error)."""
     info = SimpleNamespace(metadata={"onnxcam.preprocess": '{"mean": [1, 2]}'}, fixed_size=None, layout="NCHW",
                            channels=3)
-    with pytest.raises(UsageError, match="1 or 3 values"):
+    with pytest.raises(ModelLoadError, match="metadata onnxcam.preprocess: config mean must be 1 or 3"):
         resolve_policy(info)
     info.metadata = {"onnxcam.preprocess": 'size: [48]'}
-    with pytest.raises(UsageError, match="is not HxW"):
+    with pytest.raises(ModelLoadError, match=r"metadata onnxcam.preprocess: config size must be \[height, width\]"):
         resolve_policy(info)
+    info.metadata = {"onnxcam.preset": "sepia"}
+    with pytest.raises(ModelLoadError, match="metadata onnxcam.preset 'sepia' is not one of"):
+        resolve_policy(info)
+    assert ModelLoadError.exit_code == 1
 
 
 @pytest.mark.parametrize("use_letterbox, layer, target", [

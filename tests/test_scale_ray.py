@@ -187,7 +187,7 @@ def test_cli_rerun_keeps_what_out_has(scenarios) -> None:
     _, out, images = scenarios
     run = _cli_run(out, "cli_rerun")
     assert run["rc"] == 1  # the corrupt image is tried again, and fails again
-    assert f"explained 0 map(s)" in run["stderr"] and f"{len(images)} kept from an earlier run" in run["stderr"]
+    assert "explained 0 map(s)" in run["stderr"] and f"{len(images)} kept from an earlier run" in run["stderr"]
     mtimes = json.loads((out / "cli_mtimes.json").read_text())
     assert mtimes["before"] == mtimes["after"] and len(mtimes["before"]) == len(images)  # nothing rewritten
     report = json.loads((out / "cli_out" / "results.json").read_text())

@@ -12,18 +12,18 @@ from ..errors import OnnxcamError
 from ..output import dumps
 from ..preprocessing import parse_size
 from . import options as opt
-from .common import fail, guarded, prepared_model
+from .common import echo_line, fail, guarded, prepared_model
 
 
 def _print_layers(rep: Any) -> None:
     """One line per checked layer: ok/FAIL and why."""
     for l in rep.layers:
         if l.missing:
-            click.echo(f"FAIL {l.layer}: no gradient rule for {', '.join(l.missing)}")
+            echo_line(f"FAIL {l.layer}: no gradient rule for {', '.join(l.missing)}")
         elif l.error:
-            click.echo(f"FAIL {l.layer}: {l.error}")
+            echo_line(f"FAIL {l.layer}: {l.error}")
         else:
-            click.echo(f"{'ok  ' if l.ok else 'FAIL'} {l.layer}: relative error median {l.median_rel_error:.1e}, "
+            echo_line(f"{'ok  ' if l.ok else 'FAIL'} {l.layer}: relative error median {l.median_rel_error:.1e}, "
                        f"max {l.max_rel_error:.1e} over {l.directions} directions")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import sys
 import traceback
@@ -14,7 +15,9 @@ from typing import Any, Callable, Iterator, TypeVar
 import click
 import numpy as np
 
+from ..console import escape, one_line
 from ..errors import OnnxcamError, UsageError
+from ..limits import MAX_NPY_BYTES, read_bytes
 from ..image import IMAGE_SUFFIXES
 from ..preprocessing import DEFAULT_SIZE
 
@@ -26,13 +29,6 @@ def debug_requested() -> bool:
     """True when the root group was given --debug (read from click's context: no global state)."""
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.find_root().params.get("debug"))
-
-
-def one_line(text: str) -> str:
-    """`text` as one printable line: whitespace runs collapsed, control characters (ANSI colours,
-    carriage returns in file names or labels) escaped."""
-    flat = " ".join(text.split())
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
 
 
 def fail(exc: BaseException) -> None:
@@ -63,6 +59,11 @@ def guarded(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def echo_line(text: str, err: bool = False) -> None:
+    """One line of human-readable output, control characters in names and labels escaped."""
+    click.echo(escape(text), err=err)
+
+
 def report_error(message: str) -> None:
     """One line on stderr for an error that does not stop the command (e.g. one bad image)."""
     click.echo(f"onnxcam: error: {one_line(message)}", err=True)
@@ -79,29 +80,50 @@ def collect_images(inputs: tuple[str, ...], exclude: Path | None = None) -> list
         if not p.is_dir():
             files.append((p, None))
             continue
+        if ex is not None and (p.resolve() == ex or ex in p.resolve().parents):
+            raise UsageError(f"the output folder {exclude} holds the input folder {p}: outputs could replace "
+                             f"inputs and be taken as inputs next time; choose an -o outside it")
         found = sorted(
             f for f in p.rglob("*")
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and (ex is None or ex not in f.resolve().parents)
         )
         if not found:
-            log.warning("no images in %s", p)
+            log.info("no images in %s", p)
         files.extend((f, p) for f in found)
     return files
 
 
+def _input_value(name: str, val: str) -> np.ndarray:
+    """One --input value: numbers (a comma list; one number is a scalar) or a .npy file of numbers."""
+    if val.endswith(".npy"):
+        data = read_bytes(val, f"--input {name}", MAX_NPY_BYTES, UsageError)
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            raise UsageError(f"--input {name}: {val} is not a .npy array of numbers (numpy.save, no objects)") from None
+    else:
+        try:
+            arr = np.asarray([float(v) for v in val.split(",")])
+        except ValueError:
+            raise UsageError(f"--input {name}={val}: VALUE must be numbers (1 or 1,2,3) or a .npy file") from None
+        if arr.size == 1:
+            arr = arr.reshape(())
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise UsageError(f"--input {name}: the value must hold numbers")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise UsageError(f"--input {name}: the value holds NaN or infinity")
+    return arr
+
+
 def parse_inputs(values: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """--input NAME=VALUE: a number, a comma list, or a .npy file."""
+    """--input NAME=VALUE: a number, a comma list, or a .npy file (at most MAX_NPY_BYTES); the
+    shape is fitted to the model's declared one by the Explainer."""
     out = {}
     for item in values:
         name, sep, val = item.partition("=")
         if not sep or not name:
             raise UsageError(f"--input {item!r} is not NAME=VALUE")
-        try:
-            out[name] = np.load(val) if val.endswith(".npy") else np.asarray([float(v) for v in val.split(",")])
-        except (OSError, ValueError):
-            raise UsageError(f"--input {item!r}: VALUE must be numbers or a readable .npy file") from None
-        if out[name].size == 1 and not val.endswith(".npy"):
-            out[name] = out[name].reshape(())
+        out[name] = _input_value(name, val)
     return out
 
 

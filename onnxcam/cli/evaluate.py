@@ -7,18 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from collections.abc import Mapping
+
 import click
 import numpy as np
 
-from ..errors import OnnxcamError, UsageError
+from ..console import escape
+from ..errors import UsageError
+from ..limits import MAX_STEPS
 from ..output import OutputDir, dumps, unique_names
-from ..review import METRIC_COLUMNS, Evaluation, ModelRun, evaluate, load_images, review as run_review, write_report
+from ..review import (METRIC_COLUMNS, Evaluation, Loader, ModelRun, evaluate_stream, file_items, image_map,
+                      review_stream, write_report)
 from . import gating
 from . import options as opt
-from .common import collect_images, guarded, report_error
-
-
-Images = list[tuple[str, np.ndarray]]
+from .common import collect_images, echo_line, guarded, report_error
 
 
 def _files(inputs: tuple[str, ...], verb: str, exclude: Path | None = None) -> list[Path]:
@@ -29,14 +31,66 @@ def _files(inputs: tuple[str, ...], verb: str, exclude: Path | None = None) -> l
     return files
 
 
-def _load(files: list[Path]) -> tuple[Images, list[dict[str, str]]]:
-    """The readable images (each unreadable one reported in one line) and the error records."""
-    loaded, errors = load_images(files)
-    for err in errors:
-        report_error(err["error"])
-    if not loaded:
-        raise OnnxcamError("no readable image")
-    return loaded, errors
+class _Errors:
+    """Images that could not be evaluated: one line on stderr each, one record each, exit 1."""
+
+    def __init__(self, paths: dict[str, Path]) -> None:
+        self.paths = paths
+        self.records: list[dict[str, str]] = []
+
+    def __call__(self, name: str, message: str) -> None:
+        report_error(message)
+        self.records.append({"image": str(self.paths.get(name, name)), "error": message})
+
+
+def _items(files: list[Path]) -> tuple[list[tuple[str, Loader]], _Errors]:
+    """The images as loaders, decoded one batch at a time (memory does not grow with their
+    number); an unreadable one is reported when its batch comes, in one line."""
+    items = file_items(files)
+    return items, _Errors({name: p for (name, _), p in zip(items, files)})
+
+
+class _Images(Mapping):
+    """Images by name, decoded when asked: the CI summary shows only the few that break a gate."""
+
+    def __init__(self, items: list[tuple[str, Loader]], done: set[str]) -> None:
+        self.loaders = {n: load for n, load in items if n in done}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.loaders[name]()
+
+    def __iter__(self):
+        return iter(self.loaders)
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+
+class _Maps(Mapping):
+    """(model, image) → the model's map at the image's size, computed when asked."""
+
+    def __init__(self, runs: Sequence[ModelRun], images: _Images) -> None:
+        self.runs = {r.name: r for r in runs}
+        self.images = images
+
+    def __getitem__(self, key: tuple[str, str]) -> np.ndarray:
+        model, image = key
+        return image_map(self.runs[model], self.images[image])
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and key[0] in self.runs and key[1] in self.images
+
+    def __iter__(self):
+        return ((m, i) for m in self.runs for i in self.images)
+
+    def __len__(self) -> int:
+        return len(self.runs) * len(self.images)
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # NaN passes every range check
+        raise click.BadParameter("must be a number, not NaN")
+    return value
 
 
 def _metric_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,10 +100,11 @@ def _metric_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--boxes", "boxes_file", default=None, type=click.Path(exists=True, dir_okay=False),
                      help="JSON {image file name: [x0, y0, x1, y1] or {\"box\": [...]}} in image pixels: "
                           "adds the pointing games and the CAM box IoU."),
-        click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1), help="Deletion/insertion steps."),
+        click.option("--steps", default=50, show_default=True, type=click.IntRange(1, MAX_STEPS),
+                     help="Deletion/insertion steps."),
         click.option("--road", is_flag=True, help="Also ROAD MoRF/LeRF at 10..90% (slow: an imputation per step)."),
-        click.option("--tolerance", default=15.0, show_default=True, type=click.FloatRange(min=0),
-                     help="Pointing-game tolerance in image pixels."),
+        click.option("--tolerance", default=15.0, show_default=True, type=click.FloatRange(0, 1e6),
+                     callback=_finite, help="Pointing-game tolerance in image pixels."),
         opt.batch_size_option,
         opt.device_option,
     )(f)
@@ -57,9 +112,9 @@ def _metric_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
     s = ev.summary
-    click.echo(f"{model}: {ev.model['method']} at {ev.layer}, preset {run.preset}, {s['images']} image(s)")
+    echo_line(f"{model}: {ev.model['method']} at {ev.layer}, preset {run.preset}, {s['images']} image(s)")
     for r in ev.images:
-        line = (f"  {r['image']}: {r['label']} (p={r['probability']:.3f})  drop {r['drop']:.1f}%  "
+        line = (f"  {escape(r['image'])}: {escape(r['label'])} (p={r['probability']:.3f})  drop {r['drop']:.1f}%  "
                 f"deletion {r['deletion_auc']:.3f}  insertion {r['insertion_auc']:.3f}")
         if "pointing_hit" in r:
             line += (f"  pointing {'hit' if r['pointing_hit'] else 'miss'}  energy {r['energy']:.3f}  "
@@ -69,7 +124,7 @@ def _print_eval(model: str, run: ModelRun, ev: Evaluation) -> None:
             line += f"  forbidden {'undefined' if e is None else f'{e:.3f}'}"
         if "correct" in r:
             line += f"  {'right' if r['correct'] else 'wrong'} (true {r['true_label']})"
-        click.echo(line)
+        echo_line(line)
     for key, title, _ in METRIC_COLUMNS:
         if s.get(key) is not None:
             click.echo(f"{title:<28} {s[key]:.4f}")
@@ -130,13 +185,16 @@ def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | No
         if out_dir:
             out = OutputDir(out_dir, overwrite, protect=[model, *files])
             out.check_free(gp.planned())
-        loaded, errors = _load(files)
+        items, failed = _items(files)
         run = ModelRun.load(model, method, preset, size, providers=opt.providers(device), config=config_file,
                             letterbox=letterbox, labels_file=labels_file, layer=layer, target=target)
-        ev = evaluate(run, loaded, gp.notes.boxes, steps, road, batch_size, tolerance, notes=gp.notes)
+        ev = evaluate_stream(run, items, gp.notes.boxes, steps, road, batch_size, tolerance, on_error=failed,
+                             notes=gp.notes)
+        errors = failed.records
         report = {"model": ev.model, "metrics": ev.summary, "images": ev.images, "errors": errors}
         gating.judge(gp, report)
-        gating.write_ci(gp, out, report, dict(loaded), {(run.name, n): m for (n, _), m in zip(loaded, ev.maps)})
+        shown = _Images(items, {r["image"] for r in ev.images})
+        gating.write_ci(gp, out, report, shown, _Maps([run], shown))
     if as_json:
         click.echo(dumps(report))
     else:
@@ -200,18 +258,20 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     files = _files(images, "review", exclude=Path(out_dir))
     out = OutputDir(out_dir, overwrite, protect=[*models, *files])
     out.check_free(["index.html", "review.json", *gp.planned()])
-    loaded, errors = _load(files)
+    items, errors = _items(files)
     runs = [ModelRun.load(m, method, p, size, name=nm, providers=opt.providers(device), config=c, letterbox=letterbox,
                           labels_file=lb, layer=ly, target=t)
             for m, p, c, nm, ly, t, lb in zip(models, chosen_presets, chosen_configs, names, chosen_layers,
                                               chosen_targets, chosen_labels)]
-    report, evals = run_review(runs, loaded, gp.notes.boxes, steps, road, batch_size, tolerance, notes=gp.notes)
-    report["errors"] = errors
+    rv = review_stream(runs, items, gp.notes.boxes, steps, road, batch_size, tolerance, on_error=errors,
+                       notes=gp.notes)
+    report = rv.report
+    report["errors"] = errors.records
     gating.judge(gp, report)
-    gating.write_ci(gp, out, report, dict(loaded),
-                    {(r.name, name): ev.maps[i] for r, ev in zip(runs, evals) for i, (name, _) in enumerate(loaded)})
-    page, _ = write_report(out, report, loaded, evals)
+    images = _Images(items, {r["image"] for r in report["images"]})
+    gating.write_ci(gp, out, report, images, _Maps(runs, images))
+    page, _ = write_report(out, rv)
     if as_json:
         click.echo(dumps(report))
-    click.echo(f"reviewed {len(loaded)} image(s) with {len(runs)} model(s); open {page}", err=True)
-    gating.finish(gp, errors)
+    echo_line(f"reviewed {len(report['images'])} image(s) with {len(runs)} model(s); open {page}", err=True)
+    gating.finish(gp, errors.records)

@@ -18,9 +18,10 @@ from ..methods import configured
 from ..output import OutputDir, dumps, image_record, output_names
 from ..preprocessing import Batch, InputPolicy, policy_for
 from ..detection import FORMATS
+from ..resume import Journal, signature
 from ..targets import maps_per_image, parse_target, with_detection_options
 from . import options as opt
-from .common import chunks, collect_images, guarded, parse_inputs, progress, report_error
+from .common import chunks, collect_images, echo_line, guarded, parse_inputs, progress, report_error
 
 KINDS = ("overlay.png", "heatmap.npy", "guided.png")
 
@@ -83,8 +84,23 @@ def _load(job: Job, chunk: Sequence[tuple[Path, str]]) -> list[tuple[Path, str, 
     return loaded
 
 
-def _run(job: Job, ex: Explainer, policy: InputPolicy, target: Any, batch_size: int, show_bar: bool) -> None:
-    items = list(zip(job.images, job.names))
+def _resumed(job: Job, journal: Journal, path: Path, name: str) -> bool:
+    """Take image `name`'s records from the journal of the unfinished run being resumed, when
+    that run finished it and its files are all there."""
+    if not journal.resuming:
+        return False
+    entry = journal.done.get(name)
+    files = [rec[k] for rec in (entry or {}).get("records", []) for k in ("overlay", "heatmap", "guided") if k in rec]
+    if entry is None or entry.get("image") != str(path) or not journal.finished(name, files):
+        return False
+    job.records.extend(entry["records"])
+    job.provider, job.layer = entry.get("provider", job.provider), entry.get("layer", job.layer)
+    return True
+
+
+def _run(job: Job, ex: Explainer, policy: InputPolicy, target: Any, batch_size: int, show_bar: bool,
+         journal: Journal) -> None:
+    items = [(p, n) for p, n in zip(job.images, job.names) if not _resumed(job, journal, p, n)]
     with progress(len(items), show_bar) as bar:
         for chunk in chunks(items, policy.batch_step(batch_size)):
             loaded = _load(job, chunk)
@@ -93,14 +109,40 @@ def _run(job: Job, ex: Explainer, policy: InputPolicy, target: Any, batch_size: 
                 res = ex.explain(batch.x, targets=target)
                 job.provider, job.layer, job.last_size = res.provider, res.layer, batch.size
                 for i, (path, name, img) in enumerate(loaded):
+                    n_rec, n_err = len(job.records), len(job.errors)
+                    if not journal.started:  # the first file: a stale results.json goes, the journal starts
+                        job.out.remove_stale("results.json")
+                        journal.start()
                     _write_item(job, res, batch, policy, i, path, name, img)
+                    journal.record(name, {"image": str(path), "records": job.records[n_rec:],
+                                          "errors": job.errors[n_err:], "provider": job.provider, "layer": job.layer})
             bar.update(len(chunk))
 
 
-def _report(job: Job, model: str, ex: Explainer, policy: InputPolicy, output_name: str | None) -> dict[str, Any]:
+def _signature(model_sha: str, ex: Explainer, policy: InputPolicy, options: dict[str, Any],
+               extra: dict[str, np.ndarray]) -> str:
+    """What decides explain's outputs: a rerun with the same signature may finish an unfinished run."""
+    return signature({
+        "model_sha256": model_sha, "method": ex.method.name, **options, **policy.describe(),
+        "preset": vars(policy.preset), "labels": hashlib.sha256("\n".join(policy.labels or []).encode()).hexdigest(),
+        "inputs": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() + str(v.shape)
+                   for k, v in sorted(extra.items())},
+    })
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _report(job: Job, model: str, model_sha: str, ex: Explainer, policy: InputPolicy,
+            output_name: str | None) -> dict[str, Any]:
     return {
         "model": str(model),
-        "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
+        "model_sha256": model_sha,
         "method": ex.method.name,
         "layer": job.layer,
         "output": output_name or (ex.prepared(job.last_size).output if job.last_size else None),
@@ -192,15 +234,25 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, head
     out = OutputDir(out_dir, overwrite, protect=[model, *images])
     job = Job(out, images, output_names(found), [""] if per_image == 1 else [f".top{j + 1}" for j in range(per_image)],
               target)
+    model_sha = file_sha256(model)
+    options = {"layers": list(layers_opt), "fuse": fuse, "aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth,
+               "target": target, "output": output_name, "backend": backend, "per_image": per_image,
+               "det_format": det_format, "boxes_output": boxes_output,
+               "method_options": [head_fusion, discard_ratio, start_layer]}
+    journal = Journal(out, _signature(model_sha, ex, policy, options, extra), "explain")
+    resuming = journal.exists() and not overwrite
+    if resuming:  # finishing an unfinished run: its own files may be replaced (links, inputs still refused)
+        out.overwrite = True
     out.check_free(job.planned())
-    out.remove_stale("results.json")
-    _run(job, ex, policy, tgt, batch_size, show_bar=not as_json and sys.stderr.isatty() and len(images) > 1)
-    report = _report(job, model, ex, policy, output_name)
+    journal.open(overwrite)
+    _run(job, ex, policy, tgt, batch_size, not as_json and sys.stderr.isatty() and len(images) > 1, journal)
+    report = _report(job, model, model_sha, ex, policy, output_name)
     out.write_json("results.json", report)
+    journal.close()
     if as_json:
         click.echo(dumps(report))
     else:
-        click.echo(f"explained {len(job.records)} map(s) with {ex.method.name} at {job.layer}; results in {out_dir}",
+        echo_line(f"explained {len(job.records)} map(s) with {ex.method.name} at {job.layer}; results in {out_dir}",
                    err=True)
     if job.errors:
         sys.exit(1)

@@ -11,7 +11,7 @@ from ..graph.versions import RUNTIME_LIMITS
 from ..output import write_file
 from ..preprocessing import parse_size
 from . import options as opt
-from .common import guarded
+from .common import echo_line, guarded
 
 
 @click.command()
@@ -51,5 +51,5 @@ def export(model: str, out_path: str, layer: str | None, heatmap: bool, method: 
     if as_json:
         click.echo(json.dumps({"file": out_path, **ex.as_dict()}, indent=2))
     what = f"heatmap {ex.method}" if ex.method else f"gradient {'yes' if gradient else 'no'}"
-    click.echo(f"wrote {out_path} (layer {ex.layer}, output {ex.output}, {what}, IR {ex.ir_version}, opset {ex.opset}, "
-               f"inputs {', '.join(ex.inputs)})", err=True)
+    echo_line(f"wrote {out_path} (layer {ex.layer}, output {ex.output}, {what}, IR {ex.ir_version}, opset {ex.opset}, "
+              f"inputs {', '.join(ex.inputs)})", err=True)

@@ -9,7 +9,7 @@ from ..model import inspect_model, load_model
 from ..output import dumps
 from ..preprocessing import DEFAULT_SIZE, parse_size
 from . import options as opt
-from .common import guarded, prepared_model
+from .common import echo_line, guarded, prepared_model
 
 
 @click.command()
@@ -31,15 +31,15 @@ def layers(model: str, size: str | None, as_json: bool) -> None:
             "layers": [l.as_dict(l.name == default) for l in cands], "default": default,
         }))
         return
-    click.echo(f"{model}: opset {info.opset}, input {info.image_input.name} {list(info.image_input.shape)} "
+    echo_line(f"{model}: opset {info.opset}, input {info.image_input.name} {list(info.image_input.shape)} "
                f"{info.layout}, explained output {prep.output}, size {size_used[0]}x{size_used[1]}")
     width = max([len(l.name) for l in cands] + [5])
     for l in cands:
         mark = "*" if l.name == default else " "
         tokens = f" +{l.prefix} prefix token(s)" if l.is_tokens else ""
         zero = "  (patch gradient exactly 0)" if not l.live else ""
-        click.echo(f"{mark} {l.name:<{width}}  {l.op_type:<18} {l.channels}x{l.height}x{l.width}  {l.layout}{tokens}{zero}")
-    click.echo("* default layer")
+        echo_line(f"{mark} {l.name:<{width}}  {l.op_type:<18} {l.channels}x{l.height}x{l.width}  {l.layout}{tokens}{zero}")
+    echo_line("* default layer")
 
 
 @click.command()
@@ -53,11 +53,12 @@ def info(model: str, as_json: bool) -> None:
     if as_json:
         click.echo(dumps(d))
         return
-    click.echo(f"{model}\n  opset {i.opset}, IR {i.ir_version}, producer {i.producer or '?'}")
+    echo_line(f"{model}")
+    echo_line(f"  opset {i.opset}, IR {i.ir_version}, producer {i.producer or '?'}")
     for io in ("inputs", "outputs"):
         for t in d[io]:
-            click.echo(f"  {io[:-1]:<6} {t['name']} {t['shape']} {t['dtype']}")
-    click.echo(f"  image input {i.image_input.name}: {i.layout}, size {i.size[0]}x{i.size[1]}, {i.channels} channel(s)")
+            echo_line(f"  {io[:-1]:<6} {t['name']} {t['shape']} {t['dtype']}")
+    echo_line(f"  image input {i.image_input.name}: {i.layout}, size {i.size[0]}x{i.size[1]}, {i.channels} channel(s)")
 
 
 @click.command()
@@ -66,5 +67,5 @@ def methods() -> None:
     for name in sorted(METHODS):
         cls = METHODS[name]
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-        kind = "gradient" if cls.needs_gradients else "forward-only"
-        click.echo(f"{name:<20} [{kind}] {doc}")
+        kind = "gradient" if cls.needs_backward() else "forward-only"
+        echo_line(f"{name:<20} [{kind}] {doc}")

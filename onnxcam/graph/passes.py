@@ -125,6 +125,17 @@ class Normalized:
     applied: list[tuple[str, int]] = field(default_factory=list)
 
 
+def _initializers_not_inputs(m: onnx.ModelProto) -> None:
+    """IR < 4 (opset ≤ 8 era) lists every initializer as a graph input too, and makes every
+    initializer an input: the tensors the rewriter adds would be invalid there. The copy `m` gets IR
+    4, where initializers are constants, and its inputs lose the initializers (values unchanged)."""
+    inits = {t.name for t in m.graph.initializer}
+    keep = [i for i in m.graph.input if i.name not in inits]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    m.ir_version = 4
+
+
 def normalize(
     model: onnx.ModelProto, info: Optional[ModelInfo], hw: Optional[tuple[int, int]] = None, resize: bool = True,
 ) -> Normalized:
@@ -133,8 +144,13 @@ def normalize(
     explicit; shapes that inference lost measured by a run (with `info`: a model without an image
     input is not run); constants folded."""
     m = with_input_size(model, info, hw) if info is not None and resize else copy_model(model)
+    if m.ir_version < 4:
+        _initializers_not_inputs(m)
+        applied_ir = [("initializers_not_inputs", 1)]
+    else:
+        applied_ir = []
     shapes = infer_shapes(m)
-    applied = []
+    applied = applied_ir
     pads = resolve_auto_pad(m, shapes)
     if pads.changed:
         m, shapes = pads.model, infer_shapes(pads.model)

@@ -22,11 +22,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import OnnxcamError, UsageError
+from ..errors import ModelLoadError, OnnxcamError, UsageError
 from ..grad.builder import Emitter
 from ..grad.engine import append_gradient, required_opset
 from ..layers import Layer, candidate_layers, default_layer, detection_head, find_layer, spatial_dims
 from ..layouts import tensor_layouts
+from ..limits import check_input_size
 from ..model import ModelInfo, default_opset, inspect_model
 from ..protos import copy_model
 from ..shapes import Shapes
@@ -150,7 +151,12 @@ def choose_output(model: onnx.ModelProto, shapes: Shapes, name: str | None = Non
 
 def prepare(model: onnx.ModelProto, info: ModelInfo, hw: tuple[int, int] | None, output: str | None = None) -> Prepared:
     """The normalised model at image size `hw` (graph/passes.py's pipeline), with the output to
-    explain and its candidate layers; `model` is not changed."""
+    explain and its candidate layers; `model` is not changed. A model declaring an input over the
+    size limit is refused before anything is allocated for it."""
+    fixed = info.fixed_size
+    if fixed is not None:
+        check_input_size(fixed[0], fixed[1], f"the model's input {info.image_input.name!r} of",
+                         ModelLoadError)
     norm = normalize(model, info, hw)
     out = choose_output(norm.model, norm.shapes, output)
     image = info.image_input.name if info else None

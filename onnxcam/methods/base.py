@@ -86,6 +86,13 @@ class CAMMethod:
         """The method's reductions as ONNX ops (through `g.e`), returned as {key: tensor}; none by default."""
         return {}
 
+    @classmethod
+    def needs_backward(cls) -> bool:
+        """True when the method runs a backward pass of any kind: ∂y/∂A at the layer, ∂y/∂x at the
+        input (guided backpropagation, FullGrad), the bias gradients (FullGrad) or the attention
+        gradients (Grad-Rollout, Chefer et al.)."""
+        return bool(cls.needs_gradients or cls.input_gradient or cls.bias_taps or cls.attention_gradients)
+
     def weights(self, inp: MethodInputs) -> np.ndarray:
         raise NotImplementedError
 

@@ -37,7 +37,7 @@ from ..methods import CAMMethod, get_method
 from ..output import OutputDir
 from ..preprocessing import InputPolicy
 from .cluster import ActorPlan, cluster_shape, connect, plan_actors
-from .dataset import ACTOR_RESTARTS, explain_dataset
+from .dataset import explain_dataset
 from .sources import ImageSource, output_stems, read_sources, row_name
 
 log = logging.getLogger(__name__)
