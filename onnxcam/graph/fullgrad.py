@@ -24,22 +24,10 @@ import numpy as np
 from onnx import TensorProto
 
 from ..grad.builder import Emitter
+from ..interpolation import linear_matrix
 
 FULLGRAD_OUTPUT = "onnxcam_fullgrad"
 _F32 = TensorProto.FLOAT
-
-
-def linear_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D linear interpolation with half-pixel centres and clamped edges
-    (OpenCV's INTER_LINEAR when enlarging; torch's align_corners=False)."""
-    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = pos - lo
-    m = np.zeros((n_out, n_in))
-    m[np.arange(n_out), lo] += 1 - frac
-    m[np.arange(n_out), hi] += frac
-    return m.astype(np.float32)
 
 
 def _float32(e: Emitter, x: str, elem_type: int) -> str:
@@ -86,7 +74,7 @@ def append_fullgrad(
             s = e.op("Add", [s, other])
         s = e.reduce_sum(s, [1], keepdims=False)  # (N, h, w)
         if (h, w) != (H, W):
-            s = e.op("MatMul", [s, e.const(linear_resize_matrix(w, W).T.copy(), "resize_x")])  # (N, h, W)
-            s = e.op("MatMul", [e.const(linear_resize_matrix(h, H), "resize_y"), s])  # (N, H, W)
+            s = e.op("MatMul", [s, e.const(linear_matrix(W, w).T.astype(np.float32), "resize_x")])  # (N, h, W)
+            s = e.op("MatMul", [e.const(linear_matrix(H, h).astype(np.float32), "resize_y"), s])  # (N, H, W)
         total = e.op("Add", [total, s])
     return e.set_info(total, (None, H, W), _F32)

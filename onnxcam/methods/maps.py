@@ -6,6 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..interpolation import linear_matrix
+
 
 def normalize_maps(cams: np.ndarray) -> np.ndarray:
     """Per image: (m − min) / (max − min) · 1 / (1 + 1e-7), in float32.
@@ -34,25 +36,10 @@ def scale_maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return normalize_maps(np.maximum(out, 0))
 
 
-def _interp_matrix(n_out: int, n_in: int, align_corners: bool) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D linear interpolation (PyTorch's two conventions)."""
-    if align_corners:
-        pos = np.linspace(0, n_in - 1, n_out) if n_out > 1 else np.zeros(1)
-    else:
-        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = pos - lo
-    m = np.zeros((n_out, n_in))
-    m[np.arange(n_out), lo] += 1 - frac
-    m[np.arange(n_out), hi] += frac
-    return m
-
-
 def upsample(acts: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
     """(C, h, w) → (C, H, W), bilinear, separable (as torch's interpolate)."""
-    ry = _interp_matrix(size[0], acts.shape[1], align_corners)
-    rx = _interp_matrix(size[1], acts.shape[2], align_corners)
+    ry = linear_matrix(size[0], acts.shape[1], align_corners)
+    rx = linear_matrix(size[1], acts.shape[2], align_corners)
     t = np.matmul(acts.astype(np.float32), rx.T.astype(np.float32))  # (C, h, W)
     return np.matmul(ry.astype(np.float32), t)  # (C, H, W), two BLAS products
 
