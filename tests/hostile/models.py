@@ -104,7 +104,7 @@ def truncated(path: Path, fraction: float = 0.6) -> Path:
 
 
 def ir14(path: Path) -> Path:
-    """IR 14 (onnx 1.23's make_model default), which onnxruntime 1.31 refuses to load."""
+    """IR 14 (onnx 1.23's make_model default), which onnxruntime 1.31 refuses to load and 1.32 reads."""
     return save(tiny_model(ir=14, opset=21), path)
 
 
