@@ -24,14 +24,13 @@ from dataclasses import dataclass
 import onnx
 
 from .errors import UsageError
-from .graph.heatmap import HEATMAP_OUTPUT, NEEDS_GRADIENT, append_heatmap, check_method
+from .graph.heatmap import HEATMAP_OUTPUT, append_heatmap, check_method
 from .graph.rewrite import ACT_OUTPUT, GRAD_OUTPUT, TARGETS_OUTPUT, build_explain_model, prepare
 from .graph.rgb_input import RGB_INPUT, add_rgb_input
 from .graph.target_input import CONTRACTS, TARGET_INPUT, set_target_contract
 from .graph.versions import RUNTIME_LIMITS, lower_versions
 from .image import Preset
 from .layers import cam_head
-from .methods import get_method
 from .model import inspect_model, load_model
 from .preprocessing import resolve_policy
 from .types import DEFAULT_SIZE
@@ -112,25 +111,24 @@ def export_model(
         max_opset = min(max_opset, opset_cap) if max_opset is not None else opset_cap
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
     info = inspect_model(m, "<model>" if isinstance(model, onnx.ModelProto) else os.fspath(model))
-    name = check_method(get_method(method).name) if heatmap else None
-    if name and NEEDS_GRADIENT[name] and not gradient:
-        raise UsageError(f"method {name} needs the gradient: drop --no-gradient (gradient=False), or use --method cam")
-    with_gradient = NEEDS_GRADIENT[name] if name else gradient
+    meth = check_method(method) if heatmap else None
+    if meth is not None and meth.needs_gradients and not gradient:
+        raise UsageError(f"method {meth.name} needs the gradient: drop --no-gradient (gradient=False), or use --method cam")
+    with_gradient = meth.needs_gradients if meth is not None else gradient
+    name = meth.name if meth is not None else None
     prep = prepare(m, info, None if info.fixed_size else (size or DEFAULT_SIZE), output)
     em = build_explain_model(prep, layer, with_gradient)
     hw = info.fixed_size or (size or DEFAULT_SIZE)
     out = em.model
-    if name is not None:
+    if meth is not None:
         lay = em.layer
-        if not isinstance(lay.height, int) or not isinstance(lay.width, int):
-            raise UsageError(f"layer {lay.name!r} has a dynamic spatial size {lay.height}x{lay.width}; give --size")
-        head = cam_head(prep.model, prep.shapes, prep.constants, lay, em.output).weight if name == "cam" else None
+        head = cam_head(prep.model, prep.shapes, prep.constants, lay, em.output).weight if meth.needs_head else None
         keep = None
         if not keep_tensors:
             keep = [o.name for o in prep.model.graph.output] + [TARGETS_OUTPUT]
         out = append_heatmap(
-            out, name, ACT_OUTPUT, GRAD_OUTPUT if with_gradient else None, TARGETS_OUTPUT, lay.layout,
-            (lay.height, lay.width), hw, prep.shapes[lay.name].elem_type, head, keep, lay.prefix,
+            out, meth, lay, prep.info.image_input, prep.info.layout, ACT_OUTPUT,
+            GRAD_OUTPUT if with_gradient else None, TARGETS_OUTPUT, hw, prep.shapes[lay.name].elem_type, head, keep,
         ).model
     out = set_target_contract(out, target, em.num_classes, TARGET_INPUT, TARGETS_OUTPUT)
     used = None

@@ -111,7 +111,8 @@ class GraphTensors:
     Emitter it writes through. `acts`/`grads` are the layer's A and ∂y/∂A channels-first (N, C, h, w)
     in float32 (None for a transformer's token layer: methods then compute in numpy); `targets` the (N,) int64 classes (None when a seed is fed); `input_grad` ∂y/∂x in
     the image's layout and `taps` (∂y/∂z_l, bias b_l, (h, w), element type) per biased layer when
-    the method asked for them."""
+    the method asked for them; `head_weight` (K, C) the classifier head's weights where the caller
+    has them (CAM's in-graph form; None in the explain model, where CAM runs in numpy)."""
 
     e: Emitter
     layer: Layer
@@ -124,6 +125,7 @@ class GraphTensors:
     input_size: tuple[int, int]
     input_grad: Optional[str] = None
     taps: list[tuple[str, np.ndarray, tuple[int, int], int]] = field(default_factory=list)
+    head_weight: Optional[np.ndarray] = None
 
 
 # A method's in-graph part: emits its reductions, returns {key: tensor} to expose as outputs (each

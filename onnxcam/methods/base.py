@@ -9,7 +9,10 @@ A method may also override `graph`: the same reductions written as ONNX ops (gra
 appends them to the rewritten model, so they run inside onnxruntime, multi-threaded, next to the
 forward pass, and A and ∂y/∂A are reduced before they leave it). What `graph` returns comes back
 after the run in `MethodInputs.graph` under the same keys; a map returned as "cam" is the method's
-map (the explainer uses it instead of calling `cam`). The numpy `cam` stays the formula of record
+map (the explainer uses it instead of calling `cam`). A method whose `graph` is its whole map
+from A, ∂y/∂A and the targets alone sets `graph_map`: graph/heatmap.py appends that same `graph`
+to exported models (`onnxcam export --heatmap`), so each formula is written once. The numpy
+`cam` stays the formula of record
 (the ort-training backend, eigen_smooth, and the tests' cross-checks use it).
 """
 
@@ -81,6 +84,7 @@ class CAMMethod:
     attention_gradients: ClassVar[bool] = False  # and their gradients
 
     uses_head: ClassVar[bool] = False  # the head where there is one (None elsewhere, no error)
+    graph_map: ClassVar[bool] = False  # `graph` returns the whole map as "cam" (export --heatmap uses it)
 
     def graph(self, g: GraphTensors) -> dict[str, str]:
         """The method's reductions as ONNX ops (through `g.e`), returned as {key: tensor}; none by default."""

@@ -22,6 +22,7 @@ class GradCAM(CAMMethod):
     """
 
     name = "gradcam"
+    graph_map = True
 
     @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
@@ -43,6 +44,7 @@ class HiResCAM(CAMMethod):
     """
 
     name = "hirescam"
+    graph_map = True
 
     @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
@@ -69,6 +71,7 @@ class GradCAMPlusPlus(CAMMethod):
     """
 
     name = "gradcam++"
+    graph_map = True
 
     @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
@@ -105,6 +108,7 @@ class XGradCAM(CAMMethod):
     """
 
     name = "xgradcam"
+    graph_map = True
 
     @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
@@ -129,6 +133,7 @@ class LayerCAM(CAMMethod):
     """
 
     name = "layercam"
+    graph_map = True
 
     @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
@@ -152,6 +157,7 @@ class GradCAMElementWise(CAMMethod):
     """
 
     name = "gradcam-elementwise"
+    graph_map = True
 
     @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
