@@ -31,7 +31,11 @@ from .scale_scenarios import CORRUPT, MODEL, make_images  # noqa: E402
 pytestmark = pytest.mark.ray
 
 SCENARIO_TIMEOUT = 480  # seconds; all scenarios take ~3 minutes on 2 busy cores
-HEATMAP_TOL = 1e-6
+# Ray's actors batch images differently from the local run, and onnxruntime's float32 kernels are
+# not batch-invariant: the same photo explained alone or in a batch of 6 by the local Explainer
+# differs by up to 1.0e-6 on the normalised heatmap (bundled MobileNetV2, measured). Targets and
+# scores must still agree exactly / to 1e-5.
+HEATMAP_TOL = 2e-6
 
 
 @pytest.fixture(scope="module")
