@@ -46,6 +46,7 @@ from onnxcam.methods import METHODS, get_method  # noqa: E402
 
 from bench_gradcam import MOBILENET, OtherLoad, cpu_count, cpu_name, load_average, plain_session  # noqa: E402
 from resnet50 import build_resnet50  # noqa: E402
+from timing import timed_block  # noqa: E402
 
 JSON = HERE / "methods.json"
 README = HERE / "README.md"
@@ -58,14 +59,7 @@ def paired_ratio(plain: Callable[[], object], method: Callable[[], object], roun
     """Median over rounds of method time / plain time, the two timed next to each other, on
     `clock` (wall time, or this process's CPU time)."""
     def block(fn: Callable[[], object], slow: bool) -> float:
-        if not slow and settle_s > 0:
-            end = time.perf_counter() + settle_s
-            fn()
-            while time.perf_counter() < end:
-                fn()
-        t0 = clock()
-        fn()
-        return clock() - t0
+        return timed_block(fn, slow, settle_s, clock)
 
     t0 = time.perf_counter()
     method()

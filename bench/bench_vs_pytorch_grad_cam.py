@@ -48,6 +48,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 import onnxcam  # noqa: E402
 from onnxcam.methods import get_method  # noqa: E402
+from timing import timed_block  # noqa: E402
 from torch_models import export, torch_model  # noqa: E402
 
 README = HERE / "README.md"
@@ -88,14 +89,7 @@ def pgc_call(name: str, model: torch.nn.Module, x: torch.Tensor, targets: list[i
 def paired(a: Callable[[], object], b: Callable[[], object], rounds: int, settle: float = 0.1,
            clock: Callable[[], float] = time.perf_counter) -> dict:
     def block(fn: Callable[[], object], slow: bool) -> float:
-        if not slow and settle > 0:
-            end = time.perf_counter() + settle
-            fn()
-            while time.perf_counter() < end:
-                fn()
-        t0 = clock()
-        fn()
-        return clock() - t0
+        return timed_block(fn, slow, settle, clock)
 
     t0 = time.perf_counter()
     a()
