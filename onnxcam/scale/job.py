@@ -272,9 +272,16 @@ def _quarantine_pass(state: _State, sources: Sequence[str], out: OutputDir, mode
         try:
             quarantine(rest.ds.iter_batches(batch_size=opts.batch_size, batch_format="numpy"), fn, ctor, plan,
                        lambda b: on_progress(_take(state, b, on_error)), crashed)
-        finally:
-            if state.fmt == "files" or not state.pending:
-                _flush_journal(state)
+        except OnnxcamError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (reading failed on Ray: the job stops, the journal stays)
+            cause = getattr(exc, "cause", None) or exc
+            raise OnnxcamError(f"Ray gave up the job: {' '.join(str(cause).split())[:300]}; the {len(state.records)} "
+                               f"result(s) written are kept in {out.shown(JOURNAL)}: run the same command again to "
+                               "resume") from None
+        finally:  # whatever happens, what was written is journaled
+            _flush_parquet(state)
+            _flush_journal(state)
 
 
 def _missing(state: _State, expected: list[str] | None) -> list[str]:
