@@ -220,6 +220,43 @@ def interrupted(data: Path, out: Path) -> None:
                                                       "mtimes": mtimes}))
 
 
+def local_then_ray(data: Path, out: Path) -> None:
+    """An interrupted local run (a file over RLIMIT_FSIZE fails with EFBIG, as a full disk would
+    fail it; the big noise photo comes last), then the same images through explain_to_dir on Ray,
+    which finishes that run from its journal."""
+    import resource
+
+    from onnxcam import Explainer
+    from onnxcam.output import OutputDir
+    from onnxcam.preprocessing import policy_for
+    from onnxcam.resume import JOURNAL
+    from onnxcam.scale import RayOptions, explain_to_dir
+
+    folder, dest = out / "local_first_in", out / "local_first_out"
+    folder.mkdir()
+    for f in sorted(data.glob("img_0*.png"))[:4]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    noise = np.random.default_rng(0).integers(0, 256, (1600, 1600, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "zz_noise.png"), noise)  # its overlay PNG is ~7 MB
+    files = [str(f) for f in sorted(folder.iterdir())]
+    limit = 3 << 20
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-c", "from onnxcam.cli import main; main()", "explain", str(MODEL), *files,
+                           "-o", str(dest)], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limited)
+    journal = (dest / JOURNAL).read_text().splitlines() if (dest / JOURNAL).exists() else []
+    before = {p.name: p.stat().st_mtime_ns for p in dest.glob("*.npy")}
+    report = explain_to_dir(str(MODEL), files, OutputDir(dest), policy_for(Explainer(MODEL)),
+                            options=RayOptions(actors=1, batch_size=2))
+    after = {p.name: p.stat().st_mtime_ns for p in dest.glob("*.npy")}
+    (out / "local_then_ray.json").write_text(json.dumps({
+        "local": {"rc": proc.returncode, "stderr": proc.stderr}, "journal": journal, "files": files,
+        "before": before, "after": after, "report": report, "journal_left": (dest / JOURNAL).exists()}))
+
+
 def crash(data: Path, out: Path) -> None:
     """A worker dies mid-job: Ray restarts it and retries its batch; nothing is lost."""
     import ray
@@ -318,6 +355,7 @@ def cli_eval(data: Path, out: Path) -> None:
 SCENARIOS: dict[str, Callable[[Path, Path], None]] = {
     "folder": folder, "parquet": parquet, "webdataset": webdataset, "s3": s3, "crash": crash,
     "cli": cli, "cli_parquet": cli_parquet, "cli_eval": cli_eval, "poison": poison, "interrupted": interrupted,
+    "local_then_ray": local_then_ray,
 }
 
 

@@ -316,3 +316,23 @@ def test_an_interrupted_ray_run_is_finished_by_the_local_command(scenarios, loca
         target, _, ref = local(rec["image"])
         assert rec["target"] == target
         assert float(np.abs(np.load(rec["heatmap"]) - ref).max()) <= HEATMAP_TOL
+
+
+def test_an_interrupted_local_run_is_finished_on_ray(scenarios, local) -> None:
+    _, out, _ = scenarios
+    status = json.loads((out / "status.json").read_text())
+    assert status.get("local_then_ray", "").startswith("ok"), status.get("local_then_ray")
+    got = json.loads((out / "local_then_ray.json").read_text())
+    files, report = got["files"], got["report"]
+    assert got["local"]["rc"] == 1 and got["local"]["stderr"].count("\n") == 1  # stopped by EFBIG, one line
+    journaled = [json.loads(line)["image"] for line in got["journal"][1:]]
+    assert journaled and set(journaled) < set(files)
+    assert (report["ray"]["kept"], report["ray"]["explained"]) == (len(journaled), len(files) - len(journaled))
+    assert report["errors"] == [] and [r["image"] for r in report["images"]] == files
+    assert not got["journal_left"]
+    kept = {Path(f).stem + ".heatmap.npy" for f in journaled}
+    assert {k: v for k, v in got["after"].items() if k in kept} == {k: got["before"][k] for k in kept}  # not redone
+    for rec in report["images"]:
+        target, _, ref = local(rec["image"])
+        assert rec["target"] == target
+        assert float(np.abs(np.load(rec["heatmap"]) - ref).max()) <= HEATMAP_TOL
