@@ -367,8 +367,9 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
               "actor_class": actor_class}
     failure = _run_pass(state, src.ds, model, {**common, "plan": plan}, opts.batch_size, on_progress, on_error)
     if failure is not None and failure.workers_died:
-        log.warning("Ray gave up the pass (%s); explaining the %s image(s) left in quarantine", failure.reason[:200],
-                    "other" if src.total is None else src.total - len(state.records) - len(state.errors))
+        log.info("Ray Data gave up the pass: %s", failure.reason)
+        left = "the other" if src.total is None else str(src.total - len(state.records) - len(state.errors))
+        log.warning("a worker kept dying: explaining %s image(s) left one batch per call, to find what kills it", left)
         _quarantine_pass(state, sources, out, model, opts, plan, common, done, on_progress, on_error)
     elif failure is not None:
         _flush_parquet(state)

@@ -133,7 +133,7 @@ def quarantine(batches: Iterable[dict[str, np.ndarray]], fn: type, ctor: dict[st
                 actors.remove(actor)
                 paths = [str(p) for p in batch["path"]]
                 if len(paths) > 1:
-                    log.warning("a worker died explaining %d images (%s); trying them one by one", len(paths), reason)
+                    log.info("a worker died explaining %d images (%s); trying them one by one", len(paths), reason)
                     queue.extendleft((row, 0) for row in reversed(_rows(batch)))
                 elif tries + 1 < CRASH_TRIES:
                     queue.appendleft((batch, tries + 1))
