@@ -137,44 +137,124 @@ class CrashOnce(ExplainBatches):
         return super().__call__(batch)
 
 
-class CrashAlways(ExplainBatches):
-    """ExplainBatches whose worker dies every time its batch holds `img_05` (a poison image, as
-    one that crashes a decoder would be)."""
+KILLER = b"ONNXCAM-TEST-KILLER"  # a crafted file: the test decoder below aborts its process on it
+FAILER = b"ONNXCAM-TEST-FAILER"  # a crafted file: the test class below raises on it (a job error, no death)
+
+
+class AbortingDecoder(ExplainBatches):
+    """ExplainBatches with a decoder that aborts its worker process (SIGABRT) on a file starting
+    with KILLER, as a native decoder that crashes on a hostile file would; given to
+    `explain_to_dir(actor_class=...)`, the public seam for another decoder."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if any("img_05" in str(p) for p in batch["path"]):
-            os._exit(1)
+        if any(bytes(b).startswith(KILLER) for b in batch["bytes"]):
+            os.abort()
         return super().__call__(batch)
 
 
+class FailingBatches(ExplainBatches):
+    """ExplainBatches that raises (a Ray task error, not a dead worker) on a file starting with
+    FAILER: the job stops as a lost cluster would stop it, leaving its journal."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if any(bytes(b).startswith(FAILER) for b in batch["bytes"]):
+            raise RuntimeError("the job stops here")
+        return super().__call__(batch)
+
+
+def _crafted(data: Path, out: Path, name: str, marker: bytes, at: int) -> list[str]:
+    """Six photos of DATA and one crafted file at position `at`, copied into OUT/name/."""
+    folder = out / name
+    folder.mkdir()
+    files = []
+    for f in sorted(data.glob("img_0*.png"))[:6]:
+        (folder / f.name).write_bytes(f.read_bytes())
+        files.append(folder / f.name)
+    crafted = folder / f"img_{at:02d}_crafted.png"
+    crafted.write_bytes(marker + b" not an image")
+    return [str(f) for f in sorted(files + [crafted])]
+
+
 def poison(data: Path, out: Path) -> None:
-    """explain_to_dir with an image that kills its worker every time: Ray gives up after the
-    retries, the command fails in one line and keeps what it wrote; the same command (the poison
-    gone) then resumes and finishes."""
-    import onnxcam.scale.dataset as dataset
+    """explain_to_dir with an image that aborts its worker every time (2 actors, batches of 2):
+    Ray Data gives up its pass, the quarantine finds the killer, everything else is written."""
     from onnxcam import Explainer
-    from onnxcam.errors import OnnxcamError
     from onnxcam.output import OutputDir
     from onnxcam.preprocessing import policy_for
     from onnxcam.scale import RayOptions, explain_to_dir
 
-    files = [str(f) for f in sorted(data.glob("img_0*.png"))]
+    files = _crafted(data, out, "poison_in", KILLER, 3)
     policy = policy_for(Explainer(MODEL))
-    run = lambda: explain_to_dir(str(MODEL), files, OutputDir(out / "poison_out"), policy,  # noqa: E731
-                                 options=RayOptions(actors=1, batch_size=2))
-    dataset.ExplainBatches = CrashAlways  # the actors run the poisoned class (test seam)
-    try:
-        run()
-        message = None
-    except OnnxcamError as exc:
-        message = str(exc)
-    finally:
-        dataset.ExplainBatches = ExplainBatches
-    journal = sorted((out / "poison_out" / ".onnxcam-ray").glob("part-*.json"))
-    kept = sum(len(json.loads(p.read_text())) for p in journal)
-    report = run()
-    (out / "poison.json").write_text(json.dumps({"message": message, "journaled": kept, "report": report,
-                                                 "files": files}))
+    lines: list[str] = []
+    t = time.perf_counter()
+    report = explain_to_dir(str(MODEL), files, OutputDir(out / "poison_out"), policy, options=RayOptions(actors=2, batch_size=2),
+                            actor_class=AbortingDecoder, on_error=lines.append)
+    (out / "poison.json").write_text(json.dumps({"report": report, "lines": lines, "files": files,
+                                                 "seconds": time.perf_counter() - t}))
+
+
+def interrupted(data: Path, out: Path) -> None:
+    """A Ray run stopped by a task error leaves its journal; a Ray run with other options
+    (--format parquet) is refused on it. The test then finishes it with the local command."""
+    from onnxcam import Explainer
+    from onnxcam.errors import OnnxcamError
+    from onnxcam.output import OutputDir
+    from onnxcam.preprocessing import policy_for
+    from onnxcam.resume import JOURNAL
+    from onnxcam.scale import RayOptions, explain_to_dir
+
+    files = _crafted(data, out, "interrupted_in", FAILER, 99)  # the crafted file comes last
+    policy = policy_for(Explainer(MODEL))
+    messages = []
+    for fmt, cls in (("files", FailingBatches), ("parquet", ExplainBatches)):
+        try:
+            explain_to_dir(str(MODEL), files, OutputDir(out / "interrupted_out"), policy, actor_class=cls,
+                           options=RayOptions(actors=1, batch_size=2, fmt=fmt))
+            messages.append(None)
+        except OnnxcamError as exc:
+            messages.append(str(exc))
+        if fmt == "files":
+            journal = (out / "interrupted_out" / JOURNAL).read_text().splitlines()
+            mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "interrupted_out").glob("*.npy")}
+    (out / "interrupted.json").write_text(json.dumps({"messages": messages, "journal": journal, "files": files,
+                                                      "mtimes": mtimes}))
+
+
+def local_then_ray(data: Path, out: Path) -> None:
+    """An interrupted local run (a file over RLIMIT_FSIZE fails with EFBIG, as a full disk would
+    fail it; the big noise photo comes last), then the same images through explain_to_dir on Ray,
+    which finishes that run from its journal."""
+    import resource
+
+    from onnxcam import Explainer
+    from onnxcam.output import OutputDir
+    from onnxcam.preprocessing import policy_for
+    from onnxcam.resume import JOURNAL
+    from onnxcam.scale import RayOptions, explain_to_dir
+
+    folder, dest = out / "local_first_in", out / "local_first_out"
+    folder.mkdir()
+    for f in sorted(data.glob("img_0*.png"))[:4]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    noise = np.random.default_rng(0).integers(0, 256, (1600, 1600, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "zz_noise.png"), noise)  # its overlay PNG is ~7 MB
+    files = [str(f) for f in sorted(folder.iterdir())]
+    limit = 3 << 20
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-c", "from onnxcam.cli import main; main()", "explain", str(MODEL), *files,
+                           "-o", str(dest)], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limited)
+    journal = (dest / JOURNAL).read_text().splitlines() if (dest / JOURNAL).exists() else []
+    before = {p.name: p.stat().st_mtime_ns for p in dest.glob("*.npy")}
+    report = explain_to_dir(str(MODEL), files, OutputDir(dest), policy_for(Explainer(MODEL)),
+                            options=RayOptions(actors=1, batch_size=2))
+    after = {p.name: p.stat().st_mtime_ns for p in dest.glob("*.npy")}
+    (out / "local_then_ray.json").write_text(json.dumps({
+        "local": {"rc": proc.returncode, "stderr": proc.stderr}, "journal": journal, "files": files,
+        "before": before, "after": after, "report": report, "journal_left": (dest / JOURNAL).exists()}))
 
 
 def crash(data: Path, out: Path) -> None:
@@ -274,7 +354,8 @@ def cli_eval(data: Path, out: Path) -> None:
 
 SCENARIOS: dict[str, Callable[[Path, Path], None]] = {
     "folder": folder, "parquet": parquet, "webdataset": webdataset, "s3": s3, "crash": crash,
-    "cli": cli, "cli_parquet": cli_parquet, "cli_eval": cli_eval, "poison": poison,
+    "cli": cli, "cli_parquet": cli_parquet, "cli_eval": cli_eval, "poison": poison, "interrupted": interrupted,
+    "local_then_ray": local_then_ray,
 }
 
 

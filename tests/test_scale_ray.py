@@ -24,6 +24,7 @@ pytest.importorskip("ray.data", reason="the ray extra is not installed (pip inst
 pytest.importorskip("pyarrow", reason="the ray extra is not installed (pip install 'onnxcam[ray]')")
 
 from onnxcam import Explainer, load_image, preprocess  # noqa: E402
+from onnxcam.resume import JOURNAL  # noqa: E402
 
 from .helpers import ROOT  # noqa: E402
 from .scale_scenarios import CORRUPT, MODEL, make_images  # noqa: E402
@@ -196,7 +197,7 @@ def test_cli_rerun_keeps_what_out_has(scenarios) -> None:
     assert mtimes["before"] == mtimes["after"] and len(mtimes["before"]) == len(images)  # nothing rewritten
     report = json.loads((out / "cli_out" / "results.json").read_text())
     assert [r["image"] for r in report["images"]] == [str(p) for p in images]
-    assert not (out / "cli_out" / ".onnxcam-ray").exists()  # the journal goes once results.json is written
+    assert not (out / "cli_out" / JOURNAL).exists()  # the journal goes once results.json is written
 
 
 def test_cli_parquet_format_on_an_unseen_parquet_dataset(scenarios, local) -> None:
@@ -248,17 +249,89 @@ def test_cli_eval_on_ray_reports_what_local_eval_reports(scenarios) -> None:
         assert ray_report["metrics"][k] == (pytest.approx(v, rel=1e-5, abs=1e-6) if isinstance(v, float) else v), k
 
 
-def test_an_image_that_kills_every_worker_ends_the_job_in_one_line_and_a_rerun_resumes(scenarios, local) -> None:
+def test_an_image_that_kills_its_worker_is_listed_and_everything_else_written(scenarios, local, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from onnxcam.cli import cli
+
     _, out, _ = scenarios
     status = json.loads((out / "status.json").read_text())
     assert status.get("poison", "").startswith("ok"), status.get("poison")
     got = json.loads((out / "poison.json").read_text())
-    assert got["message"].startswith("Ray gave up the job: ") and "\n" not in got["message"]
-    assert got["message"].endswith("run the same command again to resume")
-    report = got["report"]  # the rerun, without the poison
-    assert report["errors"] == []
-    assert [r["image"] for r in report["images"]] == got["files"]
-    assert (report["ray"]["kept"], report["ray"]["explained"]) == (got["journaled"], len(got["files"]) - got["journaled"])
+    report, files = got["report"], got["files"]
+    killer = next(f for f in files if "crafted" in f)
+    # the killer is a failure with its source and the reason, one line (stderr in the command)
+    assert [e["image"] for e in report["errors"]] == [killer]
+    message = report["errors"][0]["error"]
+    assert message.startswith(f"{killer}: the worker process died while explaining this image (2 times, alone; ")
+    assert message.endswith("; no map written") and "\n" not in message
+    assert got["lines"] == [message]
+    on_disk = json.loads((out / "poison_out" / "results.json").read_text())
+    assert on_disk["errors"] == report["errors"] and not (out / "poison_out" / JOURNAL).exists()
+    # everything else is written, as the local command writes it
+    assert [r["image"] for r in report["images"]] == [f for f in files if f != killer]
+    local_out = tmp_path / "local"
+    run = CliRunner().invoke(cli, ["explain", str(MODEL), *files, "-o", str(local_out)])
+    assert run.exit_code == 1  # there, the crafted file is an undecodable image
+    local_report = json.loads((local_out / "results.json").read_text())
+    assert _relative(report, out / "poison_out") == _relative(local_report, local_out)
+    for rec in report["images"]:
+        target, _, ref = local(rec["image"])
+        assert rec["target"] == target
+        assert float(np.abs(np.load(rec["heatmap"]) - ref).max()) <= HEATMAP_TOL
+
+
+def test_an_interrupted_ray_run_is_finished_by_the_local_command(scenarios, local) -> None:
+    from click.testing import CliRunner
+
+    from onnxcam.cli import cli
+
+    _, out, _ = scenarios
+    status = json.loads((out / "status.json").read_text())
+    assert status.get("interrupted", "").startswith("ok"), status.get("interrupted")
+    got = json.loads((out / "interrupted.json").read_text())
+    files, dest = got["files"], out / "interrupted_out"
+    stopped, refused = got["messages"]
+    assert stopped.startswith("Ray gave up the job: ") and "\n" not in stopped
+    assert stopped.endswith(f"kept in {dest / JOURNAL}: run the same command again to resume")
+    # the same journal, another command (--format parquet on Ray, another method locally): refused in one line
+    assert refused == (f"{dest / JOURNAL}: the folder holds an unfinished run of another command (explain --ray), "
+                       "or of other options; rerun that command to finish it, or pass --overwrite to start over")
+    other = CliRunner().invoke(cli, ["explain", str(MODEL), *files, "-o", str(dest), "--method", "hirescam"])
+    assert other.exit_code == 1 and other.stderr == f"onnxcam: error: {refused}\n"
+    journaled = [json.loads(line)["image"] for line in got["journal"][1:]]
+    assert journaled and set(journaled) < set(files)  # the run stopped part-way
+    # the local command finishes the Ray run: journaled images are kept (files untouched), the rest explained
+    run = CliRunner().invoke(cli, ["explain", str(MODEL), *files, "-o", str(dest)])
+    assert run.exit_code == 1, run.stderr  # the crafted file cannot be decoded
+    report = json.loads((dest / "results.json").read_text())
+    crafted = next(f for f in files if "crafted" in f)
+    assert report["errors"] == [{"image": crafted, "error": f"cannot decode image: {crafted}"}]
+    assert [r["image"] for r in report["images"]] == [f for f in files if f != crafted]
+    assert not (dest / JOURNAL).exists()
+    kept = {Path(f).stem + ".heatmap.npy" for f in journaled}
+    assert kept == set(got["mtimes"])
+    assert {p.name: p.stat().st_mtime_ns for p in dest.glob("*.npy") if p.name in kept} == got["mtimes"]
+    for rec in report["images"]:
+        target, _, ref = local(rec["image"])
+        assert rec["target"] == target
+        assert float(np.abs(np.load(rec["heatmap"]) - ref).max()) <= HEATMAP_TOL
+
+
+def test_an_interrupted_local_run_is_finished_on_ray(scenarios, local) -> None:
+    _, out, _ = scenarios
+    status = json.loads((out / "status.json").read_text())
+    assert status.get("local_then_ray", "").startswith("ok"), status.get("local_then_ray")
+    got = json.loads((out / "local_then_ray.json").read_text())
+    files, report = got["files"], got["report"]
+    assert got["local"]["rc"] == 1 and got["local"]["stderr"].count("\n") == 1  # stopped by EFBIG, one line
+    journaled = [json.loads(line)["image"] for line in got["journal"][1:]]
+    assert journaled and set(journaled) < set(files)
+    assert (report["ray"]["kept"], report["ray"]["explained"]) == (len(journaled), len(files) - len(journaled))
+    assert report["errors"] == [] and [r["image"] for r in report["images"]] == files
+    assert not got["journal_left"]
+    kept = {Path(f).stem + ".heatmap.npy" for f in journaled}
+    assert {k: v for k, v in got["after"].items() if k in kept} == {k: got["before"][k] for k in kept}  # not redone
     for rec in report["images"]:
         target, _, ref = local(rec["image"])
         assert rec["target"] == target

@@ -18,7 +18,7 @@ from ..methods import configured
 from ..output import OutputDir, dumps, image_record, output_names
 from ..preprocessing import Batch, InputPolicy, policy_for
 from ..detection import FORMATS
-from ..resume import Journal, signature
+from ..resume import Journal, explain_signature
 from ..targets import maps_per_image, parse_target, with_detection_options
 from . import options as opt
 from .common import chunks, collect_images, echo_line, guarded, parse_inputs, progress, report_error
@@ -119,17 +119,6 @@ def _run(job: Job, ex: Explainer, policy: InputPolicy, target: Any, batch_size: 
             bar.update(len(chunk))
 
 
-def _signature(model_sha: str, ex: Explainer, policy: InputPolicy, options: dict[str, Any],
-               extra: dict[str, np.ndarray]) -> str:
-    """What decides explain's outputs: a rerun with the same signature may finish an unfinished run."""
-    return signature({
-        "model_sha256": model_sha, "method": ex.method.name, **options, **policy.describe(),
-        "preset": vars(policy.preset), "labels": hashlib.sha256("\n".join(policy.labels or []).encode()).hexdigest(),
-        "inputs": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() + str(v.shape)
-                   for k, v in sorted(extra.items())},
-    })
-
-
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -139,10 +128,11 @@ def file_sha256(path: str) -> str:
 
 
 def _report(job: Job, model: str, model_sha: str, ex: Explainer, policy: InputPolicy,
-            output_name: str | None) -> dict[str, Any]:
+            output_name: str | None, sig: str) -> dict[str, Any]:
     return {
         "model": str(model),
         "model_sha256": model_sha,
+        "signature": sig,
         "method": ex.method.name,
         "layer": job.layer,
         "output": output_name or (ex.prepared(job.last_size).output if job.last_size else None),
@@ -235,18 +225,18 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, head
     job = Job(out, images, output_names(found), [""] if per_image == 1 else [f".top{j + 1}" for j in range(per_image)],
               target)
     model_sha = file_sha256(model)
-    options = {"layers": list(layers_opt), "fuse": fuse, "aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth,
-               "target": target, "output": output_name, "backend": backend, "per_image": per_image,
-               "det_format": det_format, "boxes_output": boxes_output,
-               "method_options": [head_fusion, discard_ratio, start_layer]}
-    journal = Journal(out, _signature(model_sha, ex, policy, options, extra), "explain")
+    sig = explain_signature(model_sha, chosen, policy, layers=list(layers_opt), target=target,
+                            explainer={"fuse": fuse, "aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth,
+                                       "output": output_name, "backend": backend, "inputs": extra},
+                            per_image=per_image, det_format=det_format, boxes_output=boxes_output)
+    journal = Journal(out, sig, "explain")
     resuming = journal.exists() and not overwrite
     if resuming:  # finishing an unfinished run: its own files may be replaced (links, inputs still refused)
         out.overwrite = True
     out.check_free(job.planned())
     journal.open(overwrite)
     _run(job, ex, policy, tgt, batch_size, not as_json and sys.stderr.isatty() and len(images) > 1, journal)
-    report = _report(job, model, model_sha, ex, policy, output_name)
+    report = _report(job, model, model_sha, ex, policy, output_name, sig)
     out.write_json("results.json", report)
     journal.close()
     if as_json:

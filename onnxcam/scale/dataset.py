@@ -26,15 +26,16 @@ from .cluster import ActorPlan, cluster_shape, plan_actors, require_ray
 log = logging.getLogger(__name__)
 
 SHIP_LIMIT = 1 << 30  # models up to 1 GiB travel with the job; larger ones are read from `model` on each node
-ACTOR_RESTARTS = 3  # a batch whose worker died is retried this many times on the restarted worker
+ACTOR_RESTARTS = 1  # a batch whose worker died is retried this many times on the restarted worker
 
 
 def _bounded_restarts() -> dict[str, int]:
     """Ray's default for actor pools is to restart and retry forever, so an image that kills its
     worker every time would hang the job. Actors still restart without limit, but a batch is
-    retried ACTOR_RESTARTS times; then Ray gives up the job with the reason (measured with Ray
-    2.60: `max_errored_blocks` does not cover dead workers), and `onnxcam.scale.job` keeps what
-    was written for a rerun. Ray 2.60 still takes these as `ray_remote_args`, with a deprecation
+    retried ACTOR_RESTARTS times (once: a worker lost by chance); then Ray gives up the pass
+    with the reason (measured with Ray 2.60: `max_errored_blocks` does not cover dead workers),
+    and `onnxcam.scale.job` explains what is left in `onnxcam.scale.quarantine`, which finds the
+    image that kills its worker (each further retry here would cost an actor restart). Ray 2.60 still takes these as `ray_remote_args`, with a deprecation
     warning that names no replacement: silenced here."""
     return {"max_restarts": -1, "max_task_retries": ACTOR_RESTARTS}
 
@@ -55,19 +56,30 @@ def model_payload(model: str | os.PathLike | bytes) -> str | bytes:
 def explain_dataset(ds: Any, model: str | os.PathLike | bytes, method: str | CAMMethod = "gradcam", actors: int | None = None,
                     batch_size: int = 8, cpus_per_actor: float | None = None, gpus: bool = False,
                     plan: ActorPlan | None = None, ship_model: bool = True, layer: str | Sequence[str] | None = None,
-                    target: Any = None, **kwargs: Any) -> Any:
+                    target: Any = None, actor_class: type = ExplainBatches, **kwargs: Any) -> Any:
     """The lazy Dataset of explanations of `ds` (one row per image; nothing runs until it is
     consumed). model: a path or bytes; with `ship_model` the bytes travel with the job (see
     `model_payload`), else every worker reads the path (a local Ray: no copy in the object store).
     actors, cpus_per_actor, gpus: the pool (see `plan_actors`; `plan` overrides them);
-    further keyword arguments (policy, overlay, heatmap_dtype, providers, explainer) go to
-    `ExplainBatches`. Without a connected Ray, a local one is started (`onnxcam.scale.connect`)."""
+    actor_class: `ExplainBatches` or a subclass (e.g. another decoder); further keyword arguments
+    (policy, overlay, heatmap_dtype, providers, explainer) go to it. Without a connected Ray, a
+    local one is started (`onnxcam.scale.connect`)."""
     plan = plan or _plan(actors, cpus_per_actor, gpus)
+    fn, ctor = explain_kwargs(model, method=method, plan=plan, ship_model=ship_model, layer=layer, target=target,
+                              gpus=gpus, actor_class=actor_class, **kwargs)
+    return map_on_actors(ds, fn, ctor, plan, batch_size)
+
+
+def explain_kwargs(model: str | os.PathLike | bytes, *, plan: ActorPlan, method: str | CAMMethod = "gradcam",
+                   ship_model: bool = True, layer: str | Sequence[str] | None = None, target: Any = None,
+                   gpus: bool = False, actor_class: type = ExplainBatches, **kwargs: Any) -> tuple[type, dict[str, Any]]:
+    """(the actors' class, its constructor arguments) for `explain_dataset`'s arguments: the one
+    place they are built, for the Ray Data pass and for `onnxcam.scale.quarantine`."""
     ctor = {"model": model_payload(model) if ship_model else os.fspath(model), "method": method, "layer": layer,
             "target": target, "threads": plan.threads, **kwargs}
     if gpus:
         ctor.setdefault("providers", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    return map_on_actors(ds, ExplainBatches, ctor, plan, batch_size)
+    return actor_class, ctor
 
 
 def _plan(actors: int | None, cpus_per_actor: float | None, gpus: bool) -> ActorPlan:

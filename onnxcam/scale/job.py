@@ -10,12 +10,22 @@ its name: `data.parquet/17`, `shard.tar/KEY`) and results.json last, with the sa
 - `parquet`: explanations/part-NNNNN.parquet with columns image, name, target, label, score,
   probability, heatmap (float32 list, heatmap_height × heatmap_width, row-major) and overlay (PNG).
 
-Reruns: the records of an earlier run in OUT (its results.json, or the journal an interrupted run
-left in OUT/.onnxcam-ray/) are kept and their images skipped; images that failed are tried again.
-`overwrite` starts afresh. A worker that dies is restarted and its batch retried (a crash loses
-nothing); when one batch kills its worker ACTOR_RESTARTS + 1 times, Ray gives up the whole job:
-the command then fails with Ray's reason in one line, and everything written so far stays in the
-journal, so the same command resumes from there.
+Reruns and resuming: the same journal as the local run (`onnxcam.resume`,
+OUT/results.incomplete.jsonl, one line per image written, with the run's signature): an
+interrupted run (Ctrl-C, a lost cluster, a full disk) is finished by the same command, which skips
+the images in the journal whose files are there; a journal or a finished results.json of another
+command (other options, or `--format`) is refused in one line unless `overwrite` starts afresh.
+With `--format files` the signature is the local run's, so `onnxcam explain` without --ray may
+finish a Ray run's journal and the other way round. A rerun of the same command into a finished
+OUT keeps its records and explains only the rest (failed images are tried again).
+
+Faults: an undecodable image is an error row from its actor, the rest goes on. A worker that
+dies is restarted and its batch retried by Ray Data (ACTOR_RESTARTS times); when a batch keeps
+killing its worker, Ray Data gives up the pass, and the images it did not finish go through
+`onnxcam.scale.quarantine` (one batch per actor call, a dead batch split into single images), so
+only the images that kill their worker alone are lost, each listed with its path and the reason;
+everything else is written and results.json completed (exit code 1 from the command, as for any
+failed image).
 """
 
 from __future__ import annotations
@@ -36,16 +46,17 @@ from ..errors import OnnxcamError, UsageError
 from ..methods import CAMMethod, get_method
 from ..output import OutputDir
 from ..preprocessing import InputPolicy
+from ..resume import JOURNAL, Journal, explain_signature
+from .batches import ExplainBatches
 from .cluster import ActorPlan, cluster_shape, connect, plan_actors
-from .dataset import explain_dataset
+from .dataset import explain_dataset, explain_kwargs
+from .quarantine import CRASH_TRIES, quarantine
 from .sources import ImageSource, output_stems, read_sources, row_name
 
 log = logging.getLogger(__name__)
 
-JOURNAL = ".onnxcam-ray"
 FORMATS = ("files", "parquet")
 PART_ROWS = 256  # rows per Parquet part
-JOURNAL_ROWS = 64  # rows the driver takes at a time (files format: one journal entry each)
 WRITER_THREADS = 4
 
 
@@ -72,42 +83,58 @@ class _State:
     target_spec: str
     records: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
+    journal: Journal | None = None
     pending: list[dict[str, Any]] = field(default_factory=list)  # parquet rows not yet written
-    journal_part: int = 0
     parts: int = 0
-    unjournaled: list[dict[str, Any]] = field(default_factory=list)
+    unjournaled: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (name, journal entry)
     layer: str = ""
     provider: str = ""
     output: str | None = None
     pool: ThreadPoolExecutor | None = None
 
 
-def previous_records(out: OutputDir) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The records an earlier run left in OUT (its results.json's images, else its journal) and
-    that run's layer, provider and output (from results.json)."""
+def _record_files(rec: dict[str, Any]) -> list[str]:
+    return [rec[k] for k in ("overlay", "heatmap", "guided", "parquet") if isinstance(rec.get(k), str)]
+
+
+def previous_records(out: OutputDir, journal: Journal) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records an earlier run of the same command left in OUT, and its layer, provider and
+    output: from its journal when it was interrupted (images whose files are all there), else
+    from its results.json; another command's results.json is refused (see the module docstring)."""
+    if journal.resuming:
+        records: list[dict[str, Any]] = []
+        header: dict[str, Any] = {}
+        for key, entry in journal.done.items():
+            recs = entry.get("records") or []
+            if journal.finished(key, [f for r in recs for f in _record_files(r)]):
+                records.extend(recs)
+                header = {k: entry.get(k) for k in ("layer", "provider", "output")}
+        return records, header
     done = out.path("results.json")
-    if done.is_file():
-        try:
-            report = json.loads(done.read_text(encoding="utf-8"))
-            header = {k: report.get(k) for k in ("layer", "provider", "output")}
-            return list(report.get("images", [])), header
-        except (ValueError, OSError, AttributeError) as exc:
-            raise OnnxcamError(f"{out.shown('results.json')} is not readable JSON ({exc}); pass --overwrite") from None
-    records: list[dict[str, Any]] = []
-    folder = out.path(JOURNAL)
-    for part in sorted(folder.glob("part-*.json")) if folder.is_dir() else []:
-        try:
-            records.extend(json.loads(part.read_text(encoding="utf-8")))
-        except (ValueError, OSError):
-            log.warning("ignoring the unreadable journal entry %s", part)
-    return records, {}
+    if out.overwrite or not done.is_file():
+        return [], {}
+    try:
+        report = json.loads(done.read_text(encoding="utf-8"))
+        images, header = list(report["images"]), {k: report.get(k) for k in ("layer", "provider", "output")}
+        sig = report.get("signature")
+    except (ValueError, OSError, AttributeError, KeyError, TypeError) as exc:
+        raise OnnxcamError(f"{out.shown('results.json')} is not readable JSON ({exc}); pass --overwrite") from None
+    if sig != journal.sig:
+        raise OnnxcamError(f"{out.shown('results.json')}: the folder holds a finished run of another command, or of "
+                           "other options; pass --overwrite to start over, or choose another -o")
+    return images, header
 
 
 def _flush_journal(state: _State) -> None:
-    if state.unjournaled:
-        state.out.write_json(f"{JOURNAL}/part-{state.journal_part:06d}.json", state.unjournaled)
-        state.journal_part += 1
+    if state.unjournaled and state.journal is not None:
+        state.journal.record_many(state.unjournaled)
         state.unjournaled = []
+
+
+def _entry(state: _State, path: str, rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One image's journal line, as the local run writes it (`onnxcam.cli.explain`)."""
+    return row_name(path, state.stems), {"image": path, "records": [rec], "errors": [], "provider": state.provider,
+                                         "layer": state.layer, "output": state.output}
 
 
 def _parquet_part(rows: list[dict[str, Any]]) -> bytes:
@@ -176,7 +203,7 @@ def _take(state: _State, batch: dict[str, np.ndarray], on_error: Callable[[str],
                                   "label": rec["label"], "score": rec.get("score"), "probability": rec.get("probability"),
                                   "heatmap": heat, "overlay": bytes(batch["overlay"][i])})
         state.records.append(rec)
-        state.unjournaled.append(rec)
+        state.unjournaled.append(_entry(state, path, rec))
     if todo:
         assert state.pool is not None
         for (rec, *_), files in zip(todo, state.pool.map(lambda t: _write_files(state, t[1], batch, t[2], t[3]), todo)):
@@ -188,8 +215,14 @@ def _take(state: _State, batch: dict[str, np.ndarray], on_error: Callable[[str],
     return n
 
 
+@dataclass
+class _Failure:
+    reason: str
+    workers_died: bool
+
+
 def _run_pass(state: _State, ds: Any, model: str, common: dict[str, Any], batch_size: int,
-              on_progress: Callable[[int], None], on_error: Callable[[str], None]) -> str | None:
+              on_progress: Callable[[int], None], on_error: Callable[[str], None]) -> _Failure | None:
     """Explain `ds` on the actors and write what comes back. Returns None, or why Ray gave up
     (e.g. a worker that kept dying); onnxcam's own errors are raised."""
     if ds is None:
@@ -197,7 +230,9 @@ def _run_pass(state: _State, ds: Any, model: str, common: dict[str, Any], batch_
     explained = explain_dataset(ds, model, batch_size=batch_size, **common)
     try:
         with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="onnxcam-writer") as state.pool:
-            for batch in explained.iter_batches(batch_size=JOURNAL_ROWS, batch_format="numpy"):
+            # batch_size None: each actor batch as it arrives, written and journaled at once, so an
+            # interrupted run loses at most the batches in flight
+            for batch in explained.iter_batches(batch_size=None, batch_format="numpy"):
                 on_progress(_take(state, batch, on_error))
     except OnnxcamError:
         raise
@@ -205,11 +240,48 @@ def _run_pass(state: _State, ds: Any, model: str, common: dict[str, Any], batch_
         cause = getattr(exc, "cause", None) or exc
         if isinstance(cause, OnnxcamError):
             raise cause from None
-        return " ".join(str(cause).split()) or type(cause).__name__
+        from ray.exceptions import RayActorError, WorkerCrashedError
+
+        died = isinstance(cause, (RayActorError, WorkerCrashedError))
+        return _Failure(" ".join(str(cause).split()) or type(cause).__name__, died)
     finally:
         if state.fmt == "files" or not state.pending:
             _flush_journal(state)
     return None
+
+
+def _quarantine_pass(state: _State, sources: Sequence[str], out: OutputDir, model: str, opts: "RayOptions",
+                     plan: ActorPlan, common: dict[str, Any], done: set[str], on_progress: Callable[[int], None],
+                     on_error: Callable[[str], None]) -> None:
+    """The images the failed Data pass did not finish, through `onnxcam.scale.quarantine`."""
+    seen = done | {r["image"] for r in state.records} | {e["image"] for e in state.errors}
+    rest = read_sources(sources, opts.image_column, exclude=str(out.root), skip=seen,
+                        read_cpus=min(1.0, plan.reserve), parallelism=4 * plan.actors)
+    if rest.ds is None:
+        return
+    fn, ctor = explain_kwargs(model, plan=plan, **common)
+
+    def crashed(path: str, reason: str) -> None:
+        msg = (f"{path}: the worker process died while explaining this image ({CRASH_TRIES} times, alone; Ray says: "
+               f"{reason}); no map written")
+        state.errors.append({"image": path, "error": msg})
+        on_error(msg)
+        on_progress(1)
+
+    with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="onnxcam-writer") as state.pool:
+        try:
+            quarantine(rest.ds.iter_batches(batch_size=opts.batch_size, batch_format="numpy"), fn, ctor, plan,
+                       lambda b: on_progress(_take(state, b, on_error)), crashed)
+        except OnnxcamError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (reading failed on Ray: the job stops, the journal stays)
+            cause = getattr(exc, "cause", None) or exc
+            raise OnnxcamError(f"Ray gave up the job: {' '.join(str(cause).split())[:300]}; the {len(state.records)} "
+                               f"result(s) written are kept in {out.shown(JOURNAL)}: run the same command again to "
+                               "resume") from None
+        finally:  # whatever happens, what was written is journaled
+            _flush_parquet(state)
+            _flush_journal(state)
 
 
 def _missing(state: _State, expected: list[str] | None) -> list[str]:
@@ -218,6 +290,22 @@ def _missing(state: _State, expected: list[str] | None) -> list[str]:
         return []
     seen = {r["image"] for r in state.records} | {e["image"] for e in state.errors}
     return [p for p in expected if p not in seen]
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _next_part(out: OutputDir) -> int:
+    """The first Parquet part number after those in OUT/explanations (a rerun adds parts)."""
+    folder = out.path("explanations")
+    nums = [int(p.stem.split("-")[-1]) for p in folder.glob("part-*.parquet") if p.stem.split("-")[-1].isdigit()] \
+        if folder.is_dir() else []
+    return max(nums, default=-1) + 1
 
 
 def _planned_names(src: ImageSource, stems: dict[str, str], fmt: str) -> list[str]:
@@ -232,16 +320,23 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
                    explainer: dict[str, Any] | None = None, providers: list[str] | None = None,
                    options: RayOptions | None = None, on_progress: Callable[[int], None] = lambda n: None,
                    on_total: Callable[[int | None], None] = lambda n: None,
-                   on_error: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+                   on_error: Callable[[str], None] = lambda m: None,
+                   actor_class: type = ExplainBatches) -> dict[str, Any]:
     """Explain every image of `sources` on Ray into `out`; returns the results.json it wrote.
 
     policy, target: resolved on the driver (`policy_for`, `parse_target`) with a local Explainer,
-    so that a wrong option fails before Ray starts. on_total/on_progress/on_error: the command's
-    progress bar and error lines."""
+    so that a wrong option fails before Ray starts; target_spec: the target as the user wrote it.
+    on_total/on_progress/on_error: the command's progress bar and error lines. actor_class: the
+    callable class the actors run, `ExplainBatches` or a subclass (another decoder, say)."""
     opts = options or RayOptions()
     if opts.fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {opts.fmt!r}")
-    earlier, header = ([], {}) if out.overwrite else previous_records(out)
+    m = get_method(method)
+    model_sha = _file_sha256(model)
+    sig = explain_signature(model_sha, m, policy, layers=layer, target=target_spec, explainer=explainer, fmt=opts.fmt)
+    journal = Journal(out, sig, "explain --ray" + (f" --format {opts.fmt}" if opts.fmt != "files" else ""))
+    journal.open(out.overwrite)
+    earlier, header = previous_records(out, journal)
     done = {r["image"] for r in earlier}
     if out.overwrite:
         out.remove_stale("results.json")
@@ -250,31 +345,37 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
     src = read_sources(sources, opts.image_column, exclude=str(out.root), skip=done,
                        read_cpus=min(1.0, plan.reserve), parallelism=4 * plan.actors)
     stems = output_stems(src.files)
-    planned = _planned_names(src, stems, opts.fmt)
-    if out.path(JOURNAL).is_dir():  # an interrupted run: its last batch's files have no record; redo them
-        for name in planned:
-            out.remove_stale(name)
-    out.check_free(planned)
-    state = _State(out, stems, opts.fmt, target_spec)
+    if journal.resuming:  # finishing an unfinished run: its own files may be replaced (links, inputs still refused)
+        out.overwrite = True
+    out.check_free(_planned_names(src, stems, opts.fmt))
+    state = _State(out, stems, opts.fmt, target_spec, journal=journal)
     state.layer, state.provider, state.output = header.get("layer") or "", header.get("provider") or "", header.get("output")
-    state.journal_part = len(list(out.path(JOURNAL).glob("part-*.json"))) if out.path(JOURNAL).is_dir() else 0
-    if earlier and out.path("results.json").is_file():
-        # the finished run's records move to the journal: until this run writes results.json,
-        # OUT is an unfinished run (no results.json) that a next rerun resumes with nothing lost
-        state.unjournaled = list(earlier)
+    state.parts = _next_part(out) if earlier else 0
+    if earlier and not journal.resuming:
+        # a finished run's records go to a new journal: until this run writes results.json, OUT is
+        # an unfinished run (no results.json) that a next rerun resumes with nothing lost
+        journal.start()
+        state.unjournaled = [_entry(state, r["image"], r) for r in earlier]
         _flush_journal(state)
-        out.remove_stale("results.json")
+    if earlier or journal.resuming or out.path("results.json").is_file():
+        out.remove_stale("results.json")  # checked above: the same run's, or --overwrite
     on_total(src.total)
     expected = src.expected()
     t0 = time.perf_counter()
     common = {"method": method, "layer": layer, "target": target, "policy": policy, "overlay": True,
-              "providers": providers, "explainer": explainer, "gpus": opts.gpus, "ship_model": opts.address is not None}
+              "providers": providers, "explainer": explainer, "gpus": opts.gpus, "ship_model": opts.address is not None,
+              "actor_class": actor_class}
     failure = _run_pass(state, src.ds, model, {**common, "plan": plan}, opts.batch_size, on_progress, on_error)
-    if failure is not None:
+    if failure is not None and failure.workers_died:
+        log.info("Ray Data gave up the pass: %s", failure.reason)
+        left = "the other" if src.total is None else str(src.total - len(state.records) - len(state.errors))
+        log.warning("a worker kept dying: explaining %s image(s) left one batch per call, to find what kills it", left)
+        _quarantine_pass(state, sources, out, model, opts, plan, common, done, on_progress, on_error)
+    elif failure is not None:
         _flush_parquet(state)
         _flush_journal(state)
-        raise OnnxcamError(f"Ray gave up the job: {failure[:300]}; the {len(state.records)} result(s) written are kept "
-                           f"in {out.shown(JOURNAL)}: run the same command again to resume")
+        raise OnnxcamError(f"Ray gave up the job: {failure.reason[:300]}; the {len(state.records)} result(s) written "
+                           f"are kept in {out.shown(JOURNAL)}: run the same command again to resume")
     if opts.fmt == "parquet":
         _flush_parquet(state)
     _flush_journal(state)
@@ -297,8 +398,9 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
     records = sorted(earlier + new, key=listing_order)
     report = {
         "model": str(model),
-        "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
-        "method": get_method(method).name,
+        "model_sha256": model_sha,
+        "signature": sig,
+        "method": m.name,
         "layer": state.layer,
         "output": state.output,
         "provider": state.provider,
@@ -310,9 +412,5 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
                 "note": plan.note, "seconds": seconds, "kept": len(earlier), "explained": len(new)},
     }
     out.write_json("results.json", report)
-    journal = out.path(JOURNAL)
-    if journal.is_dir():
-        for part in journal.glob("part-*.json"):
-            part.unlink()
-        journal.rmdir()
+    journal.close()
     return report
