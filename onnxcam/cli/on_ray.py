@@ -18,11 +18,10 @@ from typing import Any, Iterator
 
 import click
 
-from ..errors import UsageError
 from ..explainer import Explainer
 from ..output import OutputDir, dumps
 from ..preprocessing import policy_for
-from ..targets import TopK, parse_target
+from ..targets import parse_target, with_detection_options
 from . import options as opt
 from .common import report_error
 
@@ -97,7 +96,8 @@ def _connect_quietly(address: str | None, quiet: bool) -> None:
 
 def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: Any, layers: tuple[str, ...],
                    explainer: dict[str, Any], target: str, policy_options: dict[str, Any], batch_size: int,
-                   device: str, as_json: bool, overwrite: bool, ray_options: dict[str, Any]) -> None:
+                   device: str, as_json: bool, overwrite: bool, ray_options: dict[str, Any],
+                   det_format: str | None = None, boxes_output: str | None = None) -> None:
     """Check the request locally, then run it on Ray (see the module docstring); exit 1 when an
     image failed, as the local path."""
     from ..scale.job import RayOptions, explain_to_dir
@@ -105,9 +105,7 @@ def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: An
     layer = list(layers) if len(layers) > 1 else (layers[0] if layers else None)
     ex = Explainer(model, method=method, layer=layer, providers=["CPUExecutionProvider"], **explainer)
     policy = policy_for(ex, **policy_options)
-    tgt = parse_target(target, policy.labels)
-    if isinstance(tgt, TopK):
-        raise UsageError("--target topK gives several maps per image; with --ray explain one target per image")
+    tgt = with_detection_options(parse_target(target, policy.labels), det_format, boxes_output)
     out = OutputDir(out_dir, overwrite, protect=[model, *(p for p in inputs if os.path.isfile(p))])
     quiet = not logging.getLogger("onnxcam").isEnabledFor(logging.INFO)
     options = RayOptions(ray_options["address"], ray_options["actors"], None, device == "cuda", ray_options["fmt"],

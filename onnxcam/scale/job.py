@@ -6,9 +6,12 @@ input), with the local run's names (mirroring folders; rows of a Parquet file or
 its name: `data.parquet/17`, `shard.tar/KEY`) and results.json last, with the same keys plus
 `ray` (actors, CPUs, threads, seconds). Formats:
 
-- `files`: NAME.overlay.png, NAME.heatmap.npy (and NAME.guided.png), as `onnxcam explain`;
-- `parquet`: explanations/part-NNNNN.parquet with columns image, name, target, label, score,
-  probability, heatmap (float32 list, heatmap_height × heatmap_width, row-major) and overlay (PNG).
+- `files`: NAME.overlay.png, NAME.heatmap.npy (and NAME.guided.png), as `onnxcam explain`; with
+  topK (or det:top=K) one of each per target, NAME.top1.overlay.png ... as `onnxcam explain`;
+- `parquet`: explanations/part-NNNNN.parquet with columns image, name, rank, target, label, score,
+  probability, heatmap (float32 list, heatmap_height × heatmap_width, row-major) and overlay (PNG):
+  one row per image and target; `rank` is the target's rank (1..K; always 1 with one target per
+  image) and `name` the files format's name (NAME, or NAME.topR with topK).
 
 Reruns: the records of an earlier run in OUT (its results.json, or the journal an interrupted run
 left in OUT/.onnxcam-ray/) are kept and their images skipped; images that failed are tried again.
@@ -36,6 +39,7 @@ from ..errors import OnnxcamError, UsageError
 from ..methods import CAMMethod, get_method
 from ..output import OutputDir
 from ..preprocessing import InputPolicy
+from ..targets import maps_per_image
 from .cluster import ActorPlan, cluster_shape, connect, plan_actors
 from .dataset import explain_dataset
 from .sources import ImageSource, output_stems, read_sources, row_name
@@ -70,6 +74,7 @@ class _State:
     stems: dict[str, str]
     fmt: str
     target_spec: str
+    per_image: int = 1  # maps per image (topK): names get .top1 ... .topK
     records: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     pending: list[dict[str, Any]] = field(default_factory=list)  # parquet rows not yet written
@@ -119,6 +124,7 @@ def _parquet_part(rows: list[dict[str, Any]]) -> bytes:
     values = np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(0, np.float32)
     table = pa.table({
         "image": [r["image"] for r in rows], "name": [r["name"] for r in rows],
+        "rank": pa.array([r["rank"] for r in rows], pa.int32()),
         "target": pa.array([r["target"] for r in rows], pa.int64()), "label": [r["label"] for r in rows],
         "score": pa.array([r["score"] for r in rows], pa.float64()),
         "probability": pa.array([r["probability"] for r in rows], pa.float64()),
@@ -166,13 +172,14 @@ def _take(state: _State, batch: dict[str, np.ndarray], on_error: Callable[[str],
         state.layer, state.provider, state.output = str(batch["layer"][i]), str(batch["provider"][i]), batch["output"][i]
         rec = json.loads(batch["record"][i])
         rec["target_spec"] = state.target_spec
-        name = row_name(path, state.stems)
+        name = row_name(path, state.stems) + (f".top{int(batch['rank'][i])}" if state.per_image > 1 else "")
         heat = np.asarray(batch["heatmap"][i], np.float32)
         if state.fmt == "files":
             todo.append((rec, name, i, heat))
         else:
             rec["name"] = name
-            state.pending.append({"record": rec, "image": path, "name": name, "target": rec["target"],
+            state.pending.append({"record": rec, "image": path, "name": name, "rank": int(batch["rank"][i]),
+                                  "target": rec["target"],
                                   "label": rec["label"], "score": rec.get("score"), "probability": rec.get("probability"),
                                   "heatmap": heat, "overlay": bytes(batch["overlay"][i])})
         state.records.append(rec)
@@ -220,11 +227,12 @@ def _missing(state: _State, expected: list[str] | None) -> list[str]:
     return [p for p in expected if p not in seen]
 
 
-def _planned_names(src: ImageSource, stems: dict[str, str], fmt: str) -> list[str]:
+def _planned_names(src: ImageSource, stems: dict[str, str], fmt: str, per_image: int = 1) -> list[str]:
     if fmt != "files":
         return []
     rows = src.expected() or [f for f, _ in src.files if f in stems and not f.lower().endswith((".tar", ".tgz", ".tar.gz"))]
-    return [f"{row_name(p, stems)}.{k}" for p in rows for k in ("overlay.png", "heatmap.npy", "guided.png")]
+    suffixes = [""] if per_image == 1 else [f".top{j + 1}" for j in range(per_image)]
+    return [f"{row_name(p, stems)}{sfx}.{k}" for p in rows for sfx in suffixes for k in ("overlay.png", "heatmap.npy", "guided.png")]
 
 
 def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: InputPolicy, *, method: str | CAMMethod = "gradcam",
@@ -250,12 +258,13 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
     src = read_sources(sources, opts.image_column, exclude=str(out.root), skip=done,
                        read_cpus=min(1.0, plan.reserve), parallelism=4 * plan.actors)
     stems = output_stems(src.files)
-    planned = _planned_names(src, stems, opts.fmt)
+    per_image = maps_per_image(target)
+    planned = _planned_names(src, stems, opts.fmt, per_image)
     if out.path(JOURNAL).is_dir():  # an interrupted run: its last batch's files have no record; redo them
         for name in planned:
             out.remove_stale(name)
     out.check_free(planned)
-    state = _State(out, stems, opts.fmt, target_spec)
+    state = _State(out, stems, opts.fmt, target_spec, per_image)
     state.layer, state.provider, state.output = header.get("layer") or "", header.get("provider") or "", header.get("output")
     state.journal_part = len(list(out.path(JOURNAL).glob("part-*.json"))) if out.path(JOURNAL).is_dir() else 0
     if earlier and out.path("results.json").is_file():
