@@ -396,14 +396,41 @@ def agreement(maps_a: Sequence[np.ndarray], maps_b: Sequence[np.ndarray], percen
     return [{"spearman": M.spearman(a, b), "top_iou": M.top_k_iou(a, b, percent)} for a, b in zip(maps_a, maps_b)]
 
 
+def image_pairs(names: Sequence[str], maps: Sequence[np.ndarray], recs: Sequence[dict[str, Any]],
+                percent: float = TOP_PERCENT) -> list[dict[str, Any]]:
+    """One image's pairwise agreement (every pair a < b of the models): ρ, top-k IoU, same label,
+    and the energy moved onto forbidden regions from a to b where both have it."""
+    out = []
+    for a, b in itertools.combinations(range(len(names)), 2):
+        g: dict[str, Any] = agreement([maps[a]], [maps[b]], percent)[0]
+        ra, rb = recs[a], recs[b]
+        g["same_label"] = ra["label"] == rb["label"]
+        if "energy_in_forbidden" in ra and "energy_in_forbidden" in rb:
+            ea, eb = ra["energy_in_forbidden"], rb["energy_in_forbidden"]
+            g["energy_moved_to_forbidden"] = None if ea is None or eb is None else eb - ea
+        out.append({"a": names[a], "b": names[b], **g})
+    return out
+
+
 @dataclass
 class Review:
     """A finished review: the report (review.json) and, in the report's image order, where each
-    image's HTML card lies in the spool file (offset, length)."""
+    image's card pictures (a JSON list of data URIs: the photo, then each model's overlay) lie in
+    the spool file (offset, length); `write_report` renders the cards from them."""
 
     report: dict[str, Any]
     spool: BinaryIO
     cards: list[tuple[int, int]]
+
+
+@dataclass
+class Reviewed:
+    """One image through every model of a review: its review.json entry (before it is ranked), its
+    card's pictures (data URIs: the photo, then each model's overlay) and each model's layer."""
+
+    record: dict[str, Any]
+    figures: list[str]
+    layers: list[str]
 
 
 class _Pairs:
@@ -411,23 +438,13 @@ class _Pairs:
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = list(names)
-        self.values: dict[tuple[int, int], list[dict[str, float]]] = {
+        self.values: dict[tuple[int, int], list[dict[str, Any]]] = {
             ab: [] for ab in itertools.combinations(range(len(names)), 2)}
-        self.same_label = {ab: 0 for ab in self.values}
 
-    def add(self, maps: Sequence[np.ndarray], recs: Sequence[dict[str, Any]], percent: float) -> list[dict[str, Any]]:
-        out = []
-        for (a, b), vals in self.values.items():
-            g: dict[str, Any] = agreement([maps[a]], [maps[b]], percent)[0]
-            ra, rb = recs[a], recs[b]
-            g["same_label"] = ra["label"] == rb["label"]
-            if "energy_in_forbidden" in ra and "energy_in_forbidden" in rb:
-                ea, eb = ra["energy_in_forbidden"], rb["energy_in_forbidden"]
-                g["energy_moved_to_forbidden"] = None if ea is None or eb is None else eb - ea
-            vals.append(g)
-            self.same_label[(a, b)] += g["same_label"]
-            out.append({"a": self.names[a], "b": self.names[b], **g})
-        return out
+    def add(self, image_pairs: Sequence[dict[str, Any]]) -> None:
+        """One image's pairs (`image_pairs`, in the same pair order)."""
+        for ab, g in zip(self.values, image_pairs):
+            self.values[ab].append(g)
 
     def summary(self) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
         m = len(self.names)
@@ -437,7 +454,7 @@ class _Pairs:
             ms, mi = _nanmean([g["spearman"] for g in vals]), _nanmean([g["top_iou"] for g in vals])
             sp[a, b] = sp[b, a] = np.nan if ms is None else ms
             iou[a, b] = iou[b, a] = np.nan if mi is None else mi
-            same, n = self.same_label[(a, b)], len(vals)
+            same, n = sum(bool(g["same_label"]) for g in vals), len(vals)
             pair = {"a": self.names[a], "b": self.names[b], "spearman": ms, "top_iou": mi, "same_label": same,
                     "label_agreement": same / n if n else None}
             moved = [g["energy_moved_to_forbidden"] for g in vals if "energy_moved_to_forbidden" in g]
@@ -449,12 +466,97 @@ class _Pairs:
         return pairs, sp, iou
 
 
+def review_chunk(runs: Sequence[ModelRun], chunk: Sequence[tuple[str, np.ndarray]], boxes: dict | None,
+                 steps: int, road: bool, tolerance: float, percent: float, notes: Annotations,
+                 thumb_width: int = 300) -> list[Reviewed | str]:
+    """Decoded images ((name, RGB) pairs) through every model: per image its `Reviewed`, or why it
+    has no result (a model's outputs, map or metrics are not finite). The work of one batch, the
+    same in one process (`review_stream`) and on Ray's actors (`onnxcam.scale.review`)."""
+    names = [r.name for r in runs]
+    done = [_explain_chunk(r, chunk, boxes, steps, road, tolerance, notes) for r in runs]
+    out: list[Reviewed | str] = []
+    for i, (name, img) in enumerate(chunk):
+        bad = [ex.bad[i] for ex in done if i in ex.bad]
+        if bad:
+            out.append(bad[0])
+            continue
+        recs, maps = [ex.records[i] for ex in done], [ex.maps[i] for ex in done]
+        pairs = image_pairs(names, maps, recs, percent)
+        rec = json_safe({
+            "image": name, "size": [int(img.shape[0]), int(img.shape[1])], "boxes": boxes_for(boxes, name),
+            "forbidden": notes.forbidden_for(name, img.shape[:2]),
+            "agreement": {"spearman": _nanmean([p["spearman"] for p in pairs]),
+                          "top_iou": _nanmean([p["top_iou"] for p in pairs]), "pairs": pairs},
+            "models": {names[k]: recs[k] for k in range(len(runs))},
+        })
+        out.append(Reviewed(rec, card_figures(rec, img, maps, thumb_width), [ex.layer for ex in done]))
+    return out
+
+
+class ReviewCollector:
+    """Builds a `Review` from `Reviewed` images given one at a time, in any order (`key`: the
+    image's place in the listing): their pictures are spooled to a temporary file at once, so
+    memory holds only the records. The same whether the images come from this process or from
+    Ray's workers, so the numbers are the same."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.items: list[tuple[int, dict[str, Any], tuple[int, int]]] = []
+        self.layers = [""] * len(self.names)
+        self.spool = tempfile.TemporaryFile()
+
+    def add(self, item: Reviewed, key: int | None = None) -> None:
+        data = json.dumps(item.figures).encode("ascii")
+        self.spool.seek(0, os.SEEK_END)
+        self.items.append((len(self.items) if key is None else key, item.record, (self.spool.tell(), len(data))))
+        self.spool.write(data)
+        self.layers = [ly or old for ly, old in zip(item.layers, self.layers)]
+
+    def finish(self, models: Sequence[dict[str, Any]], method: str, steps: int, tolerance: float,
+               percent: float = TOP_PERCENT, names: Sequence[str] | None = None) -> Review:
+        """The report: per model (`models`: each run's `describe()`) its metrics, the pairs, the
+        images lowest agreement first, the drift. `names`: the images' names in listing order,
+        replacing the names their records were made with (Ray's workers name rows by path)."""
+        self.items.sort(key=lambda t: t[0])
+        per_image = [rec for _, rec, _ in self.items]
+        if names is not None:
+            for rec, name in zip(per_image, names):
+                rec["image"] = name
+                for r in rec["models"].values():
+                    r["image"] = name
+        m = len(self.names)
+        pairs = _Pairs(self.names)
+        for rec in per_image:
+            pairs.add(rec["agreement"]["pairs"])
+        n = len(per_image)  # may be 0 when every image was an error: the page says so
+        # lowest agreement first (no pair → keep the given order); NaN counts as the least agreement
+        order = sorted(range(n), key=lambda i: (-2.0 if per_image[i]["agreement"]["spearman"] is None and m > 1
+                                                else (per_image[i]["agreement"]["spearman"] if m > 1 else 0.0), i))
+        for rank_, i in enumerate(order):
+            per_image[i]["disagreement_rank"] = rank_
+        pair_list, sp, iou = pairs.summary()
+        described = [{**d, "layer": self.layers[k],
+                      "metrics": summarise([rec["models"][self.names[k]] for rec in per_image], steps, tolerance)}
+                     for k, d in enumerate(models)]
+        report = json_safe({
+            "method": method,
+            "top_percent": percent,
+            "models": described,
+            "agreement": {"models": self.names, "spearman": sp.tolist(), "top_iou": iou.tolist(), "pairs": pair_list},
+            "order": [per_image[i]["image"] for i in order],
+            "images": [per_image[i] for i in order],
+        })
+        if m > 1:
+            report["drift"] = drift(report)
+        return Review(report, self.spool, [self.items[i][2] for i in order])
+
+
 def review_stream(runs: Sequence[ModelRun], items: Sequence[tuple[str, Loader]], boxes: dict | None = None,
                   steps: int = 50, road: bool = False, batch_size: int = 8, tolerance: float = 15.0,
                   percent: float = TOP_PERCENT, on_error: Callable[[str, str], None] | None = None,
                   thumb_width: int = 300, notes: Annotations | None = None) -> Review:
     """Evaluate every model and their pairwise agreement, one batch of images at a time: each
-    image's card (photo, overlays, captions) is rendered as soon as its maps exist and spooled to a
+    image's card pictures (photo, overlays) are made as soon as its maps exist and spooled to a
     temporary file, so memory does not grow with the number of images. An image that cannot be
     read, or that any model gives non-finite outputs, maps or metrics, goes to `on_error`.
 
@@ -467,66 +569,19 @@ def review_stream(runs: Sequence[ModelRun], items: Sequence[tuple[str, Loader]],
     report_error = on_error or _raise
     boxes = boxes if boxes is not None or notes is None else notes.boxes
     notes = notes or Annotations(boxes=boxes)
-    names = [r.name for r in runs]
-    m = len(runs)
-    pairs = _Pairs(names)
-    per_model: list[list[dict[str, Any]]] = [[] for _ in runs]
-    layers = [""] * m
-    per_image: list[dict[str, Any]] = []
-    spool = tempfile.TemporaryFile()
-    cards: list[tuple[int, int]] = []
+    collector = ReviewCollector([r.name for r in runs])
     step = min(r.policy.batch_step(batch_size) for r in runs)
     for s in range(0, len(items), step):
         chunk = _loaded(items[s : s + step], report_error)
         if not chunk:
             continue
-        done = [_explain_chunk(r, chunk, boxes, steps, road, tolerance, notes) for r in runs]
-        for k, ex in enumerate(done):
-            layers[k] = ex.layer
-        for i, (name, img) in enumerate(chunk):
-            bad = [ex.bad[i] for ex in done if i in ex.bad]
-            if bad:
-                report_error(name, bad[0])
-                continue
-            recs, maps = [ex.records[i] for ex in done], [ex.maps[i] for ex in done]
-            image_pairs = pairs.add(maps, recs, percent)
-            rec = json_safe({
-                "image": name, "size": [int(img.shape[0]), int(img.shape[1])], "boxes": boxes_for(boxes, name),
-                "forbidden": notes.forbidden_for(name, img.shape[:2]),
-                "agreement": {"spearman": _nanmean([p["spearman"] for p in image_pairs]),
-                              "top_iou": _nanmean([p["top_iou"] for p in image_pairs]), "pairs": image_pairs},
-                "models": {names[k]: recs[k] for k in range(m)},
-            })
-            for k in range(m):
-                per_model[k].append(recs[k])
-            data = "\n".join(_image_card(rec, img, maps, names, percent, thumb_width)).encode("utf-8")
-            cards.append((spool.tell(), len(data)))
-            spool.write(data)
-            per_image.append(rec)
-    n = len(per_image)  # may be 0 when every image was an error: the page says so
-    # lowest agreement first (no pair → keep the given order); NaN counts as the least agreement
-    order = sorted(range(n), key=lambda i: (-2.0 if per_image[i]["agreement"]["spearman"] is None and m > 1
-                                            else (per_image[i]["agreement"]["spearman"] if m > 1 else 0.0), i))
-    for rank_, i in enumerate(order):
-        per_image[i]["disagreement_rank"] = rank_
-    pair_list, sp, iou = pairs.summary()
-    models = []
-    for k, r in enumerate(runs):
-        model = r.describe()
-        model["layer"] = layers[k]
-        models.append({**model, "metrics": summarise(per_model[k], steps, tolerance)})
-    report = {
-        "method": runs[0].explainer.method.name,
-        "top_percent": percent,
-        "models": models,
-        "agreement": {"models": names, "spearman": sp.tolist(), "top_iou": iou.tolist(), "pairs": pair_list},
-        "order": [per_image[i]["image"] for i in order],
-        "images": [per_image[i] for i in order],
-    }
-    report = json_safe(report)
-    if m > 1:
-        report["drift"] = drift(report)
-    return Review(report, spool, [cards[i] for i in order])
+        for (name, _), got in zip(chunk, review_chunk(runs, chunk, boxes, steps, road, tolerance, percent, notes,
+                                                     thumb_width)):
+            if isinstance(got, str):
+                report_error(name, got)
+            else:
+                collector.add(got)
+    return collector.finish([r.describe() for r in runs], runs[0].explainer.method.name, steps, tolerance, percent)
 
 
 def review(runs: Sequence[ModelRun], images: Sequence[tuple[str, np.ndarray]], boxes: dict | None = None,
@@ -691,11 +746,21 @@ def _caption(name: str, r: dict[str, Any]) -> str:
     return "<br>".join(lines)
 
 
-def _image_card(rec: dict[str, Any], img: np.ndarray, maps: Sequence[np.ndarray], names: Sequence[str],
-                top_percent: float, thumb_width: int) -> list[str]:
-    """One image: the photo (boxes in green), each model's overlay and caption, the pairs."""
-    e = html.escape
+def card_figures(rec: dict[str, Any], img: np.ndarray, maps: Sequence[np.ndarray], thumb_width: int = 300) -> list[str]:
+    """One image's card pictures as PNG data URIs: the photo (ground-truth boxes in green,
+    forbidden regions in red), then each model's overlay (boxes in green), `thumb_width` wide."""
     small, s = _thumb(img, thumb_width)
+    photo = _draw_boxes(_draw_boxes(small, rec.get("boxes"), s, (0, 200, 0)), rec.get("forbidden"), s, (220, 0, 0))
+    out = [png_data_uri(photo)]
+    for heat in maps:
+        out.append(png_data_uri(_draw_boxes(_thumb(overlay(img, heat), thumb_width)[0], rec.get("boxes"), s, (0, 200, 0))))
+    return out
+
+
+def card_html(rec: dict[str, Any], figures: Sequence[str], names: Sequence[str], top_percent: float) -> list[str]:
+    """One image's card: the photo, each model's overlay and caption (`figures` from
+    `card_figures`), the pairs."""
+    e = html.escape
     ag = rec["agreement"]
     head = f"<h3>{e(rec['image'])}"
     if len(names) > 1:
@@ -703,13 +768,11 @@ def _image_card(rec: dict[str, Any], img: np.ndarray, maps: Sequence[np.ndarray]
         head += (f" <span{cls}>· agreement ρ = {_fmt(ag['spearman'])}, top-{top_percent:g}% IoU = "
                  f"{_fmt(ag['top_iou'])}</span>")
     out = [f'<section class="card">{head}</h3><div class="row">']
-    photo = _draw_boxes(_draw_boxes(small, rec.get("boxes"), s, (0, 200, 0)), rec.get("forbidden"), s, (220, 0, 0))
     cap = ("photo" + (" · ground truth in green" if rec.get("boxes") else "")
            + (" · forbidden regions in red" if rec.get("forbidden") else ""))
-    out.append(f'<figure><img alt="{e(rec["image"])}" src="{png_data_uri(photo)}"><figcaption class=p>{cap}</figcaption></figure>')
-    for name, heat in zip(names, maps):
-        ov = _draw_boxes(_thumb(overlay(img, heat), thumb_width)[0], rec.get("boxes"), s, (0, 200, 0))
-        out.append(f'<figure><img alt="{e(name)} on {e(rec["image"])}" src="{png_data_uri(ov)}">'
+    out.append(f'<figure><img alt="{e(rec["image"])}" src="{figures[0]}"><figcaption class=p>{cap}</figcaption></figure>')
+    for name, uri in zip(names, figures[1:]):
+        out.append(f'<figure><img alt="{e(name)} on {e(rec["image"])}" src="{uri}">'
                    f'<figcaption>{_caption(name, rec["models"][name])}</figcaption></figure>')
     out.append("</div>")
     if len(ag["pairs"]) > 1:
@@ -740,17 +803,19 @@ _PAGE_TAIL = '\n<p class="sub">Generated by onnxcam review. Self-contained: no e
 
 
 def write_report(out: OutputDir, rv: Review) -> tuple[Path, Path]:
-    """Write OUT/index.html (its head, then each image's card copied from the spool, so the page is
-    never held whole), then OUT/review.json (last: its presence marks a complete run), each
+    """Write OUT/index.html (its head, then each image's card, its pictures read from the spool, so
+    the page is never held whole), then OUT/review.json (last: its presence marks a complete run), each
     atomically through the output writer (inside OUT, no links, no silent replacing)."""
     names = ("index.html", "review.json")
     out.check_free(names)
     out.remove_stale("review.json")
     with out.open_atomic("index.html") as f:
         f.write(_page_head(rv.report).encode("utf-8"))
-        for offset, length in rv.cards:
+        names = [m["name"] for m in rv.report["models"]]
+        for rec, (offset, length) in zip(rv.report["images"], rv.cards):
             rv.spool.seek(offset)
-            f.write(rv.spool.read(length))
+            card = card_html(rec, json.loads(rv.spool.read(length)), names, rv.report["top_percent"])
+            f.write("\n".join(card).encode("utf-8"))
             f.write(b"\n")
         f.write(_PAGE_TAIL.encode("utf-8"))
     page = out.shown("index.html")

@@ -379,11 +379,13 @@ def _start_moto() -> subprocess.Popen | None:
     return proc
 
 
-def main(data: Path, out: Path, names: list[str]) -> int:
+def main(data: Path, out: Path, names: list[str], table: dict[str, Callable[[Path, Path], None]] | None = None) -> int:
+    """Run the scenarios `names` of `table` (default: SCENARIOS) on one local Ray."""
     import ray
 
     import onnxcam.scale as oc
 
+    table = table or SCENARIOS
     moto = _start_moto() if "s3" in names else None
     status: dict[str, str] = {}
     try:
@@ -393,7 +395,7 @@ def main(data: Path, out: Path, names: list[str]) -> int:
         for name in names:
             t = time.perf_counter()
             try:
-                SCENARIOS[name](data, out)
+                table[name](data, out)
                 status[name] = f"ok {time.perf_counter() - t:.1f}s"
             except Exception:  # noqa: BLE001  (reported to the test that reads this scenario)
                 status[name] = "error: " + traceback.format_exc()

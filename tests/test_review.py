@@ -121,3 +121,26 @@ def test_review_page_in_headless_chromium(reviewed):
     assert img is not None and img.shape[:2] == (2000, 1400)
     colours = np.unique(img.reshape(-1, 3), axis=0)
     assert len(colours) > 5000  # photos and heatmaps, not a blank or text-only page
+
+
+def test_review_collector_gives_the_same_report_whatever_order_the_images_come_in() -> None:
+    """What `review --ray` relies on: images reviewed in separate batches and handed to the
+    collector out of order (with their listing position, and named by path) give the report the
+    one-process review gives."""
+    from onnxcam.annotations import Annotations
+    from onnxcam.image import load_image
+    from onnxcam.review import ModelRun, ReviewCollector, review as review_images, review_chunk
+
+    spurious = ROOT / "models" / "spurious"
+    runs = [ModelRun.load(str(spurious / f"{m}.onnx"), providers=["CPUExecutionProvider"]) for m in ("biased", "unbiased")]
+    paths = sorted((EXAMPLES / "spurious_heldout").glob("*.png"))[:5]
+    images = [(p.name, load_image(p)) for p in paths]
+    notes = Annotations()
+    want = review_images(runs, images, steps=2, batch_size=1).report
+    collector = ReviewCollector([r.name for r in runs])
+    for key in (4, 1, 3, 0, 2):  # one image per batch, out of order, named by its full path
+        [got] = review_chunk(runs, [(str(paths[key]), images[key][1])], None, 2, False, 15.0, 20.0, notes)
+        collector.add(got, key)
+    got = collector.finish([r.describe() for r in runs], "gradcam", 2, 15.0, names=[n for n, _ in images])
+    assert got.report == want
+    assert [rec["image"] for rec in want["images"]] != [n for n, _ in images]  # ranked by disagreement

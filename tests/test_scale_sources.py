@@ -107,3 +107,29 @@ def test_webdataset_samples_are_grouped_by_key(tmp_path: Path) -> None:
     rows = _rows(plan_units([str(path)]))
     assert [(r["path"], r["bytes"]) for r in rows] == [(f"{path}#k0", b"img0"), (f"{path}#d/k1", b"img1")]
     assert [r["path"] for r in _rows(plan_units([str(path)], skip=[f"{path}#k0"]))] == [f"{path}#d/k1"]
+
+
+def test_read_row_reads_one_image_again_on_the_driver(tmp_path: Path) -> None:
+    from onnxcam.errors import ImageError
+    from onnxcam.scale.sources import ImageSource, read_row
+
+    img = tmp_path / "a.png"
+    img.write_bytes(b"file-bytes")
+    blobs = [bytes([65 + i]) * 3 for i in range(5)]
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"jpg": pa.array(blobs, pa.binary())}), table, row_group_size=2)
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in {"k0.jpg": b"zero", "k1.png": b"one", "k1.cls": b"1"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    files = [str(img), str(table), str(shard), str(tmp_path / "gone.png")]
+    src = ImageSource(None, [(f, None) for f in files], plan_units(files), None)
+    assert read_row(src, str(img)) == b"file-bytes"
+    assert [read_row(src, f"{table}#{i}") for i in (0, 3, 4)] == [blobs[0], blobs[3], blobs[4]]
+    assert read_row(src, f"{shard}#k1") == b"one"
+    with pytest.raises(ImageError, match="image not found: .*gone.png"):
+        read_row(src, str(tmp_path / "gone.png"))
+    with pytest.raises(ImageError, match="is not in the sources read"):
+        read_row(src, f"{table}#9")

@@ -4,6 +4,7 @@ uses (onnxcam.preprocessing), so their maps are explain's maps."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -160,25 +161,25 @@ def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | No
     the map's energy inside regions it must avoid; with --truth, the accuracy. --require gates the
     numbers (exit code 3 when one fails, one stderr line each); --junit/--markdown write CI files
     inside -o OUT. With --ray the images are evaluated on Ray Data's workers (any SOURCE explain
-    --ray takes) and the metrics averaged over all of them; --junit/--markdown need the local run.
+    --ray takes) and the metrics averaged over all of them: the same report and files.
     """
     gp = gating.plan(requires, boxes_file, forbidden_file, truth_file, road, junit_name, markdown_name, bool(out_dir))
     gating.check(gp, [Path(model).stem])
-    ray_only = {"--address": address, "--actors": actors, "--image-column": image_column}
-    if not use_ray and any(v is not None for v in ray_only.values()):
-        raise UsageError(f"{next(k for k, v in ray_only.items() if v is not None)} needs --ray")
+    _check_ray_options(use_ray, address, actors, image_column)
     if use_ray:
-        if out_dir:
-            raise UsageError("--junit, --markdown and -o are not available with --ray yet; run them locally")
         from .on_ray import eval_on_ray
 
+        out = _ray_out(out_dir, overwrite, [model], images, gp.planned()) if out_dir else None
         run = ModelRun.load(model, method, preset, size, providers=["CPUExecutionProvider"], config=config_file,
                             letterbox=letterbox, labels_file=labels_file, layer=layer, target=target)
-        report = eval_on_ray(run, images, gp.notes, steps, road, tolerance, batch_size, device,
-                             {"address": address, "actors": actors, "image_column": image_column})
+        report, got = eval_on_ray(run, images, gp.notes, steps, road, tolerance, batch_size, device,
+                                  {"address": address, "actors": actors, "image_column": image_column,
+                                   "exclude": out_dir})
         ev = Evaluation(report["model"], report["images"], report["metrics"], [], report["model"]["layer"])
         errors = report["errors"]
         gating.judge(gp, report)
+        shown = _Images(got.items(), {r["image"] for r in report["images"]})
+        gating.write_ci(gp, out, report, shown, _Maps([run], shown))
     else:
         files = _files(images, "evaluate", Path(out_dir) if out_dir else None)
         out = None
@@ -200,6 +201,21 @@ def eval_(model: str, images: tuple[str, ...], method: str, boxes_file: str | No
     else:
         _print_eval(model, run, ev)
     gating.finish(gp, errors)
+
+
+def _check_ray_options(use_ray: bool, address: str | None, actors: int | None, image_column: str | None) -> None:
+    """--address, --actors and --image-column only mean something with --ray."""
+    ray_only = {"--address": address, "--actors": actors, "--image-column": image_column}
+    if not use_ray and any(v is not None for v in ray_only.values()):
+        raise UsageError(f"{next(k for k, v in ray_only.items() if v is not None)} needs --ray")
+
+
+def _ray_out(out_dir: str, overwrite: bool, models: Sequence[str], sources: Sequence[str],
+             planned: Sequence[str]) -> OutputDir:
+    """OUT of a --ray run, checked before Ray starts: never over a model or a local input file."""
+    out = OutputDir(out_dir, overwrite, protect=[*models, *(p for p in sources if os.path.isfile(p))])
+    out.check_free(planned)
+    return out
 
 
 def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:
@@ -225,12 +241,14 @@ def per_model(values: Sequence[str], n: int, what: str) -> list[str | None]:
 @gating.gate_options
 @click.option("--overwrite", is_flag=True, help="Replace index.html, review.json and the CI files in OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Also print review.json on stdout.")
+@opt.ray_options(formats=False)
 @guarded
 def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, method: str, boxes_file: str | None,
            steps: int, road: bool, tolerance: float, batch_size: int, device: str, presets: tuple[str, ...],
            configs: tuple[str, ...], size: str | None, letterbox: bool | None, layers: tuple[str, ...],
            targets: tuple[str, ...], labels_files: tuple[str, ...], forbidden_file: str | None, truth_file: str | None, requires: tuple[str, ...],
-           junit_name: str | None, markdown_name: str | None, overwrite: bool, as_json: bool) -> None:
+           junit_name: str | None, markdown_name: str | None, overwrite: bool, as_json: bool, use_ray: bool,
+           address: str | None, actors: int | None, image_column: str | None) -> None:
     """Compare models' explanations on the same images in one self-contained HTML page.
 
     Writes OUT/index.html (images inlined, no network needed to view it) with, per image, the
@@ -245,7 +263,10 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     changed first) and per class, the rank correlation, top-k IoU, label changes and the energy
     moved onto --forbidden regions of every model against the first. --require gates any metric
     per model or per pair (exit code 3 when one fails); --junit/--markdown write CI files in OUT.
+    With --ray the images (any SOURCE explain --ray takes) are reviewed on Ray Data's workers,
+    each holding every model, and the numbers aggregated here: the same review.json and files.
     """
+    _check_ray_options(use_ray, address, actors, image_column)
     n = len(models)
     chosen_presets = per_model(presets, n, "--preset")
     chosen_configs = per_model(configs, n, "--config")
@@ -255,23 +276,37 @@ def review(models: tuple[str, ...], images: tuple[str, ...], out_dir: str, metho
     names = unique_names([Path(m).stem for m in models])
     gp = gating.plan(requires, boxes_file, forbidden_file, truth_file, road, junit_name, markdown_name, True)
     gating.check(gp, names)
-    files = _files(images, "review", exclude=Path(out_dir))
-    out = OutputDir(out_dir, overwrite, protect=[*models, *files])
-    out.check_free(["index.html", "review.json", *gp.planned()])
-    items, errors = _items(files)
-    runs = [ModelRun.load(m, method, p, size, name=nm, providers=opt.providers(device), config=c, letterbox=letterbox,
+    planned = ["index.html", "review.json", *gp.planned()]
+    if use_ray:
+        out = _ray_out(out_dir, overwrite, models, images, planned)
+    else:
+        files = _files(images, "review", exclude=Path(out_dir))
+        out = OutputDir(out_dir, overwrite, protect=[*models, *files])
+        out.check_free(planned)
+        items, errors = _items(files)
+    providers = ["CPUExecutionProvider"] if use_ray else opt.providers(device)
+    runs = [ModelRun.load(m, method, p, size, name=nm, providers=providers, config=c, letterbox=letterbox,
                           labels_file=lb, layer=ly, target=t)
             for m, p, c, nm, ly, t, lb in zip(models, chosen_presets, chosen_configs, names, chosen_layers,
                                               chosen_targets, chosen_labels)]
-    rv = review_stream(runs, items, gp.notes.boxes, steps, road, batch_size, tolerance, on_error=errors,
-                       notes=gp.notes)
+    if use_ray:
+        from .on_ray import review_on_ray
+
+        rv, got = review_on_ray(runs, images, gp.notes, steps, road, tolerance, batch_size, device,
+                                {"address": address, "actors": actors, "image_column": image_column,
+                                 "exclude": out_dir})
+        items, error_records = got.items(), got.errors
+    else:
+        rv = review_stream(runs, items, gp.notes.boxes, steps, road, batch_size, tolerance, on_error=errors,
+                           notes=gp.notes)
+        error_records = errors.records
     report = rv.report
-    report["errors"] = errors.records
+    report["errors"] = error_records
     gating.judge(gp, report)
-    images = _Images(items, {r["image"] for r in report["images"]})
-    gating.write_ci(gp, out, report, images, _Maps(runs, images))
+    shown = _Images(items, {r["image"] for r in report["images"]})
+    gating.write_ci(gp, out, report, shown, _Maps(runs, shown))
     page, _ = write_report(out, rv)
     if as_json:
         click.echo(dumps(report))
     echo_line(f"reviewed {len(report['images'])} image(s) with {len(runs)} model(s); open {page}", err=True)
-    gating.finish(gp, errors.records)
+    gating.finish(gp, error_records)

@@ -208,7 +208,8 @@ def explain(model: str, inputs: tuple[str, ...], out_dir: str, method: str, head
                        {"config_file": config_file, "preset": preset, "size": size, "letterbox": letterbox,
                         "labels_file": labels_file},
                        batch_size, device, as_json, overwrite,
-                       {"address": address, "actors": actors, "fmt": out_format, "image_column": image_column})
+                       {"address": address, "actors": actors, "fmt": out_format, "image_column": image_column},
+                       det_format, boxes_output)
         return
     found = collect_images(inputs, Path(out_dir))
     if not found:

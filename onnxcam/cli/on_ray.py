@@ -1,9 +1,9 @@
-"""`onnxcam explain --ray` and `onnxcam eval --ray`: the same commands on Ray Data;
-`onnxcam.scale.job` and `onnxcam.scale.evaluate` do the work.
+"""`onnxcam explain --ray`, `onnxcam eval --ray` and `onnxcam review --ray`: the same commands on
+Ray Data; `onnxcam.scale.job`, `onnxcam.scale.evaluate` and `onnxcam.scale.review` do the work.
 
 The model is loaded here first, with the same Explainer options, input policy and target parsing
 as the local path, so that a wrong option is a usage error before Ray starts; then the job runs on
-Ray and writes (explain) or prints (eval) what the local run does. Ray's own logs and progress bars are kept off stderr
+Ray and writes or prints what the local run does. Ray's own logs and progress bars are kept off stderr
 (-v shows its warnings): the command shows one progress bar and one line per failed image.
 """
 
@@ -18,11 +18,10 @@ from typing import Any, Iterator
 
 import click
 
-from ..errors import UsageError
 from ..explainer import Explainer
 from ..output import OutputDir, dumps
 from ..preprocessing import policy_for
-from ..targets import TopK, parse_target
+from ..targets import parse_target, with_detection_options
 from . import options as opt
 from .common import report_error
 
@@ -97,7 +96,8 @@ def _connect_quietly(address: str | None, quiet: bool) -> None:
 
 def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: Any, layers: tuple[str, ...],
                    explainer: dict[str, Any], target: str, policy_options: dict[str, Any], batch_size: int,
-                   device: str, as_json: bool, overwrite: bool, ray_options: dict[str, Any]) -> None:
+                   device: str, as_json: bool, overwrite: bool, ray_options: dict[str, Any],
+                   det_format: str | None = None, boxes_output: str | None = None) -> None:
     """Check the request locally, then run it on Ray (see the module docstring); exit 1 when an
     image failed, as the local path."""
     from ..scale.job import RayOptions, explain_to_dir
@@ -105,9 +105,7 @@ def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: An
     layer = list(layers) if len(layers) > 1 else (layers[0] if layers else None)
     ex = Explainer(model, method=method, layer=layer, providers=["CPUExecutionProvider"], **explainer)
     policy = policy_for(ex, **policy_options)
-    tgt = parse_target(target, policy.labels)
-    if isinstance(tgt, TopK):
-        raise UsageError("--target topK gives several maps per image; with --ray explain one target per image")
+    tgt = with_detection_options(parse_target(target, policy.labels), det_format, boxes_output)
     out = OutputDir(out_dir, overwrite, protect=[model, *(p for p in inputs if os.path.isfile(p))])
     quiet = not logging.getLogger("onnxcam").isEnabledFor(logging.INFO)
     options = RayOptions(ray_options["address"], ray_options["actors"], None, device == "cuda", ray_options["fmt"],
@@ -133,10 +131,8 @@ def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: An
         sys.exit(1)
 
 
-def eval_on_ray(run: Any, images: tuple[str, ...], notes: Any, steps: int, road: bool, tolerance: float,
-                batch_size: int, device: str, ray_options: dict[str, Any]) -> dict[str, Any]:
-    """`onnxcam eval`'s report for `images` computed on Ray (`run`: the model loaded here)."""
-    from ..scale.evaluate import evaluate_sources
+def _ray_run(call: Any, ray_options: dict[str, Any], device: str, batch_size: int) -> Any:
+    """`call(options, on_progress=, on_total=, on_error=)` on Ray, quietly, with the progress bar."""
     from ..scale.job import RayOptions
 
     quiet = not logging.getLogger("onnxcam").isEnabledFor(logging.INFO)
@@ -146,7 +142,28 @@ def eval_on_ray(run: Any, images: tuple[str, ...], notes: Any, steps: int, road:
         _connect_quietly(options.address, quiet)
         bar = _Bar(sys.stderr.isatty())
         try:
-            return evaluate_sources(run, images, notes, steps, road, tolerance, batch_size, options,
-                                    on_progress=bar.update, on_total=bar.total, on_error=report_error)
+            return call(options, on_progress=bar.update, on_total=bar.total, on_error=report_error)
         finally:
             bar.close()
+
+
+def eval_on_ray(run: Any, images: tuple[str, ...], notes: Any, steps: int, road: bool, tolerance: float,
+                batch_size: int, device: str, ray_options: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """`onnxcam eval`'s report for `images` computed on Ray (`run`: the model loaded here), and
+    the images as `onnxcam.scale.records.Gathered` (to read again for a CI summary)."""
+    from ..scale.evaluate import evaluate_sources
+
+    return _ray_run(lambda options, **cb: evaluate_sources(run, images, notes, steps, road, tolerance, batch_size,
+                                                           options, exclude=ray_options.get("exclude"), **cb),
+                    ray_options, device, batch_size)
+
+
+def review_on_ray(runs: Any, images: tuple[str, ...], notes: Any, steps: int, road: bool, tolerance: float,
+                  batch_size: int, device: str, ray_options: dict[str, Any]) -> tuple[Any, Any]:
+    """`onnxcam review` of `images` computed on Ray (`runs`: the models loaded here): the Review
+    and the images as `onnxcam.scale.records.Gathered`."""
+    from ..scale.review import review_sources
+
+    return _ray_run(lambda options, **cb: review_sources(runs, images, notes, steps, road, tolerance, batch_size,
+                                                         options=options, exclude=ray_options.get("exclude"), **cb),
+                    ray_options, device, batch_size)

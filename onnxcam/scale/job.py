@@ -6,9 +6,12 @@ input), with the local run's names (mirroring folders; rows of a Parquet file or
 its name: `data.parquet/17`, `shard.tar/KEY`) and results.json last, with the same keys plus
 `ray` (actors, CPUs, threads, seconds). Formats:
 
-- `files`: NAME.overlay.png, NAME.heatmap.npy (and NAME.guided.png), as `onnxcam explain`;
-- `parquet`: explanations/part-NNNNN.parquet with columns image, name, target, label, score,
-  probability, heatmap (float32 list, heatmap_height × heatmap_width, row-major) and overlay (PNG).
+- `files`: NAME.overlay.png, NAME.heatmap.npy (and NAME.guided.png), as `onnxcam explain`; with
+  topK (or det:top=K) one of each per target, NAME.top1.overlay.png ... as `onnxcam explain`;
+- `parquet`: explanations/part-NNNNN.parquet with columns image, name, rank, target, label, score,
+  probability, heatmap (float32 list, heatmap_height × heatmap_width, row-major) and overlay (PNG):
+  one row per image and target; `rank` is the target's rank (1..K; always 1 with one target per
+  image) and `name` the files format's name (NAME, or NAME.topR with topK).
 
 Reruns and resuming: the same journal as the local run (`onnxcam.resume`,
 OUT/results.incomplete.jsonl, one line per image written, with the run's signature): an
@@ -47,6 +50,7 @@ from ..methods import CAMMethod, get_method
 from ..output import OutputDir
 from ..preprocessing import InputPolicy
 from ..resume import JOURNAL, Journal, explain_signature
+from ..targets import maps_per_image
 from .batches import ExplainBatches
 from .cluster import ActorPlan, cluster_shape, connect, plan_actors
 from .dataset import explain_dataset, explain_kwargs
@@ -81,6 +85,7 @@ class _State:
     stems: dict[str, str]
     fmt: str
     target_spec: str
+    per_image: int = 1  # maps per image (topK): names get .top1 ... .topK
     records: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     journal: Journal | None = None
@@ -146,6 +151,7 @@ def _parquet_part(rows: list[dict[str, Any]]) -> bytes:
     values = np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(0, np.float32)
     table = pa.table({
         "image": [r["image"] for r in rows], "name": [r["name"] for r in rows],
+        "rank": pa.array([r["rank"] for r in rows], pa.int32()),
         "target": pa.array([r["target"] for r in rows], pa.int64()), "label": [r["label"] for r in rows],
         "score": pa.array([r["score"] for r in rows], pa.float64()),
         "probability": pa.array([r["probability"] for r in rows], pa.float64()),
@@ -193,17 +199,22 @@ def _take(state: _State, batch: dict[str, np.ndarray], on_error: Callable[[str],
         state.layer, state.provider, state.output = str(batch["layer"][i]), str(batch["provider"][i]), batch["output"][i]
         rec = json.loads(batch["record"][i])
         rec["target_spec"] = state.target_spec
-        name = row_name(path, state.stems)
+        rank = int(batch["rank"][i]) if "rank" in batch else 1
+        name = row_name(path, state.stems) + (f".top{rank}" if state.per_image > 1 else "")
         heat = np.asarray(batch["heatmap"][i], np.float32)
         if state.fmt == "files":
             todo.append((rec, name, i, heat))
         else:
             rec["name"] = name
-            state.pending.append({"record": rec, "image": path, "name": name, "target": rec["target"],
+            state.pending.append({"record": rec, "image": path, "name": name, "rank": rank, "target": rec["target"],
                                   "label": rec["label"], "score": rec.get("score"), "probability": rec.get("probability"),
                                   "heatmap": heat, "overlay": bytes(batch["overlay"][i])})
         state.records.append(rec)
-        state.unjournaled.append(_entry(state, path, rec))
+        key, entry = _entry(state, path, rec)
+        if state.unjournaled and state.unjournaled[-1][0] == key:  # topK: an image's rows come together
+            state.unjournaled[-1][1]["records"].append(rec)
+        else:
+            state.unjournaled.append((key, entry))
     if todo:
         assert state.pool is not None
         for (rec, *_), files in zip(todo, state.pool.map(lambda t: _write_files(state, t[1], batch, t[2], t[3]), todo)):
@@ -212,7 +223,7 @@ def _take(state: _State, batch: dict[str, np.ndarray], on_error: Callable[[str],
         _flush_parquet(state)
     if state.fmt == "files" or not state.pending:
         _flush_journal(state)  # files: per batch, so an interrupted run leaves at most one batch unrecorded
-    return n
+    return int((np.asarray(batch["rank"]) <= 1).sum()) if "rank" in batch else n  # topK: K rows, one image
 
 
 @dataclass
@@ -308,11 +319,12 @@ def _next_part(out: OutputDir) -> int:
     return max(nums, default=-1) + 1
 
 
-def _planned_names(src: ImageSource, stems: dict[str, str], fmt: str) -> list[str]:
+def _planned_names(src: ImageSource, stems: dict[str, str], fmt: str, per_image: int = 1) -> list[str]:
     if fmt != "files":
         return []
     rows = src.expected() or [f for f, _ in src.files if f in stems and not f.lower().endswith((".tar", ".tgz", ".tar.gz"))]
-    return [f"{row_name(p, stems)}.{k}" for p in rows for k in ("overlay.png", "heatmap.npy", "guided.png")]
+    suffixes = [""] if per_image == 1 else [f".top{j + 1}" for j in range(per_image)]
+    return [f"{row_name(p, stems)}{sfx}.{k}" for p in rows for sfx in suffixes for k in ("overlay.png", "heatmap.npy", "guided.png")]
 
 
 def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: InputPolicy, *, method: str | CAMMethod = "gradcam",
@@ -347,8 +359,9 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
     stems = output_stems(src.files)
     if journal.resuming:  # finishing an unfinished run: its own files may be replaced (links, inputs still refused)
         out.overwrite = True
-    out.check_free(_planned_names(src, stems, opts.fmt))
-    state = _State(out, stems, opts.fmt, target_spec, journal=journal)
+    per_image = maps_per_image(target)
+    out.check_free(_planned_names(src, stems, opts.fmt, per_image))
+    state = _State(out, stems, opts.fmt, target_spec, per_image, journal=journal)
     state.layer, state.provider, state.output = header.get("layer") or "", header.get("provider") or "", header.get("output")
     state.parts = _next_part(out) if earlier else 0
     if earlier and not journal.resuming:
