@@ -117,7 +117,7 @@ def explain_on_ray(model: str, inputs: tuple[str, ...], out_dir: str, method: An
             report = explain_to_dir(model, inputs, out, policy, method=method, layer=layer, target=tgt,
                                     target_spec=target, explainer=explainer, providers=opt.providers(device),
                                     options=options, on_progress=bar.update, on_total=bar.total,
-                                    on_error=report_error)
+                                    on_error=report_error, det_format=det_format, boxes_output=boxes_output)
         finally:
             bar.close()
     if as_json:

@@ -333,19 +333,24 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
                    options: RayOptions | None = None, on_progress: Callable[[int], None] = lambda n: None,
                    on_total: Callable[[int | None], None] = lambda n: None,
                    on_error: Callable[[str], None] = lambda m: None,
-                   actor_class: type = ExplainBatches) -> dict[str, Any]:
+                   actor_class: type = ExplainBatches, det_format: str | None = None,
+                   boxes_output: str | None = None) -> dict[str, Any]:
     """Explain every image of `sources` on Ray into `out`; returns the results.json it wrote.
 
     policy, target: resolved on the driver (`policy_for`, `parse_target`) with a local Explainer,
     so that a wrong option fails before Ray starts; target_spec: the target as the user wrote it.
     on_total/on_progress/on_error: the command's progress bar and error lines. actor_class: the
-    callable class the actors run, `ExplainBatches` or a subclass (another decoder, say)."""
+    callable class the actors run, `ExplainBatches` or a subclass (another decoder, say).
+    det_format, boxes_output: the options as the command got them (already in `target`), for the
+    run's signature, which is then the local command's."""
     opts = options or RayOptions()
     if opts.fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {opts.fmt!r}")
     m = get_method(method)
     model_sha = _file_sha256(model)
-    sig = explain_signature(model_sha, m, policy, layers=layer, target=target_spec, explainer=explainer, fmt=opts.fmt)
+    per_image = maps_per_image(target)
+    sig = explain_signature(model_sha, m, policy, layers=layer, target=target_spec, explainer=explainer,
+                            per_image=per_image, det_format=det_format, boxes_output=boxes_output, fmt=opts.fmt)
     journal = Journal(out, sig, "explain --ray" + (f" --format {opts.fmt}" if opts.fmt != "files" else ""))
     journal.open(out.overwrite)
     earlier, header = previous_records(out, journal)
@@ -359,7 +364,6 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
     stems = output_stems(src.files)
     if journal.resuming:  # finishing an unfinished run: its own files may be replaced (links, inputs still refused)
         out.overwrite = True
-    per_image = maps_per_image(target)
     out.check_free(_planned_names(src, stems, opts.fmt, per_image))
     state = _State(out, stems, opts.fmt, target_spec, per_image, journal=journal)
     state.layer, state.provider, state.output = header.get("layer") or "", header.get("provider") or "", header.get("output")
