@@ -28,6 +28,8 @@ from .graph.rewrite import (
     ATTN_GRAD_OUTPUT, ATTN_OUTPUT, ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
     Prepared, build_explain_model, prepare,
 )
+from .graph.rewrite import GraphTensors, MethodGraph
+from .graph.scaled_maps import append_scaled_maps
 from .graph.split import Split, split_at
 from .layers import CamHead, Layer, cam_head
 from .methods import CAMMethod, MethodInputs, get_method
@@ -349,7 +351,7 @@ class Explainer:
                 em = build_explain_model(
                     prep, key.layer, self.method.needs_gradients,
                     input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
-                    seed_input=seed_input, method_graph=self.method.graph, attention=self.method.needs_attention,
+                    seed_input=seed_input, method_graph=self._method_graph(prep, hw), attention=self.method.needs_attention,
                     attention_gradients=self.method.attention_gradients,
                 )
                 sess = session_for(em.model, self.providers, self.threads)
@@ -357,6 +359,24 @@ class Explainer:
             self._built[key] = _Built(prep, em, sess, head, _item_bytes(prep))
             log.info("explaining %s at layer %s (%s) on %s", em.output, em.layer.name, em.layer.layout, provider_of(sess))
         return self._built[key]
+
+    def _method_graph(self, prep: Prepared, hw: Size) -> MethodGraph:
+        """The method's in-graph part for the explain model, and after a map it returns ("cam"),
+        that map's heatmap at `hw` ("heatmap": `scale_maps` in the graph, graph/scaled_maps.py),
+        unless eigen_smooth replaces the map. CAM's map gets the classifier head's weights."""
+        method = self.method
+
+        def graph(g: GraphTensors) -> dict[str, str]:
+            if method.needs_head and method.graph_map and g.acts is not None:
+                g = replace(g, head_weight=cam_head(prep.model, prep.shapes, prep.constants, g.layer, prep.output).weight)
+            found = dict(method.graph(g))
+            if "cam" in found and not self.eigen_smooth:
+                heat = append_scaled_maps(g.e, found["cam"], (g.layer.height, g.layer.width), hw)
+                if heat is not None:
+                    found["heatmap"] = heat
+            return found
+
+        return graph
 
     def _head(self, prep: Prepared, em: ExplainModel) -> CamHead | None:
         """The GAP → linear head after the layer: required (HeadError) for methods that need it,
@@ -787,7 +807,8 @@ class Explainer:
                 cams = inp.graph["cam"].astype(np.float32, copy=False)
             else:
                 cams = self.method.cam(inp)
-            heatmaps = scale_maps(cams, hw)
+            heat = None if self.eigen_smooth else inp.graph.get("heatmap")  # scale_maps inside the run
+            heatmaps = heat if heat is not None else scale_maps(cams, hw)
         return Result(
             heatmaps=heatmaps, cams=cams, activations=inp.activations, gradients=inp.gradients,
             targets=inp.targets, outputs=inp.outputs, layer=built.em.layer.name, method=self.method.name,
