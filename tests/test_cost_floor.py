@@ -151,3 +151,31 @@ def test_linear_head_is_not_used_when_the_layer_is_its_input():
     got = rewrite.linear_head(m.graph, {"f": TensorInfo("f", ("N", 4), TensorProto.FLOAT)},
                               {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}, "y", "a")
     assert got is not None and got.input == "f" and got.weight.shape == (5, 4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_kpcacam_from_the_in_graph_gram_equals_the_numpy_kernel(name: str):
+    """KPCA-CAM's kernel tanh(γG + c₀) from the run's location Gram matrix equals the numpy
+    formula of record (`kernel_component`, Gram in float64 numpy) on the same activations."""
+    from onnxcam.methods.eigen import kernel_component
+
+    with np.load(GOLDENS.parent / "methods" / f"{name}.npz") as z:
+        x, targets = z["x"], z["targets"]
+    ex = Explainer(GOLDENS / f"torchscript_{name}.onnx", method="kpcacam")
+    res = ex.explain(x, targets=targets)
+    layer = ex._build(tuple(x.shape[2:])).em.layer
+    in_graph = "gram_locations" in ex._build(tuple(x.shape[2:])).em.method_outputs
+    assert in_graph == (layer.height * layer.width <= layer.channels)
+    want = np.maximum(kernel_component(res.activations), 0)
+    np.testing.assert_allclose(res.cams, want, rtol=1e-5, atol=1e-6 * want.max())
+
+
+def test_kpcacam_in_graph_on_mobilenet_equals_the_numpy_kernel():
+    ex = Explainer(MOBILENET, method="kpcacam")
+    x = np.random.default_rng(2).standard_normal((3, 3, 224, 224), dtype=np.float32)
+    res = ex.explain(x)
+    assert "gram_locations" in ex._build((224, 224)).em.method_outputs
+    from onnxcam.methods.eigen import kernel_component
+
+    want = np.maximum(kernel_component(res.activations), 0)
+    np.testing.assert_allclose(res.cams, want, rtol=1e-5, atol=1e-6 * want.max())
