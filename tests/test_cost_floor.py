@@ -20,7 +20,7 @@ from onnxcam.types import TensorInfo
 from .helpers import GOLDENS, MOBILENET
 
 NAMES = ["tinyresnet", "tinymbv3", "tinymeanpool", "tinysqueeze", "tinyvgg"]
-GRAPH_MAPS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcam-elementwise", "cam"]
+GRAPH_MAPS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcam-elementwise", "cam", "fem"]
 
 
 def scaled_maps_session(h: int, w: int, size: tuple[int, int]) -> ort.InferenceSession:
@@ -178,4 +178,15 @@ def test_kpcacam_in_graph_on_mobilenet_equals_the_numpy_kernel():
     from onnxcam.methods.eigen import kernel_component
 
     want = np.maximum(kernel_component(res.activations), 0)
+    np.testing.assert_allclose(res.cams, want, rtol=1e-5, atol=1e-6 * want.max())
+
+
+def test_fem_in_graph_weights_equal_the_numpy_formula():
+    """FEM's k-sigma weights in the run, on MobileNetV2: the map equals the numpy `cam` (float64
+    weights) on the same activations."""
+    ex = Explainer(MOBILENET, method="fem")
+    x = np.random.default_rng(4).standard_normal((3, 3, 224, 224), dtype=np.float32)
+    res = ex.explain(x)
+    assert "cam" in ex._build((224, 224)).em.method_outputs
+    want = get_method("fem").cam(MethodInputs(res.activations, None, res.targets, res.outputs))
     np.testing.assert_allclose(res.cams, want, rtol=1e-5, atol=1e-6 * want.max())
