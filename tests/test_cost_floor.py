@@ -75,12 +75,27 @@ def test_explainer_heatmap_from_the_run_equals_scale_maps(name: str, method: str
     np.testing.assert_allclose(res.cams, want, rtol=1e-4, atol=1e-5 * want.max())
 
 
-def test_eigen_smooth_keeps_the_numpy_heatmap():
+def test_eigen_smooth_scales_its_own_map():
+    """With eigen_smooth the run's heatmap (of the unsmoothed map) is not used: the heatmap is
+    `scale_maps` of the smoothed map."""
     ex = Explainer(MOBILENET, method="gradcam", eigen_smooth=True)
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
     res = ex.explain(x)
     assert "heatmap" not in ex._build((224, 224)).em.method_outputs
-    np.testing.assert_array_equal(res.heatmaps, scale_maps(res.cams, (224, 224)))
+    np.testing.assert_allclose(res.heatmaps, scale_maps(res.cams, (224, 224)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["eigencam", "kpcacam", "ablationcam", "random"])
+def test_maps_finished_in_numpy_are_scaled_as_scale_maps(method: str):
+    """Maps a method finishes in numpy go through graph/scaled_maps.py's model: equal to numpy's
+    `scale_maps` within 1e-6, and an image's heatmap the same alone as in the batch."""
+    ex = Explainer(MOBILENET, method=method)
+    x = np.random.default_rng(5).standard_normal((3, 3, 224, 224), dtype=np.float32)
+    res = ex.explain(x)
+    assert ex._scalers and all(s is not None for s in ex._scalers.values())
+    np.testing.assert_allclose(res.heatmaps, scale_maps(res.cams, (224, 224)), rtol=0, atol=1e-6)
+    alone = ex._scale_maps(res.cams[1:2], (224, 224))
+    np.testing.assert_array_equal(alone[0], res.heatmaps[1])
 
 
 def _without_head_seed(monkeypatch) -> None:

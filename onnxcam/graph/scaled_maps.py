@@ -14,17 +14,23 @@ is the same computation, in float32:
 
 Every op is elementwise, a Gather, or a min/max over one image: an image's heatmap does not depend
 on the other images of its batch. Equal to `scale_maps` within float32 rounding (≤ 1e-6).
+
+`scaled_maps_model` is the same ops as a model of their own, (N, h, w) maps in, heatmaps out: the
+explainer runs it on maps a method finishes in numpy (Eigen-CAM's eigh, Score-CAM's weights), where
+numpy's float64 normalisation of (N, 224, 224) was ~0.7 ms per image against ~0.1 ms here.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-from onnx import TensorProto
+import onnx
+from onnx import TensorProto, helper
 
 from ..grad.builder import Emitter
 
 _F32 = TensorProto.FLOAT
+MAPS_INPUT, HEATMAPS_OUTPUT = "maps", "heatmaps"
 
 
 def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
@@ -75,3 +81,20 @@ def append_scaled_maps(e: Emitter, cam: str, layer_size: tuple[int, int], input_
     up = _resize_axis(e, rows, 1, ty)  # (N, H, W)
     out = _normalise(e, e.op("Relu", [up]))
     return e.set_info(out, (None, hh, ww), _F32)
+
+
+def scaled_maps_model(layer_size: tuple[int, int], input_size: tuple[int, int]) -> onnx.ModelProto | None:
+    """A model from float32 maps `maps` (N, h, w) to their heatmaps `heatmaps` (N, H, W): the ops of
+    `append_scaled_maps` alone (opset 17, IR 8). None where `append_scaled_maps` emits nothing."""
+    (h, w), (hh, ww) = layer_size, input_size
+    e = Emitter({}, {}, 17, prefix="scaled_maps/")
+    e.set_info(MAPS_INPUT, (None, h, w), _F32)
+    out = append_scaled_maps(e, MAPS_INPUT, layer_size, input_size)
+    if out is None:
+        return None
+    graph = helper.make_graph(
+        e.nodes + [helper.make_node("Identity", [out], [HEATMAPS_OUTPUT], name="scaled_maps/output")], "scaled_maps",
+        [helper.make_tensor_value_info(MAPS_INPUT, _F32, ["N", h, w])],
+        [helper.make_tensor_value_info(HEATMAPS_OUTPUT, _F32, ["N", hh, ww])], e.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
+                             producer_name="onnxcam")
