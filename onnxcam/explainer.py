@@ -26,9 +26,8 @@ from .errors import HeadError, ItemError, ModelLoadError, UsageError
 from .limits import check_text_value
 from .graph.rewrite import (
     ATTN_GRAD_OUTPUT, ATTN_OUTPUT, ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
-    Prepared, build_explain_model, prepare,
+    GraphTensors, MethodGraph, Prepared, build_explain_model, prepare,
 )
-from .graph.rewrite import GraphTensors, MethodGraph
 from .graph.scaled_maps import HEATMAPS_OUTPUT, MAPS_INPUT, append_scaled_maps, scaled_maps_model
 from .graph.split import Split, split_at
 from .layers import CamHead, Layer, cam_head
