@@ -26,15 +26,16 @@ from .errors import HeadError, ItemError, ModelLoadError, UsageError
 from .limits import check_text_value
 from .graph.rewrite import (
     ATTN_GRAD_OUTPUT, ATTN_OUTPUT, ACT_OUTPUT, GRAD_OUTPUT, INPUT_GRAD_OUTPUT, SEED_INPUT, TARGET_INPUT, TARGETS_OUTPUT, ExplainModel,
-    Prepared, build_explain_model, prepare,
+    GraphTensors, MethodGraph, Prepared, build_explain_model, prepare,
 )
+from .graph.scaled_maps import HEATMAPS_OUTPUT, MAPS_INPUT, append_scaled_maps, scaled_maps_model
 from .graph.split import Split, split_at
 from .layers import CamHead, Layer, cam_head
 from .methods import CAMMethod, MethodInputs, get_method
 from .methods.maps import normalize_maps, scale_maps
 from .model import ModelInfo, inspect_model, load_model
 from .protos import copy_model
-from .runtime import provider_of, run, session_for
+from .runtime import CPU, make_session, provider_of, run, session_for
 from .types import FLOAT_TYPES
 from .targets import ClassTarget, DetectionTarget, Target, TopK
 from .tokens import from_grid, to_grid
@@ -305,6 +306,7 @@ class Explainer:
         self._forward_sessions: dict[Size, ort.InferenceSession] = {}
         self._splits: dict[tuple[Size, str, Optional[str]], _SplitSessions] = {}
         self._whole: Optional[PreSelection] = None  # a whole exported detector's pre-selection scores
+        self._scalers: dict[tuple[Size, Size], Any] = {}  # (layer size, input size) → scale_maps session
         if self.info.fixed_size is not None:
             self._check_early(self.info.fixed_size)
 
@@ -349,7 +351,7 @@ class Explainer:
                 em = build_explain_model(
                     prep, key.layer, self.method.needs_gradients,
                     input_gradient=self.method.input_gradient, with_bias_taps=self.method.bias_taps,
-                    seed_input=seed_input, method_graph=self.method.graph, attention=self.method.needs_attention,
+                    seed_input=seed_input, method_graph=self._method_graph(prep, hw), attention=self.method.needs_attention,
                     attention_gradients=self.method.attention_gradients,
                 )
                 sess = session_for(em.model, self.providers, self.threads)
@@ -357,6 +359,24 @@ class Explainer:
             self._built[key] = _Built(prep, em, sess, head, _item_bytes(prep))
             log.info("explaining %s at layer %s (%s) on %s", em.output, em.layer.name, em.layer.layout, provider_of(sess))
         return self._built[key]
+
+    def _method_graph(self, prep: Prepared, hw: Size) -> MethodGraph:
+        """The method's in-graph part for the explain model, and after a map it returns ("cam"),
+        that map's heatmap at `hw` ("heatmap": `scale_maps` in the graph, graph/scaled_maps.py),
+        unless eigen_smooth replaces the map. CAM's map gets the classifier head's weights."""
+        method = self.method
+
+        def graph(g: GraphTensors) -> dict[str, str]:
+            if method.needs_head and method.graph_map and g.acts is not None:
+                g = replace(g, head_weight=cam_head(prep.model, prep.shapes, prep.constants, g.layer, prep.output).weight)
+            found = dict(method.graph(g))
+            if "cam" in found and not self.eigen_smooth:
+                heat = append_scaled_maps(g.e, found["cam"], (g.layer.height, g.layer.width), hw)
+                if heat is not None:
+                    found["heatmap"] = heat
+            return found
+
+        return graph
 
     def _head(self, prep: Prepared, em: ExplainModel) -> CamHead | None:
         """The GAP → linear head after the layer: required (HeadError) for methods that need it,
@@ -747,6 +767,19 @@ class Explainer:
         g = got[INPUT_GRAD_OUTPUT].astype(np.float32)
         return np.ascontiguousarray(g.transpose(0, 3, 1, 2)) if self.info.layout == "NHWC" else g
 
+    def _scale_maps(self, cams: np.ndarray, hw: Size) -> np.ndarray:
+        """`scale_maps` of maps finished in numpy, through its ONNX form (graph/scaled_maps.py: equal
+        within 1e-6, several times cheaper than numpy's float64 passes) on one CPU thread; numpy's
+        `scale_maps` where that form does not apply."""
+        key = ((int(cams.shape[1]), int(cams.shape[2])), hw)
+        if key not in self._scalers:
+            model = scaled_maps_model(*key)
+            self._scalers[key] = None if model is None else make_session(model.SerializeToString(), [CPU], 1)
+        sess = self._scalers[key]
+        if sess is None or not len(cams):
+            return scale_maps(cams, hw)
+        return sess.run([HEATMAPS_OUTPUT], {MAPS_INPUT: np.ascontiguousarray(cams, np.float32)})[0]
+
     def _method_inputs(self, built: _Built, x: np.ndarray, t, hw: Size) -> MethodInputs:
         """Run the rewritten model on a batch; what the method needs, channels-first."""
         em, sess, plan = built.em, built.session, (t if isinstance(t, _SeedPlan) else None)
@@ -787,7 +820,8 @@ class Explainer:
                 cams = inp.graph["cam"].astype(np.float32, copy=False)
             else:
                 cams = self.method.cam(inp)
-            heatmaps = scale_maps(cams, hw)
+            heat = None if self.eigen_smooth else inp.graph.get("heatmap")  # scale_maps inside the run
+            heatmaps = heat if heat is not None else self._scale_maps(cams, hw)
         return Result(
             heatmaps=heatmaps, cams=cams, activations=inp.activations, gradients=inp.gradients,
             targets=inp.targets, outputs=inp.outputs, layer=built.em.layer.name, method=self.method.name,

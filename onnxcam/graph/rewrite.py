@@ -248,6 +248,50 @@ def _seed(add: _Additions, shapes: Shapes, y: str, k: int, fed: bool) -> tuple[s
     return name, {**shapes, name: TensorInfo(name, yinfo.shape, yinfo.elem_type)}
 
 
+@dataclass
+class LinearHead:
+    """y = X·Wᵀ + b with constant W: the (N, C) input X and the table W (K, C) with
+    ∂y[n, t]/∂X[n, :] = W[t] (Gemm's alpha and transB folded in)."""
+
+    input: str
+    weight: np.ndarray
+
+
+def linear_head(graph: onnx.GraphProto, shapes: Shapes, constants: Constants, y: str, layer: str) -> LinearHead | None:
+    """The explained (N, K) output `y` as a linear layer of a 2-D tensor X with constant weights —
+    Gemm(X, B[, C]) (transA = 0), MatMul(X, B), either with a constant Add after it — or None.
+    None too where `layer` is X or lies between X and y (then the gradient must start at y)."""
+    index = GraphIndex(graph)
+    node, seen = index.producer(y), {y}
+    if node is not None and node.op_type == "Add" and len(node.input) == 2:
+        var = [i for i in node.input if i not in constants]
+        if len(var) != 1:
+            return None
+        seen.add(var[0])
+        node = index.producer(var[0])
+    if node is None or node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in constants:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    x, b = node.input[0], constants[node.input[1]]
+    info = shapes.get(x)
+    if info is None or len(info.shape) != 2 or b.ndim != 2 or attrs.get("transA", 0) or layer in seen | {x}:
+        return None
+    if node.op_type == "Gemm" and (len(node.input) > 2 and node.input[2] and node.input[2] not in constants):
+        return None
+    w = b if (node.op_type == "Gemm" and attrs.get("transB", 0)) else b.T  # (K, C)
+    w = w.astype(np.float64) * float(attrs.get("alpha", 1.0)) if node.op_type == "Gemm" else w
+    return LinearHead(x, np.ascontiguousarray(w.astype(helper.tensor_dtype_to_np_dtype(info.elem_type))))
+
+
+def _row_seed(add: _Additions, shapes: Shapes, head: LinearHead) -> tuple[str, Shapes]:
+    """The cotangent of the head's input X for class targets: W[targets] (N, C), a Gather."""
+    table, name = "onnxcam/head_weight", "onnxcam/seed"
+    add.inits.append(numpy_helper.from_array(head.weight, table))
+    add.nodes.append(helper.make_node("Gather", [table, TARGETS_OUTPUT], [name], axis=0, name=name))
+    info = shapes[head.input]
+    return name, {**shapes, name: TensorInfo(name, info.shape, info.elem_type)}
+
+
 def _check_rewritten(m: onnx.ModelProto) -> None:
     """onnx.checker on the result (where it can serialise); a failure is onnxcam's bug."""
     try:
@@ -316,8 +360,13 @@ def build_explain_model(
     layer_grad = input_grad = None
     tap_grads: dict[str, str] = {}
     if with_gradient or input_gradient or attention_gradients:
-        seed, shapes = _seed(add, shapes, y, int(k) if isinstance(k, int) else 0, fed=seed_input)
-        grads = _Gradients(m.graph, shapes, dict(prep.constants), default_opset(m), y, seed)
+        head = None if seed_input else linear_head(m.graph, shapes, prep.constants, y, target.name)
+        if head is not None:  # ∂y_t/∂X is row t of the head's weights: a Gather, no backward Gemm
+            seed, shapes = _row_seed(add, shapes, head)
+            grads = _Gradients(m.graph, shapes, dict(prep.constants), default_opset(m), head.input, seed)
+        else:
+            seed, shapes = _seed(add, shapes, y, int(k) if isinstance(k, int) else 0, fed=seed_input)
+            grads = _Gradients(m.graph, shapes, dict(prep.constants), default_opset(m), y, seed)
         if with_gradient:
             layer_grad = grads.layer(add, target.name)
             add.expose(layer_grad, GRAD_OUTPUT, shapes[target.name])

@@ -9,7 +9,8 @@ A method may also override `graph`: the same reductions written as ONNX ops (gra
 appends them to the rewritten model, so they run inside onnxruntime, multi-threaded, next to the
 forward pass, and A and ∂y/∂A are reduced before they leave it). What `graph` returns comes back
 after the run in `MethodInputs.graph` under the same keys; a map returned as "cam" is the method's
-map (the explainer uses it instead of calling `cam`). A method whose `graph` is its whole map
+map (the explainer uses it instead of calling `cam`, and appends its heatmap to the same run:
+graph/scaled_maps.py). A method whose `graph` is its whole map
 from A, ∂y/∂A and the targets alone sets `graph_map`: graph/heatmap.py appends that same `graph`
 to exported models (`onnxcam export --heatmap`), so each formula is written once. The numpy
 `cam` stays the formula of record

@@ -75,14 +75,26 @@ def kernel_component(maps: np.ndarray, gamma: float | None = None, coef0: float 
     """Kernel-PCA analogue of `first_component` with the sigmoid kernel
     k(a, b) = tanh(γ⟨a, b⟩ + c₀) (γ = 1/C by default) between locations: the first component of
     the centred kernel matrix, scaled by √λ (as scikit-learn's KernelPCA.fit_transform), sign fixed
-    as in `first_component`."""
+    as in `first_component`. (N, h, w) float64."""
     n, c, h, w = maps.shape
-    out = np.zeros((n, h, w), np.float64)
-    g = gamma if gamma is not None else 1.0 / c
+    grams, sums = np.zeros((n, h * w, h * w)), np.zeros((n, h * w))
     for i in range(n):
         x = maps[i].reshape(c, h * w).T.astype(np.float64)
-        x = x - x.mean(axis=0)
-        k = np.tanh(g * (x @ x.T) + coef0)
+        x = x - x.mean(axis=0)  # (hw, C), centred over locations
+        grams[i], sums[i] = x @ x.T, x.sum(axis=1)
+    return kernel_component_from_gram(grams, sums, c, gamma, coef0).reshape(n, h, w)
+
+
+def kernel_component_from_gram(gram: np.ndarray, centred_sum: np.ndarray, channels: int, gamma: float | None = None,
+                               coef0: float = 1.0) -> np.ndarray:
+    """`kernel_component` from G = X_c X_cᵀ (N, hw, hw), the Gram matrix of the centred locations
+    (graph/gram.py computes it in the run), and Σ_c X_c (N, hw) for the sign: K = tanh(γG + c₀),
+    centred (K − 1K − K1 + 1K1, 1 = 1/hw), its leading eigenpair (λ, v), projection √λ·v (0 where
+    λ ≤ 0), negated where its dot with Σ_c X_c is negative. Returns (N, hw) float64."""
+    g = gamma if gamma is not None else 1.0 / channels
+    out = np.zeros(centred_sum.shape, np.float64)
+    for i in range(len(gram)):
+        k = np.tanh(g * gram[i].astype(np.float64) + coef0)
         one = np.full_like(k, 1.0 / len(k))
         kc = k - one @ k - k @ one + one @ k @ one
         vals, vecs = np.linalg.eigh(kc)
@@ -90,10 +102,9 @@ def kernel_component(maps: np.ndarray, gamma: float | None = None, coef0: float 
         if lam <= 0:
             continue
         proj = vec * np.sqrt(lam)
-        ref = maps[i].reshape(c, h * w).sum(axis=0)
-        if float(np.dot(proj, ref - ref.mean())) < 0:
+        if float(np.dot(proj, centred_sum[i])) < 0:
             proj = -proj
-        out[i] = proj.reshape(h, w)
+        out[i] = proj
     return out
 
 
@@ -115,5 +126,19 @@ class KPCACAM(CAMMethod):
     def __init__(self, gamma: float | None = None, coef0: float = 1.0) -> None:
         self.gamma, self.coef0 = gamma, coef0
 
+    @on_spatial_layers
+    def graph(self, g: GraphTensors) -> dict[str, str]:
+        """The location Gram matrix of the centred A in the run (where h·w ≤ C; the kernel is a
+        function of it), so that only (N, hw, hw) leaves it; nothing otherwise."""
+        if g.layer.height * g.layer.width > g.layer.channels:
+            return {}
+        return _gram_outputs(g, g.acts)
+
     def cam(self, inp: MethodInputs) -> np.ndarray:
-        return np.maximum(kernel_component(inp.activations, self.gamma, self.coef0), 0).astype(np.float32)
+        n, c, h, w = inp.activations.shape
+        if "gram_locations" in inp.graph:
+            comp = kernel_component_from_gram(inp.graph["gram_locations"], inp.graph["centred_sum"], c, self.gamma,
+                                              self.coef0).reshape(n, h, w)
+        else:
+            comp = kernel_component(inp.activations, self.gamma, self.coef0)
+        return np.maximum(comp, 0).astype(np.float32)
