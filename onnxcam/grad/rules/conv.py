@@ -11,7 +11,9 @@ W[t]·g[o]. Two ways to emit it, the same sums (equal up to float32 summation or
 - otherwise (strides, computed weights, a pad wider than the kernel): ConvTranspose with the same
   weights, strides, dilations and group. With effective kernel K = (k − 1)·d + 1 and output length L,
   it must give back the input length H exactly: s·(L − 1) + K − p_begin − p_end' + output_padding = H,
-  so the end pad is shrunk (or output_padding grown) by the rows that no window reached.
+  so the end pad is shrunk (or output_padding grown) by the rows that no window reached. For
+  strided convs the alternatives measured slower in onnxruntime (a sub-pixel Conv + DepthToSpace,
+  per-phase Convs, a 1×1 Conv + zero insertion: bench/DESIGN-issue15.md).
 
 auto_pad is resolved to explicit pads by the normalising pass; output_shape is never emitted.
 """
