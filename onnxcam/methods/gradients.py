@@ -8,7 +8,7 @@ import numpy as np
 
 from ..graph.rewrite import GraphTensors
 from .base import CAMMethod, MethodInputs, register
-from .graph_ops import channel_relu_sum, layer_map, on_spatial_layers, spatial_sum, weighted_sum
+from .graph_ops import channel_relu_sum, layer_channel_sum, layer_map, on_spatial_layers, spatial_sum, weighted_sum
 
 
 @register
@@ -161,7 +161,7 @@ class GradCAMElementWise(CAMMethod):
 
     @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
-        return layer_map(g, g.e.reduce_sum(g.e.op("Relu", [g.e.op("Mul", [g.grads, g.acts])]), [1], keepdims=False))
+        return layer_map(g, layer_channel_sum(g, g.e.op("Relu", [g.e.op("Mul", [g.grads, g.acts])])))
 
     def weighted(self, inp: MethodInputs) -> np.ndarray:
         return np.maximum(inp.gradients.astype(np.float64) * inp.activations.astype(np.float64), 0)
