@@ -34,7 +34,8 @@ SCENARIO_TIMEOUT = 480  # seconds; all scenarios take ~3 minutes on 2 busy cores
 # Ray's actors batch images differently from the local run (one image at a time here); an image's
 # heatmap does not depend on its batch (tests/test_batch_invariance.py: bit-identical, since the
 # in-graph channel sums are one MatMul per image, graph/channel_sum.py), so the maps agree to the
-# last bit (all 10 Ray tests pass with a tolerance of 0.0); 1e-7 leaves one float32 ulp near 1. Targets must agree exactly, scores to 1e-5.
+# last bit (all 10 Ray tests pass with a tolerance of 0.0); 1e-7 leaves one float32 ulp near 1.
+# Targets must agree exactly, scores to 1e-5.
 HEATMAP_TOL = 1e-7
 
 
