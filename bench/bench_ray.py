@@ -10,12 +10,15 @@ Ray has started):
   ray-1      onnxcam explain MODEL DIR -o OUT --ray --actors 1     (a local Ray with all cores)
   ray-2      onnxcam explain MODEL DIR -o OUT --ray --actors 2
   ray-2-parquet   the same photos as one Parquet file (4 row groups), --format parquet
+  local-b3   onnxcam explain MODEL DIR -o OUT --batch-size 3           (other batches than local's 8)
 
-and checks that every Ray run gives the local run's targets and heatmaps (max abs difference).
+and checks that every other run gives the local run's targets and heatmaps (max abs difference):
+Ray's blocks batch the photos as they come, and local-b3 batches them differently on purpose, so
+an explanation that depended on its batch would show here.
 Results: a table on stdout and bench/ray.json (with the machine's CPUs and its load meanwhile,
 since other processes on a shared machine slow every row).
 
-    python bench/bench_ray.py [--images 1000] [--runs local ray-1 ray-2 ray-2-parquet] [--python PATH]
+    python bench/bench_ray.py [--images 1000] [--runs local ray-1 ray-2 ray-2-parquet local-b3] [--python PATH]
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def run(name: str, python: str, images: Path, out: Path) -> dict:
         cmd += ["--ray", "--actors", name.split("-")[1]]
     if name.endswith("-parquet"):
         cmd += ["--format", "parquet"]
+    if name.startswith("local-b"):
+        cmd += ["--batch-size", name.removeprefix("local-b")]
     b0, t0 = busy_cpus()
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -159,7 +164,7 @@ def out_dir(name: str) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--runs", nargs="+", default=["local", "ray-1", "ray-2", "ray-2-parquet"])
+    ap.add_argument("--runs", nargs="+", default=["local", "ray-1", "ray-2", "ray-2-parquet", "local-b3"])
     ap.add_argument("--python", default=sys.executable, help="interpreter with onnxcam's dependencies and ray[data]")
     args = ap.parse_args()
     images = CACHE / f"ray-images-{args.images}"

@@ -141,7 +141,8 @@ def test_smoothgradcampp_without_noise_is_gradcampp(name: str):
 
 
 def test_smoothgradcampp_averages_noisy_gradients():
-    """With noise, the weights follow the averaged powers of the noisy gradients (numpy here)."""
+    """With noise, the weights follow the averaged powers of the noisy gradients (numpy here); each
+    image gets the same draws, so its map is the same alone as in the batch."""
     r = ref("tinyresnet")
     path = GOLDENS / "torchscript_tinyresnet.onnx"
     method = SmoothGradCAMpp(num_samples=3, std=0.5, seed=1)
@@ -150,7 +151,7 @@ def test_smoothgradcampp_averages_noisy_gradients():
     rng = np.random.default_rng(1)
     gs = []
     for _ in range(3):
-        noisy = (r["x"] + rng.normal(0.0, 0.5, size=r["x"].shape)).astype(np.float32)
+        noisy = (r["x"] + 0.5 * rng.normal(0.0, 1.0, size=r["x"].shape[1:])).astype(np.float32)
         gs.append(plain.explain(noisy, targets=r["targets"]).gradients.astype(np.float64))
     g1, g2, g3 = (np.mean([g**p for g in gs], axis=0) for p in (1, 2, 3))
     a = res.activations.astype(np.float64)
@@ -158,6 +159,8 @@ def test_smoothgradcampp_averages_noisy_gradients():
     w = (alpha * np.maximum(g1, 0)).sum(axis=(2, 3))
     want = np.maximum(np.einsum("nc,nchw->nhw", w, a), 0)
     np.testing.assert_allclose(res.cams, want, rtol=1e-4, atol=1e-6 * want.max())
+    alone = Explainer(path, method=method).explain(r["x"][1:], targets=r["targets"][1:])
+    np.testing.assert_array_equal(alone.heatmaps[0], res.heatmaps[1])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,5 +1,5 @@
 """Explaining on Ray Data gives what the local path gives: same targets, same scores, heatmaps
-within 1e-6 (float32; 1e-3 as float16), with failures listed and nothing else lost.
+within 1e-7 (float32; 1e-3 as float16), with failures listed and nothing else lost.
 
 Ray runs in a child process (tests/scale_scenarios.py): one local Ray with 2 CPUs, no dashboard
 and a small object store, always shut down; the child is killed with its process group when it
@@ -32,11 +32,12 @@ from .scale_scenarios import CORRUPT, MODEL, make_images  # noqa: E402
 pytestmark = pytest.mark.ray
 
 SCENARIO_TIMEOUT = 480  # seconds; all scenarios take ~3 minutes on 2 busy cores
-# Ray's actors batch images differently from the local run, and onnxruntime's float32 kernels are
-# not batch-invariant: the same photo explained alone or in a batch of 6 by the local Explainer
-# differs by up to 1.0e-6 on the normalised heatmap (bundled MobileNetV2, measured). Targets and
-# scores must still agree exactly / to 1e-5.
-HEATMAP_TOL = 2e-6
+# Ray's actors batch images differently from the local run (one image at a time here); an image's
+# heatmap does not depend on its batch (tests/test_batch_invariance.py: bit-identical, since the
+# in-graph channel sums are one MatMul per image, graph/channel_sum.py), so the maps agree to the
+# last bit (all 10 Ray tests pass with a tolerance of 0.0); 1e-7 leaves one float32 ulp near 1.
+# Targets must agree exactly, scores to 1e-5.
+HEATMAP_TOL = 1e-7
 
 
 @pytest.fixture(scope="module")

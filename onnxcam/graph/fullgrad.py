@@ -25,6 +25,7 @@ from onnx import TensorProto
 
 from ..grad.builder import Emitter
 from ..interpolation import linear_matrix
+from .channel_sum import channel_sum
 
 FULLGRAD_OUTPUT = "onnxcam_fullgrad"
 _F32 = TensorProto.FLOAT
@@ -34,12 +35,16 @@ def _float32(e: Emitter, x: str, elem_type: int) -> str:
     return x if elem_type == _F32 else e.op("Cast", [x], "to_float", to=_F32)
 
 
-def channel_minmax_sum(e: Emitter, t: str, spatial: tuple[int, int], channel: int) -> str:
+def channel_minmax_sum(e: Emitter, t: str, spatial: tuple[int, int], channel: int, dims: tuple | None = None) -> str:
     """Σ_c ψ(t)_c for a non-negative (N, C, h, w)-like tensor `t`: min-max per image and channel over
-    the `spatial` axes, then the sum over the `channel` axis (kept, size 1)."""
+    the `spatial` axes, then the sum over the `channel` axis (kept, size 1). dims: (C, h, w) of a
+    channels-first `t`, for the batch-invariant channel sum (graph/channel_sum.py)."""
     shifted = e.op("Sub", [t, e.reduce("ReduceMin", t, list(spatial), keepdims=True)])
     top = e.op("Add", [e.reduce("ReduceMax", shifted, list(spatial), keepdims=True), e.scalar(1e-7, t)])
-    return e.reduce_sum(e.op("Div", [shifted, top]), [channel], keepdims=True)
+    psi = e.op("Div", [shifted, top])
+    if channel == 1 and dims is not None:
+        return channel_sum(e, psi, dims, keepdims=True)
+    return e.reduce_sum(psi, [channel], keepdims=True)
 
 
 def append_fullgrad(
@@ -60,13 +65,14 @@ def append_fullgrad(
     sp = (image_layout.index("H"), image_layout.index("W"))
     x = _float32(e, image, image_type)
     gx = _float32(e, image_grad, image_type)
-    total = channel_minmax_sum(e, e.op("Abs", [e.op("Mul", [x, gx])]), sp, c_ax)  # (N, 1, H, W) or (N, H, W, 1)
+    dims = _image_dims(e, image, image_layout, size)
+    total = channel_minmax_sum(e, e.op("Abs", [e.op("Mul", [x, gx])]), sp, c_ax, dims)  # (N, 1, H, W) or (N, H, W, 1)
     total = e.reduce_sum(total, [c_ax], keepdims=False)  # (N, H, W)
     by_size: dict[tuple[int, int], list[str]] = {}
     for grad, bias, hw, elem in taps:
         absb = np.abs(np.asarray(bias, np.float64)).astype(np.float32).reshape(1, -1, 1, 1)
         term = e.op("Mul", [e.op("Abs", [_float32(e, grad, elem)]), e.const(absb, "abs_bias")])  # |b ⊙ g|
-        by_size.setdefault(tuple(hw), []).append(channel_minmax_sum(e, term, (2, 3), 1))  # (N, 1, h, w)
+        by_size.setdefault(tuple(hw), []).append(channel_minmax_sum(e, term, (2, 3), 1, (absb.shape[1], *hw)))  # (N, 1, h, w)
     H, W = size
     for (h, w), sums in by_size.items():
         s = sums[0]
@@ -78,3 +84,11 @@ def append_fullgrad(
             s = e.op("MatMul", [e.const(linear_matrix(H, h).astype(np.float32), "resize_y"), s])  # (N, H, W)
         total = e.op("Add", [total, s])
     return e.set_info(total, (None, H, W), _F32)
+
+
+def _image_dims(e: Emitter, image: str, layout: str, size: tuple[int, int]) -> tuple | None:
+    """(C, H, W) of a channels-first image input whose channel count is declared, else None."""
+    info = e.shapes.get(image)
+    if layout != "NCHW" or info is None or len(info.shape) != 4:
+        return None
+    return (info.shape[1], *size)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from onnx import TensorProto
 
 from ..grad.builder import Emitter
+from .channel_sum import channel_sum
 
 GRAM_OUTPUT = "onnxcam_gram"
 CENTRED_SUM_OUTPUT = "onnxcam_centred_sum"
@@ -45,5 +46,6 @@ def append_gram(e: Emitter, x: str, channels: int, height: int, width: int) -> G
     over_locations = hw <= channels
     k = hw if over_locations else channels
     gram = e.set_info(e.op("MatMul", [t, flat] if over_locations else [flat, t]), (None, k, k), TensorProto.DOUBLE)
-    centred_sum = e.set_info(e.reduce_sum(flat, [1], keepdims=False), (None, hw), TensorProto.DOUBLE)
+    summed = channel_sum(e, centred, (channels, height, width))  # (N, h, w), the same in any batch
+    centred_sum = e.set_info(e.op("Reshape", [summed, e.ints([0, hw])]), (None, hw), TensorProto.DOUBLE)
     return GramTensors(gram, centred_sum, over_locations)

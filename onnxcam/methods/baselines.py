@@ -10,7 +10,8 @@ from .base import CAMMethod, MethodInputs, register
 @register
 class RandomCAM(CAMMethod):
     """Random baseline — channel weights drawn uniformly from [−1, 1] (seeded): the map a
-    metric must beat to mean anything.
+    metric must beat to mean anything. One draw of C weights for every image, so an image's map
+    does not depend on the batch it is in (local or Ray).
 
     Example: ``Explainer("model.onnx", method="random").explain(x).heatmaps``
     """
@@ -23,4 +24,5 @@ class RandomCAM(CAMMethod):
 
     def weights(self, inp: MethodInputs) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
-        return rng.uniform(-1, 1, size=inp.activations.shape[:2])
+        n, c = inp.activations.shape[:2]
+        return np.tile(rng.uniform(-1, 1, size=c), (n, 1))

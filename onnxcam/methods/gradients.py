@@ -8,7 +8,7 @@ import numpy as np
 
 from ..graph.rewrite import GraphTensors
 from .base import CAMMethod, MethodInputs, register
-from .graph_ops import channel_relu_sum, layer_map, on_spatial_layers, spatial_sum, weighted_sum
+from .graph_ops import channel_relu_sum, layer_channel_sum, layer_map, on_spatial_layers, spatial_sum, weighted_sum
 
 
 @register
@@ -161,7 +161,7 @@ class GradCAMElementWise(CAMMethod):
 
     @on_spatial_layers
     def graph(self, g: GraphTensors) -> dict[str, str]:
-        return layer_map(g, g.e.reduce_sum(g.e.op("Relu", [g.e.op("Mul", [g.grads, g.acts])]), [1], keepdims=False))
+        return layer_map(g, layer_channel_sum(g, g.e.op("Relu", [g.e.op("Mul", [g.grads, g.acts])])))
 
     def weighted(self, inp: MethodInputs) -> np.ndarray:
         return np.maximum(inp.gradients.astype(np.float64) * inp.activations.astype(np.float64), 0)
@@ -179,7 +179,8 @@ class SmoothGradCAMpp(CAMMethod):
     Grad-CAM++'s α and weights computed from gradients averaged over n noisy copies of the input
     (x + N(0, σ²), σ = `std`·(max x − min x)): ḡ² = mean_i g_i², ḡ³ = mean_i g_i³,
     α = ḡ² / (2ḡ² + Σ_ab A · ḡ³), w_k = Σ_ij α · ReLU(ḡ), L^c = ReLU(Σ_k w_k A^k) on the clean A.
-    Seeded.
+    Seeded, and per image: every image of a batch gets the same n noise draws (σ from its own
+    range with `relative`), so its map does not depend on the batch it is in (local or Ray).
 
     Example: ``Explainer("model.onnx", method=SmoothGradCAMpp(num_samples=8)).explain(x)``
     """
@@ -192,10 +193,12 @@ class SmoothGradCAMpp(CAMMethod):
     def weights(self, inp: MethodInputs) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
         x = inp.inputs
-        sigma = self.std * (float(x.max() - x.min()) if self.relative else 1.0)
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        span = flat.max(axis=1) - flat.min(axis=1) if self.relative else np.ones(len(x))
+        sigma = (self.std * span).reshape(-1, *[1] * (x.ndim - 1))
         g1 = g2 = g3 = 0.0
         for _ in range(self.num_samples):
-            noisy = (x + rng.normal(0.0, sigma, size=x.shape)).astype(x.dtype)
+            noisy = (x + sigma * rng.normal(0.0, 1.0, size=x.shape[1:])).astype(x.dtype)  # one draw for every image
             _, g = inp.gradients_at(noisy)
             g = g.astype(np.float64)
             g1, g2, g3 = g1 + g, g2 + g**2, g3 + g**3
