@@ -7,7 +7,7 @@ and the Ray tests' parity (tests/test_scale_ray.py, to 1e-7) rests on this. It f
 in-graph channel sums became one MatMul per image (graph/channel_sum.py): onnxruntime's channel
 ReduceSum takes another kernel for a batch of one, 1.07e-6 apart on MobileNetV2's heatmap.
 Covered: every method with in-graph maths (the Grad-CAM family, CAM, Eigen-CAM, EigenGrad-CAM,
-FullGrad) on the bundled MobileNetV2 and on golden models of three exporters (NCHW and NHWC), the
+FullGrad, FEM, KPCA-CAM; Ablation-CAM's closed form on MobileNetV2) on the bundled MobileNetV2 and on golden models of three exporters (NCHW and NHWC), the
 seeded methods (random, SmoothGrad-CAM++: one draw for every image), and the exported model's
 in-graph heatmap (`onnxcam export --heatmap`).
 """
@@ -25,11 +25,12 @@ from onnxcam.image import load_image, preprocess
 
 from .helpers import EXAMPLES, GOLDENS, MOBILENET, load_golden
 
-IN_GRAPH = sorted({*GRAPH_MAPS, "eigencam", "eigengradcam", "fullgrad"})
+IN_GRAPH = sorted({*GRAPH_MAPS, "eigencam", "eigengradcam", "fullgrad", "fem", "kpcacam"})
 GOLDEN_MODELS = ["torchscript_tinyresnet", "tf2onnx_smallresnet", "dynamo_tinymbv3"]
 NO_CAM_HEAD = {"dynamo_tinymbv3"}  # HardSwish after the classifier: CAM refuses it (HeadError)
 CASES = [(name, method) for name in ["mobilenet_v2", *GOLDEN_MODELS] for method in IN_GRAPH
          if not (method == "cam" and name in NO_CAM_HEAD)]
+CASES.append(("mobilenet_v2", "ablationcam"))  # closed form from the run's mean(A); blank maps on the goldens' inputs
 
 
 def variants(x: np.ndarray, axis: int) -> np.ndarray:
