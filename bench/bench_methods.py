@@ -52,6 +52,8 @@ JSON = HERE / "methods.json"
 README = HERE / "README.md"
 BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
 CHANNEL_LOOPS = ("scorecam", "sscam", "iscam")
+# the attention methods read a vision transformer's attention: not applicable to these CNNs
+CNN_METHODS = sorted(n for n in METHODS if type(get_method(n)).__module__ != "onnxcam.methods.transformer")
 
 
 def paired_ratio(plain: Callable[[], object], method: Callable[[], object], rounds: int, settle_s: float,
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-n", type=int, default=32, help="max_N for the Score-CAM family's timed rows (0: none)")
     ap.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"], choices=["mobilenet_v2", "resnet50"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--methods", nargs="+", default=sorted(METHODS))
+    ap.add_argument("--methods", nargs="+", default=CNN_METHODS)
     ap.add_argument("--json", default=str(JSON))
     ap.add_argument("--readme", action="store_true", help="write the table into bench/README.md")
     ap.add_argument("--cpu-time", action="store_true",
