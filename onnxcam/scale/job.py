@@ -28,7 +28,7 @@ killing its worker, Ray Data gives up the pass, and the images it did not finish
 `onnxcam.scale.quarantine` (one batch per actor call, a dead batch split into single images), so
 only the images that kill their worker alone are lost, each listed with its path and the reason;
 everything else is written and results.json completed (exit code 1 from the command, as for any
-failed image).
+failed image). `eval --ray` and `review --ray` do the same (`onnxcam.scale.records.gather`).
 """
 
 from __future__ import annotations
