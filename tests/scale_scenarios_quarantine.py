@@ -52,8 +52,9 @@ def eval_poison(data: Path, out: Path) -> None:
     folder = poison_folder(data)
     run = ModelRun.load(str(MODEL), providers=["CPUExecutionProvider"])
     lines: list[str] = []
-    report, _ = evaluate_sources(run, [str(folder)], steps=STEPS, batch_size=2, options=RayOptions(actors=2, batch_size=2),
-                                 on_error=lines.append, actor_class=AbortingEvaluate)
+    report, _ = evaluate_sources(run, [str(folder)], steps=STEPS, batch_size=2,
+                                 options=RayOptions(actors=2, batch_size=2), on_error=lines.append,
+                                 actor_class=AbortingEvaluate)
     (out / "eval_poison.json").write_text(json.dumps({"report": report, "lines": lines}))
 
 
