@@ -72,16 +72,18 @@ def evaluate_sources(run: ModelRun, sources: Sequence[str], notes: Annotations |
                      options: RayOptions | None = None, on_progress: Callable[[int], None] = lambda n: None,
                      on_total: Callable[[int | None], None] = lambda n: None,
                      on_error: Callable[[str], None] = lambda m: None,
-                     exclude: str | None = None) -> tuple[dict[str, Any], Gathered]:
+                     exclude: str | None = None,
+                     actor_class: type[EvaluateBatches] = EvaluateBatches) -> tuple[dict[str, Any], Gathered]:
     """`onnxcam eval`'s JSON ({model, metrics, images, errors}) for every image of `sources`,
     computed on Ray, and what the actors returned (`Gathered`: its `items()` read images again
     for a CI summary). `run`: the model loaded on the driver (its policy, layer and target go to
     the actors); `notes`: boxes, forbidden regions, true labels (onnxcam.annotations); `exclude`:
-    a folder not searched for images (OUT)."""
+    a folder not searched for images (OUT); `actor_class`: `EvaluateBatches` or a subclass (e.g.
+    another decoder)."""
     opts = options or RayOptions()
     ctor = lambda plan: {**actor_args(run, opts, plan), "notes": notes or Annotations(), "steps": steps,  # noqa: E731
                          "road": road, "tolerance": tolerance, "batch_size": batch_size}
-    got = gather(EvaluateBatches, ctor, sources, opts, batch_size, on_progress, on_total, on_error, exclude=exclude)
+    got = gather(actor_class, ctor, sources, opts, batch_size, on_progress, on_total, on_error, exclude=exclude)
     layer = next((rec.get("layer", "") for _, rec in got.rows), "")
     records = [{**{k: v for k, v in rec.items() if k != "layer"}, "image": name}
                for name, (_, rec) in zip(got.names(), got.rows)]

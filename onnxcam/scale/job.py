@@ -28,7 +28,7 @@ killing its worker, Ray Data gives up the pass, and the images it did not finish
 `onnxcam.scale.quarantine` (one batch per actor call, a dead batch split into single images), so
 only the images that kill their worker alone are lost, each listed with its path and the reason;
 everything else is written and results.json completed (exit code 1 from the command, as for any
-failed image).
+failed image). `eval --ray` and `review --ray` do the same (`onnxcam.scale.records.gather`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from ..targets import maps_per_image
 from .batches import ExplainBatches
 from .cluster import ActorPlan, cluster_shape, connect, plan_actors
 from .dataset import explain_dataset, explain_kwargs
-from .quarantine import CRASH_TRIES, quarantine
+from .quarantine import PassFailure, crash_message, pass_failure, quarantine
 from .sources import ImageSource, output_stems, read_sources, row_name
 
 log = logging.getLogger(__name__)
@@ -226,14 +226,8 @@ def _take(state: _State, batch: dict[str, np.ndarray], on_error: Callable[[str],
     return int((np.asarray(batch["rank"]) <= 1).sum()) if "rank" in batch else n  # topK: K rows, one image
 
 
-@dataclass
-class _Failure:
-    reason: str
-    workers_died: bool
-
-
 def _run_pass(state: _State, ds: Any, model: str, common: dict[str, Any], batch_size: int,
-              on_progress: Callable[[int], None], on_error: Callable[[str], None]) -> _Failure | None:
+              on_progress: Callable[[int], None], on_error: Callable[[str], None]) -> PassFailure | None:
     """Explain `ds` on the actors and write what comes back. Returns None, or why Ray gave up
     (e.g. a worker that kept dying); onnxcam's own errors are raised."""
     if ds is None:
@@ -248,13 +242,7 @@ def _run_pass(state: _State, ds: Any, model: str, common: dict[str, Any], batch_
     except OnnxcamError:
         raise
     except Exception as exc:  # noqa: BLE001  (Ray wraps the actors' errors; show theirs)
-        cause = getattr(exc, "cause", None) or exc
-        if isinstance(cause, OnnxcamError):
-            raise cause from None
-        from ray.exceptions import RayActorError, WorkerCrashedError
-
-        died = isinstance(cause, (RayActorError, WorkerCrashedError))
-        return _Failure(" ".join(str(cause).split()) or type(cause).__name__, died)
+        return pass_failure(exc)
     finally:
         if state.fmt == "files" or not state.pending:
             _flush_journal(state)
@@ -273,8 +261,7 @@ def _quarantine_pass(state: _State, sources: Sequence[str], out: OutputDir, mode
     fn, ctor = explain_kwargs(model, plan=plan, **common)
 
     def crashed(path: str, reason: str) -> None:
-        msg = (f"{path}: the worker process died while explaining this image ({CRASH_TRIES} times, alone; Ray says: "
-               f"{reason}); no map written")
+        msg = f"{crash_message(path, reason)}; no map written"
         state.errors.append({"image": path, "error": msg})
         on_error(msg)
         on_progress(1)

@@ -17,6 +17,10 @@ Data pass wrote (it is in the journal) and hands the images left to this pass:
 3. a dead actor is replaced by a new one; a new actor that dies before it is ready (it cannot even
    build its Explainer) or cannot be placed within READY_TIMEOUT ends the pass with a RayError.
 
+The same pass serves `explain --ray` (`onnxcam.scale.job`) and `eval --ray` / `review --ray`
+(`onnxcam.scale.records.gather`): `pass_failure` says whether a Data pass ended because workers
+died, `crash_message` words the failure of an image given up.
+
 Bounded: a batch dies at most once, an image alone at most CRASH_TRIES times, so the pass starts
 at most (batches that died) + CRASH_TRIES × (their images) replacement actors; it never retries
 forever. Bisecting a dead batch instead of splitting it would save restarts only for batches much
@@ -28,6 +32,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -62,6 +67,33 @@ def death_reason(exc: BaseException) -> str:
     if kind or detail:
         return ", ".join(x for x in ((kind.group(1) if kind else ""), (detail.group(1) if detail else "")) if x)
     return text.split(". ")[0][:200] or type(exc).__name__
+
+
+@dataclass
+class PassFailure:
+    """Why Ray Data gave up a pass: its reason in one line, and whether workers died (then
+    `quarantine` can finish the pass)."""
+
+    reason: str
+    workers_died: bool
+
+
+def pass_failure(exc: BaseException) -> PassFailure:
+    """What ended a Ray Data pass (`exc`, as its iterator raised it); onnxcam's own errors, which
+    Ray wraps, are raised as they are (a wrong request ends the job, as locally)."""
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, OnnxcamError):
+        raise cause from None
+    from ray.exceptions import RayActorError, WorkerCrashedError
+
+    died = isinstance(cause, (RayActorError, WorkerCrashedError))
+    return PassFailure(" ".join(str(cause).split()) or type(cause).__name__, died)
+
+
+def crash_message(path: str, reason: str, doing: str = "explaining") -> str:
+    """The error line of an image that killed its worker CRASH_TRIES times alone."""
+    return (f"{path}: the worker process died while {doing} this image ({CRASH_TRIES} times, alone; Ray says: "
+            f"{reason})")
 
 
 def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:

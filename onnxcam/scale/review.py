@@ -55,12 +55,13 @@ def review_sources(runs: Sequence[ModelRun], sources: Sequence[str], notes: Anno
                    on_progress: Callable[[int], None] = lambda n: None,
                    on_total: Callable[[int | None], None] = lambda n: None,
                    on_error: Callable[[str], None] = lambda m: None,
-                   exclude: str | None = None) -> tuple[Review, Gathered]:
+                   exclude: str | None = None,
+                   actor_class: type[ReviewBatches] = ReviewBatches) -> tuple[Review, Gathered]:
     """`onnxcam review` of every image of `sources` computed on Ray: the `Review` (its report is
     review.json without "errors"; `onnxcam.review.write_report` writes the page) and what the
     actors returned (`Gathered`: the errors, and `items()` to read images again for a CI summary).
     `runs`: the models loaded on the driver (their policies, layers and targets go to the actors);
-    `exclude`: a folder not searched for images (OUT)."""
+    `exclude`: a folder not searched for images (OUT); `actor_class`: `ReviewBatches` or a subclass."""
     opts = options or RayOptions()
     notes = notes or Annotations()
 
@@ -75,8 +76,8 @@ def review_sources(runs: Sequence[ModelRun], sources: Sequence[str], notes: Anno
         collector.add(Reviewed(row["record"], row["figures"], row["layers"]), order)
         return {}
 
-    got = gather(ReviewBatches, ctor, sources, opts, batch_size, on_progress, on_total, on_error, keep=keep,
-                 exclude=exclude)
+    got = gather(actor_class, ctor, sources, opts, batch_size, on_progress, on_total, on_error, keep=keep,
+                 exclude=exclude, doing="reviewing")
     rv = collector.finish([r.describe() for r in runs], runs[0].explainer.method.name, steps, tolerance, percent,
                           names=got.names())
     return rv, got

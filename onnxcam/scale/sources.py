@@ -373,6 +373,17 @@ class ImageSource:
             out.extend(u.uris if u.kind == "files" else _parquet_rows(u))
         return out
 
+    def orders(self) -> dict[str, int]:
+        """Each expected row's `order` (empty with tars): a later read that skips rows (a
+        quarantine, `onnxcam.scale.records`) numbers them afresh; these put them back in place."""
+        if self.total is None:
+            return {}
+        out: dict[str, int] = {}
+        for u in self.units:
+            rows = u.uris if u.kind == "files" else [f"{u.uris[0]}#{u.first_row + i}" for i in range(u.rows)]
+            out.update(((p, (u.index << ORDER_SHIFT) | i) for i, p in enumerate(rows) if p not in u.skip))
+        return out
+
 
 def read_sources(sources: Sequence[str], image_column: str | None = None, exclude: str | None = None,
                  skip: Iterable[str] = (), read_cpus: float = 1.0, parallelism: int = 8) -> ImageSource:
