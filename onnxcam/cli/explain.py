@@ -129,6 +129,9 @@ def file_sha256(path: str) -> str:
 
 def _report(job: Job, model: str, model_sha: str, ex: Explainer, policy: InputPolicy,
             output_name: str | None, sig: str) -> dict[str, Any]:
+    """results.json. Images in the listing order, whichever were finished by an earlier,
+    interrupted run (their journal lines come in the order that run finished them, e.g. Ray's)."""
+    order = {str(p): i for i, p in enumerate(job.images)}
     return {
         "model": str(model),
         "model_sha256": model_sha,
@@ -138,8 +141,8 @@ def _report(job: Job, model: str, model_sha: str, ex: Explainer, policy: InputPo
         "output": output_name or (ex.prepared(job.last_size).output if job.last_size else None),
         "provider": job.provider,
         **policy.describe(),
-        "images": job.records,
-        "errors": job.errors,
+        "images": sorted(job.records, key=lambda r: order.get(r["image"], len(order))),  # stable: topK ranks stay
+        "errors": sorted(job.errors, key=lambda e: order.get(e.get("image", ""), len(order))),
     }
 
 
