@@ -49,6 +49,16 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: str) -> str:
+    """The sha256 of a file (the model), read in 1 MiB blocks: results.json's `model_sha256` and
+    the first part of a run's signature, local and Ray alike."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def explain_signature(model_sha256: str, method: Any, policy: Any, *, layers: str | Sequence[str] | None, target: str,
                       explainer: Mapping[str, Any] | None = None, per_image: int = 1, det_format: str | None = None,
                       boxes_output: str | None = None, fmt: str = "files") -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from ..methods import configured
 from ..output import OutputDir, dumps, image_record, output_names
 from ..preprocessing import Batch, InputPolicy, policy_for
 from ..detection import FORMATS
-from ..resume import Journal, explain_signature
+from ..resume import Journal, explain_signature, file_sha256
 from ..targets import maps_per_image, parse_target, with_detection_options
 from . import options as opt
 from .common import chunks, collect_images, echo_line, guarded, parse_inputs, progress, report_error
@@ -117,14 +116,6 @@ def _run(job: Job, ex: Explainer, policy: InputPolicy, target: Any, batch_size: 
                     journal.record(name, {"image": str(path), "records": job.records[n_rec:],
                                           "errors": job.errors[n_err:], "provider": job.provider, "layer": job.layer})
             bar.update(len(chunk))
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _report(job: Job, model: str, model_sha: str, ex: Explainer, policy: InputPolicy,

@@ -33,7 +33,6 @@ failed image). `eval --ray` and `review --ray` do the same (`onnxcam.scale.recor
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -49,7 +48,7 @@ from ..errors import OnnxcamError, UsageError
 from ..methods import CAMMethod, get_method
 from ..output import OutputDir
 from ..preprocessing import InputPolicy
-from ..resume import JOURNAL, Journal, explain_signature
+from ..resume import JOURNAL, Journal, explain_signature, file_sha256
 from ..targets import maps_per_image
 from .batches import ExplainBatches
 from .cluster import ActorPlan, cluster_shape, connect, plan_actors
@@ -290,14 +289,6 @@ def _missing(state: _State, expected: list[str] | None) -> list[str]:
     return [p for p in expected if p not in seen]
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _next_part(out: OutputDir) -> int:
     """The first Parquet part number after those in OUT/explanations (a rerun adds parts)."""
     folder = out.path("explanations")
@@ -334,7 +325,7 @@ def explain_to_dir(model: str, sources: Sequence[str], out: OutputDir, policy: I
     if opts.fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {opts.fmt!r}")
     m = get_method(method)
-    model_sha = _file_sha256(model)
+    model_sha = file_sha256(model)
     per_image = maps_per_image(target)
     sig = explain_signature(model_sha, m, policy, layers=layer, target=target_spec, explainer=explainer,
                             per_image=per_image, det_format=det_format, boxes_output=boxes_output, fmt=opts.fmt)
