@@ -79,3 +79,33 @@ def tiny_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = ir_version
     return model
+
+
+def run_scenarios(module: str, data: Path, out: Path, timeout: float) -> str:
+    """Run `python -m module DATA OUT` (a Ray scenario script) in its own process group, with the
+    repository on PYTHONPATH; returns its log. A run past `timeout` seconds has its whole group
+    (the script, its local Ray, its servers) killed and fails the test, as does a non-zero exit:
+    a hang never blocks the suite."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import pytest
+
+    proc = subprocess.Popen([sys.executable, "-m", module, str(data), str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            log, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            log, _ = proc.communicate()
+        pytest.fail(f"{module} hung: killed after {timeout} s; log tail:\n{log.decode()[-3000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"{module} exited {proc.returncode}:\n{log.decode()[-3000:]}")
+    return log.decode()

@@ -11,10 +11,6 @@ of blocking CI. The reference is the local path in this process: `load_image` â†
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +22,7 @@ pytest.importorskip("pyarrow", reason="the ray extra is not installed (pip insta
 from onnxcam import Explainer, load_image, preprocess  # noqa: E402
 from onnxcam.resume import JOURNAL  # noqa: E402
 
-from .helpers import ROOT  # noqa: E402
+from .helpers import run_scenarios  # noqa: E402
 from .scale_scenarios import CORRUPT, MODEL, make_images  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -44,21 +40,7 @@ HEATMAP_TOL = 1e-7
 def scenarios(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
     data, out = tmp_path_factory.mktemp("images"), tmp_path_factory.mktemp("ray_out")
     images = make_images(data)
-    proc = subprocess.Popen([sys.executable, "-m", "tests.scale_scenarios", str(data), str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        log, _ = proc.communicate(timeout=SCENARIO_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group we started: the driver, its Ray and moto
-        try:
-            log, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            log, _ = proc.communicate()
-        pytest.fail(f"Ray scenarios hung: killed after {SCENARIO_TIMEOUT} s; log tail:\n{log.decode()[-3000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"Ray scenarios exited {proc.returncode}:\n{log.decode()[-3000:]}")
+    run_scenarios("tests.scale_scenarios", data, out, SCENARIO_TIMEOUT)
     return data, out, images
 
 

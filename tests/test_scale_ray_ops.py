@@ -12,11 +12,7 @@ references are the local commands, run here with CliRunner.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +26,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from onnxcam.cli import cli  # noqa: E402
 
-from .helpers import ROOT  # noqa: E402
+from .helpers import run_scenarios  # noqa: E402
 from .scale_scenarios import CORRUPT  # noqa: E402
 from .scale_scenarios_ops import eval_args, review_args, review_errors_args, topk_args  # noqa: E402
 
@@ -44,21 +40,7 @@ METRIC_TOL = {"rel": 1e-4, "abs": 1e-5}  # numbers derived from maps and masked 
 @pytest.fixture(scope="module")
 def ray_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data, out = tmp_path_factory.mktemp("images"), tmp_path_factory.mktemp("ray_ops")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.scale_scenarios_ops", str(data), str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        log, _ = proc.communicate(timeout=SCENARIO_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group we started: the runner, its Ray, the CLI clients
-        try:
-            log, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            log, _ = proc.communicate()
-        pytest.fail(f"Ray scenarios hung: killed after {SCENARIO_TIMEOUT} s; log tail:\n{log.decode()[-3000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"Ray scenarios exited {proc.returncode}:\n{log.decode()[-3000:]}")
+    run_scenarios("tests.scale_scenarios_ops", data, out, SCENARIO_TIMEOUT)
     return data, out
 
 

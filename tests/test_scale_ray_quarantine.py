@@ -10,10 +10,6 @@ blocking CI. The reference is the local command, run here with CliRunner.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +21,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from onnxcam.cli import cli  # noqa: E402
 
-from .helpers import ROOT  # noqa: E402
+from .helpers import run_scenarios  # noqa: E402
 from .scale_scenarios import MODEL  # noqa: E402
 from .scale_scenarios_quarantine import KILLER_NAME, STEPS  # noqa: E402
 from .test_scale_ray_ops import close  # noqa: E402
@@ -38,21 +34,9 @@ SCENARIO_TIMEOUT = 300  # seconds; the scenario takes about a minute on 2 busy c
 def test_eval_on_ray_lists_the_image_that_kills_its_worker(tmp_path: Path) -> None:
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir(), out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.scale_scenarios_quarantine", str(data), str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        log, _ = proc.communicate(timeout=SCENARIO_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group we started: the runner and its Ray
-        try:
-            log, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            log, _ = proc.communicate()
-        pytest.fail(f"Ray scenario hung: killed after {SCENARIO_TIMEOUT} s; log tail:\n{log.decode()[-3000:]}")
+    log = run_scenarios("tests.scale_scenarios_quarantine", data, out, SCENARIO_TIMEOUT)
     status = json.loads((out / "status.json").read_text())
-    assert proc.returncode == 0 and status.get("eval_poison", "").startswith("ok"), (status, log.decode()[-3000:])
+    assert status.get("eval_poison", "").startswith("ok"), (status, log[-3000:])
     run = json.loads((out / "eval_poison.json").read_text())
     got, folder = run["report"], data / "poison"
     killer = str(folder / KILLER_NAME)
